@@ -69,6 +69,14 @@ class AtariEnv(gym.Env):
         return self.stack.copy(), self._info()
 
     def step(self, action: int) -> tuple[np.ndarray, float, bool, bool, dict]:
+        reward, terminated, truncated = self.advance(action)
+        info = self._info()
+        if terminated or truncated:
+            info["episode"] = self.episode_stats()
+        return self.stack.copy(), reward, terminated, truncated, info
+
+    def advance(self, action: int) -> tuple[float, bool, bool]:
+        """One agent step that updates ``self.stack`` in place: the actor's copy-free ``step``."""
         reward = self._act(int(action))
         terminated = self.ale.game_over()
         self._steps += 1
@@ -76,10 +84,9 @@ class AtariEnv(gym.Env):
         truncated = not terminated and self._steps >= self.max_episode_steps
         self.stack[:-1] = self.stack[1:]
         self.stack[-1] = self._frame()
-        info = self._info()
-        if terminated or truncated:
-            info["episode"] = self.episode_stats()
-        return self.stack.copy(), reward, terminated, truncated, info
+        if self.room_address is not None:
+            self._rooms.add(int(self.ale.getRAM()[self.room_address]))
+        return reward, terminated, truncated
 
     def render(self) -> np.ndarray:
         """The full-resolution colour screen, uint8 [210, 160, 3]."""
@@ -115,7 +122,7 @@ class AtariEnv(gym.Env):
         room = self.current_room()
         if room is None:
             return {}
-        self._rooms.add(room)
+        self._rooms.add(room)  # reset() reaches here without advance()
         return {"room": room, "rooms": self._rooms}
 
     def episode_stats(self) -> dict[str, Any]:

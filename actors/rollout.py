@@ -1,0 +1,98 @@
+"""Rollout collection for one actor: K envs stepped with a CPU policy copy. No sockets here.
+
+A segment holds T agent steps of K env streams in the wire layout (``common.wire.SegmentSpec``):
+only the newest frame of each observation is kept (the learner rebuilds the stacks), plus the
+older frames of the first observation's stack.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import torch
+
+from actors.env import AtariEnv
+from common.networks import PolicyNet
+from common.wire import SegmentSpec
+
+
+def env_split(num_envs: int, num_actors: int, actor_id: int) -> list[int]:
+    """Global stream ids of actor ``actor_id``: NumWorkers split as evenly as possible, in order."""
+    if not 0 <= actor_id < num_actors:
+        raise ValueError(f"actor id {actor_id} outside [0, {num_actors})")
+    if num_actors > num_envs:
+        raise ValueError(f"{num_actors} actors for {num_envs} envs (NumWorkers): each actor needs at least one env")
+    base, extra = divmod(num_envs, num_actors)
+    start = actor_id * base + min(actor_id, extra)
+    return list(range(start, start + base + (actor_id < extra)))
+
+
+class RolloutCollector:
+    """Steps ``envs`` with ``policy``; buffers are preallocated once from ``spec``."""
+
+    def __init__(self, envs: list[AtariEnv], stream_ids: list[int], policy: PolicyNet, spec: SegmentSpec,
+                 seed: int = 0):
+        if len(envs) != len(stream_ids):
+            raise ValueError("one stream id per env")
+        self.envs, self.streams, self.policy, self.spec = envs, list(stream_ids), policy, spec
+        self.gen = torch.Generator().manual_seed(seed)
+        self.rng = np.random.default_rng(seed)
+        k = len(envs)
+        self.buffers = {n: np.zeros(shape, dtype) for n, (dtype, shape) in spec.segment_arrays(k).items()}
+        for env, s in zip(envs, stream_ids):
+            env.reset(seed=seed + s)
+        self.obs = np.stack([e.stack for e in envs])  # [K, S, H, W]
+
+    @torch.no_grad()
+    def _act(self, obs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        logits = self.policy(torch.from_numpy(obs)).logits
+        logp_all = torch.log_softmax(logits, -1)
+        a = torch.multinomial(logp_all.exp(), 1, generator=self.gen)
+        return a.squeeze(1).numpy(), logp_all.gather(1, a).squeeze(1).numpy()
+
+    @torch.no_grad()
+    def _value_ext(self, obs: np.ndarray) -> np.ndarray:
+        return self.policy(torch.from_numpy(obs)).value_ext.numpy()
+
+    def warmup(self, steps: int) -> Iterator[np.ndarray]:
+        """Random-action steps for the observation normaliser: yields frames [n <= T, K, H, W]."""
+        t_max, k = self.spec.rollout_steps, len(self.envs)
+        done = 0
+        while done < steps:
+            n = min(t_max, steps - done)
+            frames = np.empty((n, k, self.spec.height, self.spec.width), np.uint8)
+            for t in range(n):
+                for i, env in enumerate(self.envs):
+                    _, term, trunc = env.advance(int(self.rng.integers(env.action_space.n)))
+                    if term or trunc:
+                        env.reset()
+                    frames[t, i] = env.stack[-1]
+            self.obs[:] = [e.stack for e in self.envs]
+            done += n
+            yield frames
+
+    def collect(self) -> tuple[dict[str, np.ndarray], list[dict[str, Any]]]:
+        """One segment: (arrays in the wire layout, finished-episode records)."""
+        b, obs, episodes = self.buffers, self.obs, []
+        b["trunc_value"][:] = 0.0
+        b["frames"][0] = obs[:, -1]
+        b["context"][:] = obs[:, :-1].transpose(1, 0, 2, 3)
+        for t in range(self.spec.rollout_steps):
+            actions, logp = self._act(obs)
+            b["actions"][t], b["behaviour_logp"][t] = actions, logp
+            truncated_obs = []
+            for i, env in enumerate(self.envs):
+                r, term, trunc = env.advance(int(actions[i]))
+                b["rewards"][t, i], b["terminated"][t, i], b["truncated"][t, i] = r, term, trunc
+                if term or trunc:
+                    episodes.append({"stream": self.streams[i], "t": t, **env.episode_stats()})
+                    if trunc:
+                        truncated_obs.append((i, env.stack.copy()))
+                    env.reset()
+                obs[i] = env.stack
+            if truncated_obs:  # bootstrap the extrinsic stream through the time limit
+                idx = [i for i, _ in truncated_obs]
+                b["trunc_value"][t, idx] = self._value_ext(np.stack([o for _, o in truncated_obs]))
+            b["frames"][t + 1] = obs[:, -1]
+        return b, episodes

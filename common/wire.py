@@ -1,0 +1,236 @@
+"""The wire protocol: a JSON header plus raw array buffers, as ZeroMQ multipart frames. Never pickled.
+
+Frame 0 is a UTF-8 JSON object: ``proto`` (version), ``kind``, ``compression`` and ``arrays``
+(``[{"name", "dtype", "shape"}]``, one per following frame), plus the kind's own fields (ids,
+policy version, episode records). Every incoming message goes through ``decode`` and then the
+kind's validator; anything malformed raises ``WireError`` with a one-line reason, and the receiver
+drops the message and counts it.
+
+Kinds, actor -> learner (PUSH/PULL): ``segment`` (T steps of K env streams), ``warmup`` (frames of
+random-action steps for the observation normaliser). Learner -> actors (PUB/SUB): ``weights``
+(policy tensors and their version; also the heartbeat), ``stop``.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+PROTOCOL_VERSION = 1
+KINDS = ("segment", "warmup", "weights", "stop")
+MAX_HEADER_BYTES = 1 << 20
+_DTYPES = {"uint8": np.uint8, "float32": np.float32}
+
+try:  # zstd is optional at import time; asking for it without the package is an error at use
+    import zstandard as _zstd
+except ImportError:  # pragma: no cover
+    _zstd = None
+
+
+class WireError(ValueError):
+    """A message that fails decoding or validation; the text is one line."""
+
+
+@dataclass
+class Message:
+    kind: str
+    meta: dict[str, Any]
+    arrays: dict[str, np.ndarray]
+
+
+# ---------------------------------------------------------------------------------------------
+# encoding / decoding
+
+
+def encode(kind: str, meta: dict[str, Any], arrays: dict[str, np.ndarray], compression: str = "none",
+           level: int = 1) -> list[bytes]:
+    """-> multipart frames [header, buffer, ...]. ``compression``: none | zstd (per buffer)."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown message kind {kind!r}")
+    specs, bufs = [], []
+    comp = _zstd.ZstdCompressor(level=level) if compression == "zstd" else None
+    if compression == "zstd" and _zstd is None:
+        raise RuntimeError("wire compression zstd needs the zstandard package")
+    for name, a in arrays.items():
+        a = np.ascontiguousarray(a)
+        specs.append({"name": name, "dtype": a.dtype.name, "shape": list(a.shape)})
+        raw = a.data if a.size else b""
+        bufs.append(comp.compress(raw) if comp is not None else raw)
+    header = {"proto": PROTOCOL_VERSION, "kind": kind, "compression": compression, "arrays": specs, **meta}
+    return [json.dumps(header, separators=(",", ":")).encode()] + bufs
+
+
+def decode(frames: list[bytes]) -> Message:
+    """Parse and check the envelope (header, dtypes, sizes); raises WireError. No kind-specific checks."""
+    if not frames:
+        raise WireError("empty message")
+    if len(frames[0]) > MAX_HEADER_BYTES:
+        raise WireError(f"header of {len(frames[0])} bytes exceeds {MAX_HEADER_BYTES}")
+    try:
+        header = json.loads(bytes(frames[0]).decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise WireError("header is not UTF-8 JSON") from None
+    if not isinstance(header, dict):
+        raise WireError("header is not a JSON object")
+    if header.get("proto") != PROTOCOL_VERSION:
+        raise WireError(f"protocol version {header.get('proto')!r}, expected {PROTOCOL_VERSION}")
+    kind = header.get("kind")
+    if kind not in KINDS:
+        raise WireError(f"unknown kind {kind!r}")
+    compression = header.get("compression")
+    if compression not in ("none", "zstd"):
+        raise WireError(f"unknown compression {compression!r}")
+    specs = header.get("arrays")
+    if not isinstance(specs, list) or len(specs) != len(frames) - 1:
+        raise WireError(f"header lists {len(specs) if isinstance(specs, list) else '?'} arrays, "
+                        f"message has {len(frames) - 1} buffers")
+    arrays = {}
+    for spec, buf in zip(specs, frames[1:]):
+        name, dtype, shape = _array_spec(spec)
+        if name in arrays:
+            raise WireError(f"array {name!r} appears twice")
+        arrays[name] = _buffer_to_array(buf, dtype, shape, compression, name)
+    meta = {k: v for k, v in header.items() if k not in ("proto", "kind", "compression", "arrays")}
+    return Message(kind, meta, arrays)
+
+
+def _array_spec(spec: Any) -> tuple[str, np.dtype, tuple[int, ...]]:
+    if not isinstance(spec, dict):
+        raise WireError("array spec is not an object")
+    name, dtype, shape = spec.get("name"), spec.get("dtype"), spec.get("shape")
+    if not isinstance(name, str) or dtype not in _DTYPES:
+        raise WireError(f"array {name!r}: bad name or dtype {dtype!r}")
+    if (not isinstance(shape, list) or len(shape) > 6
+            or not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 1 << 31 for d in shape)):
+        raise WireError(f"array {name!r}: bad shape {shape!r}")
+    return name, np.dtype(_DTYPES[dtype]), tuple(shape)
+
+
+def _buffer_to_array(buf: Any, dtype: np.dtype, shape: tuple[int, ...], compression: str, name: str) -> np.ndarray:
+    nbytes = math.prod(shape) * dtype.itemsize
+    if compression == "zstd":
+        if _zstd is None:
+            raise WireError("zstd-compressed message but the zstandard package is missing")
+        try:
+            buf = _zstd.ZstdDecompressor().decompress(bytes(buf), max_output_size=nbytes) if nbytes else b""
+        except _zstd.ZstdError:
+            raise WireError(f"array {name!r}: corrupt zstd data") from None
+    if len(buf) != nbytes:
+        raise WireError(f"array {name!r}: {len(buf)} bytes, shape {list(shape)} needs {nbytes}")
+    return np.frombuffer(buf, dtype=dtype).reshape(shape)
+
+
+# ---------------------------------------------------------------------------------------------
+# the kinds' schemas
+
+
+@dataclass(frozen=True)
+class SegmentSpec:
+    """Shapes every segment must have: T steps, up to ``max_envs`` streams of ``num_streams``."""
+
+    rollout_steps: int
+    frame_stack: int
+    height: int
+    width: int
+    num_actions: int
+    num_streams: int
+
+    def segment_arrays(self, k: int) -> dict[str, tuple[np.dtype, tuple[int, ...]]]:
+        t, h, w = self.rollout_steps, self.height, self.width
+        u8, f32 = np.dtype(np.uint8), np.dtype(np.float32)
+        return {
+            "frames": (u8, (t + 1, k, h, w)),  # newest frame of obs_0 .. obs_T
+            "context": (u8, (self.frame_stack - 1, k, h, w)),  # the older frames of obs_0's stack
+            "actions": (u8, (t, k)),
+            "behaviour_logp": (f32, (t, k)),
+            "rewards": (f32, (t, k)),  # raw game score
+            "terminated": (u8, (t, k)),  # game over after this step
+            "truncated": (u8, (t, k)),  # time limit after this step
+            "trunc_value": (f32, (t, k)),  # actor's V_ext of the final obs where truncated, else 0
+        }
+
+
+def _require(cond: bool, why: str) -> None:
+    if not cond:
+        raise WireError(why)
+
+
+def _int(meta: dict, key: str, lo: int = 0, hi: int = 1 << 62) -> int:
+    v = meta.get(key)
+    _require(isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi, f"field {key!r}={v!r} out of range")
+    return v
+
+
+def _streams(meta: dict, spec: SegmentSpec) -> list[int]:
+    s = meta.get("streams")
+    _require(isinstance(s, list) and 0 < len(s) <= spec.num_streams, "field 'streams' missing or wrong length")
+    _require(all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < spec.num_streams for i in s),
+             f"stream ids outside [0, {spec.num_streams})")
+    _require(len(set(s)) == len(s), "stream ids repeat")
+    return s
+
+
+def _check_arrays(arrays: dict[str, np.ndarray], want: dict[str, tuple[np.dtype, tuple[int, ...]]]) -> None:
+    _require(set(arrays) == set(want), f"arrays {sorted(arrays)} != expected {sorted(want)}")
+    for name, (dtype, shape) in want.items():
+        a = arrays[name]
+        _require(a.dtype == dtype and a.shape == shape,
+                 f"array {name!r}: {a.dtype}{list(a.shape)}, expected {dtype}{list(shape)}")
+        if dtype.kind == "f":
+            _require(bool(np.isfinite(a).all()), f"array {name!r} has non-finite values")
+
+
+def _check_flags(arrays: dict[str, np.ndarray], *names: str) -> None:
+    for n in names:
+        _require(int(arrays[n].max(initial=0)) <= 1, f"array {n!r} is not 0/1")
+
+
+def validate_segment(msg: Message, spec: SegmentSpec) -> None:
+    """Everything a segment must satisfy before it may reach a batch; raises WireError."""
+    _require(msg.kind == "segment", f"expected a segment, got {msg.kind}")
+    m = msg.meta
+    _int(m, "actor"), _int(m, "version"), _int(m, "seq")
+    streams = _streams(m, spec)
+    a = msg.arrays
+    _check_arrays(a, spec.segment_arrays(len(streams)))
+    _require(int(a["actions"].max(initial=0)) < spec.num_actions, "action out of range")
+    _require(bool((a["behaviour_logp"] <= 1e-4).all()), "behaviour_logp > 0")
+    _check_flags(a, "terminated", "truncated")
+    _require(not bool((a["terminated"] & a["truncated"]).any()), "a step both terminated and truncated")
+    _check_episodes(m.get("episodes"), set(streams), spec.rollout_steps)
+
+
+def _check_episodes(eps: Any, streams: set[int], t_max: int) -> None:
+    _require(isinstance(eps, list), "field 'episodes' is not a list")
+    for e in eps:
+        _require(isinstance(e, dict), "episode record is not an object")
+        _require(e.get("stream") in streams, "episode record of a stream not in this segment")
+        _require(isinstance(e.get("t"), int) and 0 <= e["t"] < t_max, "episode record step out of range")
+        r, ln = e.get("return"), e.get("length")
+        _require(isinstance(r, (int, float)) and not isinstance(r, bool) and math.isfinite(r), "bad episode return")
+        _require(isinstance(ln, int) and ln > 0, "bad episode length")
+        rooms = e.get("rooms", [])
+        _require(isinstance(rooms, list) and len(rooms) <= 256 and all(isinstance(x, int) for x in rooms),
+                 "bad episode rooms")
+
+
+def validate_warmup(msg: Message, spec: SegmentSpec) -> None:
+    _require(msg.kind == "warmup", f"expected warmup, got {msg.kind}")
+    _int(msg.meta, "actor")
+    streams = _streams(msg.meta, spec)
+    _require(set(msg.arrays) == {"frames"}, "warmup carries exactly 'frames'")
+    f = msg.arrays["frames"]
+    _require(f.dtype == np.uint8 and f.ndim == 4 and 0 < f.shape[0] <= spec.rollout_steps
+             and f.shape[1:] == (len(streams), spec.height, spec.width),
+             f"warmup frames {f.dtype}{list(f.shape)} do not fit")
+
+
+def validate_weights(msg: Message, param_spec: list[tuple[str, tuple[int, ...]]]) -> None:
+    _require(msg.kind == "weights", f"expected weights, got {msg.kind}")
+    _int(msg.meta, "version")
+    _int(msg.meta, "warmup_steps")
+    want = {n: (np.dtype(np.float32), s) for n, s in param_spec}
+    _check_arrays(msg.arrays, want)
