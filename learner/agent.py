@@ -1,0 +1,218 @@
+"""All learning state and the update step: RND intrinsic rewards, two-stream V-trace, PPO, predictor.
+
+Burda et al. 2018 (arXiv 1810.12894): section 2.2 (RND reward), 2.3 (two value heads, combined
+advantage), 2.4 (observation and reward normalisation); Espeholt et al. 2018 (arXiv 1802.01561) for
+V-trace; Schulman et al. 2017 (arXiv 1707.06347) for the clipped surrogate.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+
+from common.config import Config
+from common.networks import PolicyNet, RNDModel
+from common.normalize import RewardForwardFilter, RunningMeanStd
+from common.returns import gae
+from common.vtrace import vtrace
+from learner.batch import Batch
+
+INFER_CHUNK = 4096  # samples per no-grad forward pass when scoring a whole batch
+
+
+class Targets(NamedTuple):
+    """Per-sample training targets, flattened time-major: index t * B + b."""
+
+    advantages: torch.Tensor  # [N] combined, maybe standardised
+    vs_ext: torch.Tensor  # [N]
+    vs_int: torch.Tensor  # [N]
+
+
+@dataclass
+class BatchStats:
+    ext_reward_per_rollout: float
+    int_reward_per_rollout: float
+    int_reward_raw_mean: float
+    explained_var_ext: float
+    explained_var_int: float
+    reward_rms_std: float
+
+
+def explained_variance(pred: torch.Tensor, target: torch.Tensor) -> float:
+    var = target.var()
+    return float("nan") if var.item() == 0 else float(1 - (target - pred).var() / var)
+
+
+class RNDAgent:
+    """Policy, RND model, optimizer, observation normaliser, reward filter + its running std."""
+
+    def __init__(self, cfg: Config, num_actions: int, device: torch.device | str = "cpu"):
+        self.cfg = cfg
+        self.device = torch.device(device)
+        torch.manual_seed(cfg.seed)
+        self.policy = PolicyNet(num_actions, cfg.FrameStack, cfg.ImageHeight, cfg.ImageWidth).to(self.device)
+        self.rnd = RNDModel(cfg.ImageHeight, cfg.ImageWidth).to(self.device)
+        params = list(self.policy.parameters()) + list(self.rnd.predictor.parameters())
+        self.optimizer = torch.optim.Adam(params, lr=cfg.LearningRate)
+        self.obs_rms = RunningMeanStd((cfg.ImageHeight, cfg.ImageWidth), device=self.device)
+        self.reward_rms = RunningMeanStd(())
+        self.reward_filter = RewardForwardFilter(cfg.NumWorkers, cfg.IntRewardDiscount)
+        self.gen = torch.Generator().manual_seed(cfg.seed + 1)
+
+    # ---- RND -----------------------------------------------------------------------------
+    def normalise_frames(self, frames: torch.Tensor) -> torch.Tensor:
+        """uint8 [M, H, W] -> float [M, 1, H, W], whitened per pixel and clipped (paper 2.4)."""
+        mean = self.obs_rms.mean.float()
+        std = self.obs_rms.std.float()
+        x = (frames.float() - mean) / std
+        return x.clamp_(-self.cfg.obs_clip, self.cfg.obs_clip).unsqueeze(1)
+
+    @torch.no_grad()
+    def intrinsic_rewards(self, batch: Batch) -> torch.Tensor:
+        """Predictor error on the newest frame of each next observation, current predictor: [T, B]."""
+        n = batch.T * batch.B
+        out = torch.empty(n, device=self.device)
+        for lo in range(0, n, INFER_CHUNK):
+            idx = torch.arange(lo, min(n, lo + INFER_CHUNK), device=self.device)
+            out[lo:lo + len(idx)] = self.rnd(self.normalise_frames(batch.next_frames(idx)))
+        return out.view(batch.T, batch.B)
+
+    def normalise_intrinsic(self, raw: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """Divide by the running std of per-stream discounted intrinsic returns (the filter runs
+        segment by segment in arrival order, so each stream's state advances in time order)."""
+        returns, col = [], 0
+        cpu_raw = raw.detach().cpu()
+        for k in batch.segment_sizes:
+            returns.append(self.reward_filter(cpu_raw[:, col:col + k], batch.streams[col:col + k]))
+            col += k
+        self.reward_rms.update(torch.cat(returns, dim=1).reshape(-1))
+        return raw / float(self.reward_rms.std)
+
+    def update_obs_normaliser(self, frames: torch.Tensor) -> None:
+        """frames uint8 [N, H, W] (any device)."""
+        self.obs_rms.update(frames.to(self.device).reshape(-1, *self.obs_rms.mean.shape))
+
+    # ---- targets ----------------------------------------------------------------------------
+    @torch.no_grad()
+    def score(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Current policy on every obs_0..obs_T: (target_logp [T, B], v_ext [T+1, B], v_int [T+1, B])."""
+        n = (batch.T + 1) * batch.B
+        logp = torch.empty(n, device=self.device)
+        v_ext = torch.empty(n, device=self.device)
+        v_int = torch.empty(n, device=self.device)
+        actions = torch.cat([batch.actions.reshape(-1), torch.zeros(batch.B, dtype=torch.long, device=self.device)])
+        for lo in range(0, n, INFER_CHUNK):
+            idx = torch.arange(lo, min(n, lo + INFER_CHUNK), device=self.device)
+            out = self.policy(batch.obs(idx))
+            logp[idx] = torch.log_softmax(out.logits.float(), -1).gather(1, actions[idx, None]).squeeze(1)
+            v_ext[idx], v_int[idx] = out.value_ext.float(), out.value_int.float()
+        shape = (batch.T + 1, batch.B)
+        return logp.view(shape)[:-1], v_ext.view(shape), v_int.view(shape)
+
+    def stream_targets(self, behaviour_logp, target_logp, rewards, values, discounts, lam):
+        """(vs [T, B], advantages [T, B]) of one stream, by V-trace or GAE per the config."""
+        cfg = self.cfg
+        if cfg.UseVTraceCorrection:
+            vt = vtrace(behaviour_logp, target_logp, rewards, values[:-1], values[-1], discounts,
+                        rho_bar=cfg.vtrace_rho_bar, c_bar=cfg.vtrace_c_bar, lam=lam)
+            return vt.vs, vt.pg_advantages
+        adv, ret = gae(rewards, values[:-1], values[-1], discounts, lam)
+        return ret, adv
+
+    def compute_targets(self, batch: Batch) -> tuple[Targets, BatchStats]:
+        """Everything computed once per batch before the PPO epochs."""
+        cfg = self.cfg
+        target_logp, v_ext, v_int = self.score(batch)
+        raw_int = self.intrinsic_rewards(batch)
+        int_rew = self.normalise_intrinsic(raw_int, batch).to(self.device)
+        self.update_obs_normaliser(batch.frames[-batch.T:])
+
+        # extrinsic: clipped for learning, cut at game over, bootstrapped through the time limit
+        ext_rew = batch.rewards.clamp(-1.0, 1.0) + cfg.ExtRewardDiscount * batch.trunc_value * batch.truncated
+        ext_disc = cfg.ExtRewardDiscount * (1.0 - batch.terminated) * (1.0 - batch.truncated)
+        int_disc = torch.full_like(int_rew, cfg.IntRewardDiscount)  # never cut (non-episodic)
+
+        vs_ext, adv_ext = self.stream_targets(batch.behaviour_logp, target_logp, ext_rew, v_ext, ext_disc,
+                                              cfg.PPOAdvLambda)
+        vs_int, adv_int = self.stream_targets(batch.behaviour_logp, target_logp, int_rew, v_int, int_disc,
+                                              cfg.PPOAdvLambda)
+        adv = cfg.ExtCoeff * adv_ext + cfg.IntCoeff * adv_int
+        if cfg.normalize_advantages:
+            adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+        stats = BatchStats(
+            ext_reward_per_rollout=float(batch.rewards.sum() / batch.B),
+            int_reward_per_rollout=float(int_rew.sum() / batch.B),
+            int_reward_raw_mean=float(raw_int.mean()),
+            explained_var_ext=explained_variance(v_ext[:-1], vs_ext),
+            explained_var_int=explained_variance(v_int[:-1], vs_int),
+            reward_rms_std=float(self.reward_rms.std),
+        )
+        return Targets(adv.reshape(-1), vs_ext.reshape(-1), vs_int.reshape(-1)), stats
+
+    # ---- the update -------------------------------------------------------------------------
+    def minibatch_loss(self, batch: Batch, idx: torch.Tensor, tg: Targets) -> tuple[torch.Tensor, dict]:
+        """PPO clipped surrogate + both value losses - entropy + RND predictor loss on one minibatch."""
+        cfg = self.cfg
+        out = self.policy(batch.obs(idx))
+        logp_all = torch.log_softmax(out.logits.float(), -1)
+        logp = logp_all.gather(1, batch.actions.reshape(-1)[idx, None]).squeeze(1)
+        log_ratio = logp - batch.behaviour_logp.reshape(-1)[idx]
+        ratio = torch.exp(log_ratio)
+        adv = tg.advantages[idx]
+        pg_loss = -torch.min(ratio * adv, ratio.clamp(1 - cfg.PPORewardEps, 1 + cfg.PPORewardEps) * adv).mean()
+        v_loss = 0.5 * ((out.value_ext.float() - tg.vs_ext[idx]).pow(2).mean()
+                        + (out.value_int.float() - tg.vs_int[idx]).pow(2).mean())
+        entropy = -(logp_all.exp() * logp_all).sum(-1).mean()
+        err = self.rnd(self.normalise_frames(batch.next_frames(idx)))
+        mask = (torch.rand(err.shape, generator=self.gen) < cfg.RNDUpdateProportion).to(err.device, err.dtype)
+        rnd_loss = (err * mask).sum() / mask.sum().clamp(min=1.0)
+        loss = pg_loss + cfg.value_coeff * v_loss - cfg.PPOEntropyCoeff * entropy + rnd_loss
+        with torch.no_grad():
+            info = {"policy_loss": pg_loss, "value_loss": v_loss, "entropy": entropy, "rnd_loss": rnd_loss,
+                    "approx_kl": ((ratio - 1) - log_ratio).mean(),
+                    "clip_fraction": ((ratio - 1).abs() > cfg.PPORewardEps).float().mean()}
+        return loss, info
+
+    def update(self, batch: Batch) -> dict[str, float]:
+        """One learner update on ``batch``: targets once, then EpochSteps epochs of shuffled minibatches."""
+        cfg = self.cfg
+        tg, stats = self.compute_targets(batch)
+        n = batch.T * batch.B
+        num_mb = max(1, round(n / cfg.BatchSize))
+        sums: dict[str, torch.Tensor] = {}
+        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        grad_norm = torch.zeros((), device=self.device)
+        for _ in range(cfg.EpochSteps):
+            perm = torch.randperm(n, generator=self.gen).to(self.device)
+            for idx in perm.tensor_split(num_mb):
+                loss, info = self.minibatch_loss(batch, idx, tg)
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                grad_norm += torch.nn.utils.clip_grad_norm_(params, cfg.ClipGradNorm).detach()
+                self.optimizer.step()
+                for k, v in info.items():
+                    sums[k] = sums.get(k, 0.0) + v
+        steps = cfg.EpochSteps * num_mb
+        metrics = {k: float(v) / steps for k, v in sums.items()}
+        metrics["grad_norm"] = float(grad_norm) / steps
+        metrics.update(vars(stats))
+        return metrics
+
+    # ---- state ------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {"policy": self.policy.state_dict(), "rnd": self.rnd.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "obs_rms": self.obs_rms.state_dict(),
+                "reward_rms": self.reward_rms.state_dict(), "reward_filter": self.reward_filter.state_dict(),
+                "rng": self.gen.get_state(), "torch_rng": torch.get_rng_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.policy.load_state_dict(state["policy"])
+        self.rnd.load_state_dict(state["rnd"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.obs_rms.load_state_dict(state["obs_rms"])
+        self.reward_rms.load_state_dict(state["reward_rms"])
+        self.reward_filter.load_state_dict(state["reward_filter"])
+        self.gen.set_state(state["rng"])
+        torch.set_rng_state(state["torch_rng"])
+

@@ -1,0 +1,111 @@
+"""Validated segments -> one time-major batch on the learner's device. No sockets here.
+
+The wire carries one new frame per step; observations are rebuilt here as index arrays into the
+batch's frames, so stacks are gathered per minibatch and never materialised whole.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+
+@dataclass
+class Segment:
+    """One validated segment message: K streams x T steps, collected with policy ``version``."""
+
+    actor: int
+    version: int
+    streams: list[int]
+    arrays: dict[str, np.ndarray]
+    episodes: list[dict[str, Any]]
+
+
+@dataclass
+class Batch:
+    """T steps of B streams. ``frames`` [(S-1) + T + 1, B, H, W]: time index S-1+t is obs_t's newest frame."""
+
+    frames: torch.Tensor  # uint8 [S-1+T+1, B, H, W]
+    obs_index: torch.Tensor  # long [T+1, B, S]: flat indices into frames.view(-1, H, W)
+    actions: torch.Tensor  # long [T, B]
+    behaviour_logp: torch.Tensor  # float [T, B]
+    rewards: torch.Tensor  # float [T, B] raw score
+    terminated: torch.Tensor  # float [T, B]
+    truncated: torch.Tensor  # float [T, B]
+    trunc_value: torch.Tensor  # float [T, B]
+    streams: torch.Tensor  # long [B]
+    segment_sizes: list[int]  # streams per segment, in arrival order (for the per-stream filter)
+    versions: list[int]  # policy version of each segment
+
+    @property
+    def T(self) -> int:
+        return self.actions.shape[0]
+
+    @property
+    def B(self) -> int:
+        return self.actions.shape[1]
+
+    def obs(self, t_b_flat: torch.Tensor) -> torch.Tensor:
+        """Stacked observations for flat (t * B + b) positions: uint8 [M, S, H, W]."""
+        frames = self.frames.view(-1, *self.frames.shape[2:])
+        return frames[self.obs_index.view(-1, self.obs_index.shape[-1])[t_b_flat]]
+
+    def next_frames(self, t_b_flat: torch.Tensor) -> torch.Tensor:
+        """Newest frame of obs_{t+1} for flat positions t * B + b (t < T): uint8 [M, H, W]."""
+        s = self.obs_index.shape[-1]
+        frames = self.frames.view(-1, *self.frames.shape[2:])
+        return frames[t_b_flat + s * self.B]
+
+
+def stack_indices(episode_start: torch.Tensor, frame_stack: int) -> torch.Tensor:
+    """Which frame each stack slot holds.
+
+    episode_start: bool [T+1, B], True where obs_t is the first observation of an episode (its stack
+    is S copies of its own frame). Returns long [T+1, B, S] of flat indices into the frame array of
+    shape [(S-1) + T + 1, B, ...] (slot S-1 is the newest frame). Before the segment, the actor's
+    context frames are already correct, so only starts inside the segment clamp the window.
+    """
+    t1, b = episode_start.shape
+    s = frame_stack
+    t = torch.arange(t1).unsqueeze(1).expand(t1, b)
+    start_at = torch.where(episode_start, t, torch.full_like(t, -s))
+    last_start = torch.cummax(start_at, dim=0).values  # [T+1, B]
+    tau = t.unsqueeze(-1) - (s - 1) + torch.arange(s)  # frame time of each slot, [T+1, B, S]
+    time_index = torch.maximum(tau, last_start.unsqueeze(-1)) + (s - 1)
+    return time_index * b + torch.arange(b).view(1, b, 1)
+
+
+def assemble(segments: list[Segment], frame_stack: int, device: torch.device | str = "cpu") -> Batch:
+    """Concatenate segments along the stream axis; tensors go to ``device`` (pinned, non-blocking on CUDA)."""
+    cat = {n: np.concatenate([sg.arrays[n] for sg in segments], axis=1)
+           for n in ("frames", "context", "actions", "behaviour_logp", "rewards", "terminated", "truncated",
+                     "trunc_value")}
+    ends = (cat["terminated"] | cat["truncated"]).astype(bool)
+    start = np.zeros((ends.shape[0] + 1, ends.shape[1]), dtype=bool)
+    start[1:] = ends
+    frames = np.concatenate([cat["context"], cat["frames"]], axis=0)
+    dev = torch.device(device)
+
+    def to(x: np.ndarray, dtype: torch.dtype | None = None) -> torch.Tensor:
+        t = torch.from_numpy(np.ascontiguousarray(x))
+        if dtype is not None:
+            t = t.to(dtype)
+        if dev.type == "cuda":
+            return t.pin_memory().to(dev, non_blocking=True)
+        return t
+
+    return Batch(
+        frames=to(frames),
+        obs_index=stack_indices(torch.from_numpy(start), frame_stack).to(dev),
+        actions=to(cat["actions"], torch.long),
+        behaviour_logp=to(cat["behaviour_logp"]),
+        rewards=to(cat["rewards"]),
+        terminated=to(cat["terminated"], torch.float32),
+        truncated=to(cat["truncated"], torch.float32),
+        trunc_value=to(cat["trunc_value"]),
+        streams=torch.tensor([s for sg in segments for s in sg.streams], dtype=torch.long),
+        segment_sizes=[len(sg.streams) for sg in segments],
+        versions=[sg.version for sg in segments],
+    )
