@@ -15,7 +15,7 @@ import zmq
 
 from actors.env import make_env
 from actors.rollout import RolloutCollector, env_split
-from common.config import Config
+from common.config import Config, shape_keys
 from common.networks import PolicyNet, policy_param_spec
 from common.transport import is_local, send_with_timeout, weights_address
 from common.wire import SegmentSpec, WireError, decode, encode, validate_weights
@@ -39,8 +39,9 @@ def segment_spec(cfg: Config, num_actions: int = 18) -> SegmentSpec:
 class WeightsReceiver:
     """Keeps the policy at the newest weights heard on the SUB socket."""
 
-    def __init__(self, sock: zmq.Socket, policy: PolicyNet, timeout_s: float):
+    def __init__(self, sock: zmq.Socket, policy: PolicyNet, timeout_s: float, shape_keys: dict | None = None):
         self.sock, self.policy, self.timeout_s = sock, policy, timeout_s
+        self.shape_keys = shape_keys
         self.param_spec = policy_param_spec(policy)
         self.version = -1
         self.warmup_steps = 0
@@ -59,6 +60,7 @@ class WeightsReceiver:
                 msg = decode(frames)
                 if msg.kind == "stop":
                     raise ActorStop("learner finished training", clean=True)
+                self._check_shape_keys(msg.meta.get("shape_keys"))
                 validate_weights(msg, self.param_spec)
             except WireError as e:
                 self.rejected += 1
@@ -73,6 +75,16 @@ class WeightsReceiver:
         if newest is not None:
             self.warmup_steps = newest.meta["warmup_steps"]
         self.check_alive()
+
+    def _check_shape_keys(self, theirs: object) -> None:
+        """A learner configured with other shapes would reject every segment: say so and stop."""
+        if self.shape_keys is None or theirs == self.shape_keys:
+            return
+        if not isinstance(theirs, dict):
+            raise WireError("weights without shape_keys")
+        diff = [f"{k} {theirs.get(k)!r} (learner) != {v!r} (actor)" for k, v in self.shape_keys.items()
+                if theirs.get(k) != v]
+        raise ActorStop("config mismatch with the learner: " + "; ".join(diff))
 
     def wait_for(self, version: int) -> None:
         while self.version < version:
@@ -117,7 +129,7 @@ def run_actor(cfg: Config, actor_id: int, num_actors: int, learner_addr: str, in
     sub.setsockopt(zmq.SUBSCRIBE, b"")
     sub.setsockopt(zmq.LINGER, 0)
     sub.connect(weights_address(learner_addr))
-    weights = WeightsReceiver(sub, policy, cfg.actor_timeout_s)
+    weights = WeightsReceiver(sub, policy, cfg.actor_timeout_s, shape_keys(cfg))
 
     def send(kind: str, meta: dict, arrays: dict) -> None:
         frames = encode(kind, {"actor": actor_id, "streams": streams, **meta}, arrays, compression)

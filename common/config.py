@@ -125,6 +125,14 @@ def verify(cfg: Config) -> Config:
     return cfg
 
 
+# Keys that fix the shapes on the wire: a learner and its actors must agree on them.
+SHAPE_KEYS = ("NumWorkers", "RolloutSteps", "FrameStack", "ImageHeight", "ImageWidth", "EnvName")
+
+
+def shape_keys(cfg: Config) -> dict[str, Any]:
+    return {k: getattr(cfg, k) for k in SHAPE_KEYS}
+
+
 def _coerce_float(v: Any) -> Any:
     """YAML 1.1 reads '1e-4' as a string and 3 as an int; both are fine floats."""
     if isinstance(v, int) and not isinstance(v, bool):

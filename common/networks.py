@@ -13,6 +13,9 @@ import torch
 from torch import nn
 
 
+NUM_ACTIONS = 18  # the full ALE action set, for every game
+
+
 class PolicyOutput(NamedTuple):
     logits: torch.Tensor  # [B, A]
     value_ext: torch.Tensor  # [B]

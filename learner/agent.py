@@ -169,8 +169,8 @@ class RNDAgent:
         rnd_loss = (err * mask).sum() / mask.sum().clamp(min=1.0)
         loss = pg_loss + cfg.value_coeff * v_loss - cfg.PPOEntropyCoeff * entropy + rnd_loss
         with torch.no_grad():
-            info = {"policy_loss": pg_loss, "value_loss": v_loss, "entropy": entropy, "rnd_loss": rnd_loss,
-                    "approx_kl": ((ratio - 1) - log_ratio).mean(),
+            info = {"policy_loss": pg_loss.detach(), "value_loss": v_loss.detach(), "entropy": entropy.detach(),
+                    "rnd_loss": rnd_loss.detach(), "approx_kl": ((ratio - 1) - log_ratio).mean(),
                     "clip_fraction": ((ratio - 1).abs() > cfg.PPORewardEps).float().mean()}
         return loss, info
 

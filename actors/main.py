@@ -1,0 +1,29 @@
+"""One actor process: ``python -m actors.main --config FILE --learner ADDR --actor-id I --num-actors N``."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from actors.actor import run_actor
+from common.config import ConfigError, load_config
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--config", required=True)
+    p.add_argument("--learner", required=True, help="the learner's address, tcp://HOST:PORT")
+    p.add_argument("--actor-id", type=int, required=True)
+    p.add_argument("--num-actors", type=int, required=True, help="actors across all machines")
+    p.add_argument("--incarnation", type=int, default=0, help="restart count (changes env seeds)")
+    p.add_argument("overrides", nargs="*", help="key=value config overrides")
+    a = p.parse_args(argv)
+    try:
+        cfg = load_config(a.config, a.overrides)
+    except ConfigError as e:
+        print(f"actor: {e}", file=sys.stderr)
+        return 2
+    return run_actor(cfg, a.actor_id, a.num_actors, a.learner, a.incarnation)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

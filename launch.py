@@ -1,0 +1,229 @@
+#!/usr/bin/env python3
+"""Train RND on Montezuma's Revenge: the one entry point.
+
+  python launch.py                                   # configs/montezuma.yaml, GPU 0 if any, 1 actor per spare core
+  python launch.py --config configs/smoke.yaml --actors 2 --learner-gpu -1
+  python launch.py --role learner --bind tcp://0.0.0.0:5555 --learner-gpu 0      # server A
+  python launch.py --role actors --learner tcp://serverA:5555 --actors 16        # server B
+  python launch.py --resume runs/montezuma-20261128-101500
+  python launch.py --print-config LearningRate=3e-4
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent
+sys.path.insert(0, str(REPO))
+
+from common.config import Config, ConfigError, dump_yaml, from_dict, load_config, parse_overrides, rom_name  # noqa: E402
+from learner.checkpoint import CheckpointError  # noqa: E402
+
+DEFAULT_CONFIG = REPO / "configs" / "montezuma.yaml"
+DEFAULT_REMOTE_BIND = "tcp://0.0.0.0:5555"
+
+
+class UsageError(Exception):
+    """A bad command line or environment: printed as one line, exit code 2."""
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", help=f"YAML config (default: {DEFAULT_CONFIG.relative_to(REPO)})")
+    p.add_argument("--actors", type=int, help="actor processes on this machine (default: one per spare core)")
+    p.add_argument("--learner-gpu", type=int, help="GPU index of the learner, -1 for the CPU (default: 0 if any)")
+    p.add_argument("--run-dir", help="where logs and checkpoints go (default: runs/<game>-<time>)")
+    p.add_argument("--total-steps", type=int, help="agent steps to train (default: NumEpochs*NumWorkers*RolloutSteps)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its latest checkpoint")
+    p.add_argument("--bind", help="learner address tcp://HOST:PORT (the weights use PORT+1)")
+    p.add_argument("--role", choices=("local", "learner", "actors"), default="local")
+    p.add_argument("--learner", help="actors role: the learner's --bind address, tcp://HOST:PORT")
+    p.add_argument("--actor-offset", type=int, default=0, help="actors role: id of this machine's first actor")
+    p.add_argument("--total-actors", type=int, help="actors role: actors on all machines (default: --actors)")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (highest precedence)")
+    return p.parse_args(argv)
+
+
+# ---- resolution of config, run dir, device ---------------------------------------------------------------
+def resolve_config(args: argparse.Namespace) -> tuple[Config, dict | None]:
+    """defaults < YAML < key=value; with --resume, the checkpoint's config replaces defaults and YAML."""
+    if args.resume:
+        from learner.checkpoint import load_checkpoint
+
+        data = load_checkpoint(args.resume)
+        cfg = from_dict(data["config"])
+        if args.overrides:
+            cfg = from_dict(parse_overrides(args.overrides), cfg)
+        return cfg, data
+    return load_config(args.config or DEFAULT_CONFIG, args.overrides), None
+
+
+def resolve_run_dir(args: argparse.Namespace, cfg: Config) -> Path:
+    if args.resume:
+        return Path(args.resume)
+    if args.run_dir:
+        return Path(args.run_dir)
+    if cfg.SavePath:  # the report's SavePath names a checkpoint file; its folder becomes the run dir
+        return Path(cfg.SavePath).expanduser().parent
+    return REPO / "runs" / f"{rom_name(cfg.EnvName)}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def resolve_device(gpu: int | None) -> str:
+    import torch
+
+    if gpu is None:
+        return "cuda:0" if torch.cuda.is_available() else "cpu"
+    if gpu < 0:
+        return "cpu"
+    if not torch.cuda.is_available():
+        raise UsageError(f"--learner-gpu {gpu}: no CUDA device is available here; use --learner-gpu -1 for the CPU")
+    if gpu >= torch.cuda.device_count():
+        raise UsageError(f"--learner-gpu {gpu}: only {torch.cuda.device_count()} CUDA device(s)")
+    return f"cuda:{gpu}"
+
+
+def default_actors(cfg: Config) -> int:
+    return max(1, min(cfg.NumWorkers, (os.cpu_count() or 2) - 1))
+
+
+def make_run_dir(run_dir: Path) -> None:
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"run dir {run_dir}: cannot create it ({e.strerror}); pass --run-dir") from None
+
+
+# ---- roles -------------------------------------------------------------------------------------------------
+def actor_supervisor(cfg_path: Path, learner_addr: str, ids: list[int], total: int, overrides: list[str],
+                     restart_on_learner_gone: bool):
+    from actors.supervisor import ActorSupervisor
+
+    def cmd(actor_id: int, incarnation: int) -> list[str]:
+        return [sys.executable, "-m", "actors.main", "--config", str(cfg_path), "--learner", learner_addr,
+                "--actor-id", str(actor_id), "--num-actors", str(total), "--incarnation", str(incarnation),
+                *overrides]
+
+    return ActorSupervisor(cmd, ids, cwd=str(REPO), restart_on_learner_gone=restart_on_learner_gone)
+
+
+def check_address(addr: str, flag: str) -> None:
+    from common.transport import addr_is_ipc, parse_tcp
+
+    if addr_is_ipc(addr):
+        return
+    try:
+        parse_tcp(addr)
+    except ValueError as e:
+        raise UsageError(f"{flag}: {e}") from None
+
+
+def run_learner(args: argparse.Namespace, cfg: Config, resume: dict | None, local: bool) -> int:
+    import torch
+    import zmq
+
+    from common.transport import connect_address, free_tcp_address
+    from learner.learner import Learner
+
+    device = resolve_device(args.learner_gpu)
+    run_dir = resolve_run_dir(args, cfg)
+    make_run_dir(run_dir)
+    (run_dir / "config.yaml").write_text(dump_yaml(cfg))
+    bind = args.bind or (free_tcp_address() if local else DEFAULT_REMOTE_BIND)
+    check_address(bind, "--bind")
+    supervisor = None
+    if local:
+        n = args.actors or default_actors(cfg)
+        if n > cfg.NumWorkers:
+            raise UsageError(f"--actors {n}: more actors than envs (NumWorkers={cfg.NumWorkers})")
+        supervisor = actor_supervisor(run_dir / "config.yaml", connect_address(bind), list(range(n)), n, [], True)
+        if device == "cpu":  # actors and learner share the cores
+            torch.set_num_threads(max(1, (os.cpu_count() or 2) - n))
+    total = args.total_steps if args.total_steps is not None else cfg.total_agent_steps
+    try:
+        learner = Learner(cfg, run_dir, device, bind=bind, total_steps=total, supervisor=supervisor, resume=resume)
+    except zmq.ZMQError as e:
+        raise UsageError(f"--bind {bind}: {e} (is another learner using this port or port+1?)") from None
+
+    def request_stop(signum, frame):  # noqa: ARG001
+        if learner.stop_requested:
+            raise KeyboardInterrupt
+        print(f"\nlaunch: signal {signum}: finishing the update, writing a checkpoint, stopping actors",
+              file=sys.stderr, flush=True)
+        learner.stop_requested = True
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+    print(f"launch: run dir {run_dir} | learner on {device} | listening on {bind}"
+          + (f" | {len(supervisor.actor_ids)} actors" if supervisor else ""), flush=True)
+    if supervisor:
+        supervisor.start()
+    try:
+        learner.train()
+    finally:
+        if supervisor:
+            supervisor.stop()
+    print(f"launch: done at {learner.counters['agent_steps']:,} agent steps, update {learner.version}; "
+          f"checkpoint {run_dir / 'checkpoints' / 'latest.pt'}", flush=True)
+    return 0
+
+
+def run_actors(args: argparse.Namespace, cfg: Config) -> int:
+    if not args.learner:
+        raise UsageError("--role actors needs --learner tcp://HOST:PORT (the learner's --bind address)")
+    check_address(args.learner, "--learner")
+    n = args.actors or default_actors(cfg)
+    total = args.total_actors or n
+    if args.actor_offset < 0 or args.actor_offset + n > total:
+        raise UsageError(f"actors {args.actor_offset}..{args.actor_offset + n - 1} do not fit --total-actors {total}")
+    if total > cfg.NumWorkers:
+        raise UsageError(f"{total} actors for NumWorkers={cfg.NumWorkers} envs")
+    import tempfile
+
+    cfg_file = Path(tempfile.mkdtemp(prefix="rnd-actors-")) / "config.yaml"
+    cfg_file.write_text(dump_yaml(cfg))
+    sup = actor_supervisor(cfg_file, args.learner, list(range(args.actor_offset, args.actor_offset + n)), total, [],
+                           restart_on_learner_gone=False)
+    print(f"launch: {n} actors ({args.actor_offset}..{args.actor_offset + n - 1} of {total}) -> {args.learner}",
+          flush=True)
+    sup.start()
+    stop = {"now": False}
+
+    def on_signal(signum, frame):  # noqa: ARG001
+        stop["now"] = True
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    while not stop["now"] and not sup.all_done():
+        sup.poll()
+        time.sleep(0.5)
+    sup.stop(grace_s=0.0 if stop["now"] else 5.0)
+    print(f"launch: actors stopped ({sup.restarts} restarts)", flush=True)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
+    args = parse_args(argv)
+    try:
+        cfg, resume = resolve_config(args)
+        if args.print_config:
+            print(dump_yaml(cfg), end="")
+            return 0
+        if args.actors is not None and args.actors < 1:
+            raise UsageError(f"--actors {args.actors}: must be >= 1")
+        if args.role == "actors":
+            return run_actors(args, cfg)
+        return run_learner(args, cfg, resume, local=args.role == "local")
+    except (ConfigError, UsageError, CheckpointError) as e:
+        print(f"launch: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,257 @@
+"""The learner process: PULL segments -> validate -> batch -> update -> PUB weights; logs, checkpoints.
+
+It owns all learning state (networks, optimizer, normalisers, per-stream reward filters), so one
+checkpoint resumes everything. Game-specific facts never appear here: rooms arrive as episode stats.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter, deque
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+import zmq
+
+from common.config import Config, shape_keys
+from common.networks import NUM_ACTIONS
+from common.timing import Timings
+from common.transport import weights_address
+from common.wire import SegmentSpec, WireError, decode, encode, validate_segment, validate_warmup
+from learner.agent import RNDAgent
+from learner.batch import Segment, assemble
+from learner.checkpoint import save_checkpoint
+from learner.logs import RunLogger
+
+log = logging.getLogger("learner")
+HEARTBEAT_S = 1.0  # weights are re-sent this often while no update happens (late joiners, liveness)
+
+
+class Supervisor(Protocol):
+    def poll(self) -> int: ...  # restarts dead children; returns restarts so far
+
+
+class Learner:
+    """Wires the agent to sockets, logs and checkpoints. ``step_on(segments)`` is the socket-free core."""
+
+    def __init__(self, cfg: Config, run_dir: Path, device: torch.device | str = "cpu", bind: str | None = None,
+                 total_steps: int | None = None, supervisor: Supervisor | None = None, resume: dict | None = None,
+                 tensorboard: bool = True):
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.total_steps = total_steps if total_steps is not None else cfg.total_agent_steps
+        self.agent = RNDAgent(cfg, NUM_ACTIONS, device)
+        self.spec = SegmentSpec(cfg.RolloutSteps, cfg.FrameStack, cfg.ImageHeight, cfg.ImageWidth, NUM_ACTIONS,
+                                cfg.NumWorkers)
+        self.supervisor = supervisor
+        self.counters: dict[str, int] = {"update": 0, "agent_steps": 0, "rejected_messages": 0,
+                                         "dropped_stale_segments": 0, "episodes": 0, "warmup_frames": 0}
+        self.obs_rms_ready = cfg.NumInitSteps == 0
+        self.rooms_seen: set[int] = set()
+        self.recent: deque[tuple[float, int, int]] = deque(maxlen=100)  # (return, length, rooms) of episodes
+        self.rejected_by_reason: Counter[str] = Counter()
+        if resume is not None:
+            self._load(resume)
+        self.timings = Timings()
+        self.pending: deque[Segment] = deque()
+        self.stop_requested = False
+        self._last_publish = 0.0
+        self._step_times: deque[tuple[float, int]] = deque(maxlen=11)
+        self._start = time.monotonic()
+        self._saved_version: int | None = None
+        self._saved_path: Path | None = None
+        self.logger = RunLogger(self.run_dir, append=resume is not None, tensorboard=tensorboard,
+                                purge_step=self.counters["agent_steps"] if resume is not None else None)
+        self.ctx = zmq.Context.instance()
+        self.pull = self.pub = None
+        if bind is not None:
+            self._bind(bind)
+
+    # ---- sockets ---------------------------------------------------------------------------------
+    def _bind(self, addr: str) -> None:
+        self.pull = self.ctx.socket(zmq.PULL)
+        self.pull.setsockopt(zmq.RCVHWM, 64)
+        self.pull.bind(addr)
+        self.pub = self.ctx.socket(zmq.PUB)
+        self.pub.setsockopt(zmq.SNDHWM, 2)  # only the newest weights matter
+        self.pub.setsockopt(zmq.LINGER, 1000)
+        self.pub.bind(weights_address(addr))
+
+    @property
+    def version(self) -> int:
+        """Policy version = updates done; weights published after update u carry version u."""
+        return self.counters["update"]
+
+    def publish_weights(self) -> None:
+        state = self.agent.policy.state_dict()
+        arrays = {k: v.detach().float().cpu().numpy() for k, v in state.items()}
+        meta = {"version": self.version, "warmup_steps": 0 if self.obs_rms_ready else self.cfg.NumInitSteps,
+                "shape_keys": shape_keys(self.cfg)}
+        self.pub.send_multipart(encode("weights", meta, arrays), copy=False)
+        self._last_publish = time.monotonic()
+
+    def stop_actors(self) -> None:
+        for _ in range(3):
+            self.pub.send_multipart(encode("stop", {}, {}))
+            time.sleep(0.1)
+
+    # ---- incoming messages -----------------------------------------------------------------------
+    def handle(self, frames: list[bytes]) -> None:
+        """Decode, validate and file one message; a bad one is dropped, counted and logged once per reason."""
+        try:
+            msg = decode(frames)
+            if msg.kind == "segment":
+                validate_segment(msg, self.spec)
+                self.pending.append(Segment(msg.meta["actor"], msg.meta["version"], msg.meta["streams"],
+                                            msg.arrays, msg.meta["episodes"]))
+            elif msg.kind == "warmup":
+                validate_warmup(msg, self.spec)
+                self.agent.update_obs_normaliser(torch.from_numpy(msg.arrays["frames"].copy()))
+                self.counters["warmup_frames"] += msg.arrays["frames"].shape[0] * msg.arrays["frames"].shape[1]
+                if self.counters["warmup_frames"] >= self.cfg.NumInitSteps * self.cfg.NumWorkers:
+                    self.obs_rms_ready = True
+            else:
+                raise WireError(f"a learner does not accept {msg.kind!r} messages")
+        except WireError as e:
+            self.counters["rejected_messages"] += 1
+            reason = str(e).split(":")[0]
+            if self.rejected_by_reason[reason] == 0:
+                log.warning("dropped a bad message (%s); further ones like it are only counted", e)
+            self.rejected_by_reason[reason] += 1
+
+    def _drop_stale(self) -> None:
+        oldest_ok = self.version - self.cfg.max_policy_lag
+        keep = deque(s for s in self.pending if s.version >= oldest_ok)
+        self.counters["dropped_stale_segments"] += len(self.pending) - len(keep)
+        self.pending = keep
+
+    def _ready_envs(self) -> int:
+        return sum(len(s.streams) for s in self.pending)
+
+    def next_batch(self) -> list[Segment] | None:
+        """Block until NumWorkers streams of fresh segments are here (and the normaliser is warm).
+        Returns None if a stop was requested meanwhile."""
+        while True:
+            self._drop_stale()
+            if self.obs_rms_ready and self._ready_envs() >= self.cfg.NumWorkers:
+                break
+            if self.stop_requested:
+                return None
+            if self.pull.poll(100, zmq.POLLIN):
+                while True:  # drain without blocking
+                    try:
+                        self.handle(self.pull.recv_multipart(zmq.NOBLOCK, copy=True))
+                    except zmq.Again:
+                        break
+            self.idle()
+        batch, n = [], 0
+        while n < self.cfg.NumWorkers:
+            seg = self.pending.popleft()
+            batch.append(seg)
+            n += len(seg.streams)
+        return batch
+
+    def idle(self) -> None:
+        if time.monotonic() - self._last_publish > HEARTBEAT_S:
+            self.publish_weights()
+        if self.supervisor is not None:
+            self.supervisor.poll()
+
+    # ---- the update --------------------------------------------------------------------------------
+    def step_on(self, segments: list[Segment]) -> dict[str, Any]:
+        """One update on ``segments``; returns the logged metrics row."""
+        lags = [self.version - s.version for s in segments]
+        with self.timings.time("learn"):
+            batch = assemble(segments, self.cfg.FrameStack, self.agent.device)
+            metrics = self.agent.update(batch)
+        self.counters["update"] += 1
+        self.counters["agent_steps"] += batch.T * batch.B
+        self._record_episodes(segments)
+        return self._row(metrics, lags)
+
+    def _record_episodes(self, segments: list[Segment]) -> None:
+        records = []
+        for seg in segments:
+            for e in seg.episodes:
+                rooms = e.get("rooms")
+                self.rooms_seen.update(rooms or [])
+                self.recent.append((float(e["return"]), int(e["length"]), len(rooms or [])))
+                records.append({"update": self.version, "agent_steps": self.counters["agent_steps"],
+                                "actor": seg.actor, "policy_version": seg.version, **e})
+        self.counters["episodes"] += len(records)
+        self.logger.log_episodes(records)
+
+    def _row(self, metrics: dict[str, float], lags: list[int]) -> dict[str, Any]:
+        now = time.monotonic()
+        self._step_times.append((now, self.counters["agent_steps"]))
+        (t0, s0), (t1, s1) = self._step_times[0], self._step_times[-1]
+        sps = (s1 - s0) / (t1 - t0) if t1 > t0 else float("nan")
+        split = self.timings.split()
+        recent = np.array(self.recent, dtype=np.float64).reshape(-1, 3)
+        nan = float("nan")
+        row = {"update": self.version, "agent_steps": self.counters["agent_steps"],
+               "frames": self.counters["agent_steps"] * self.cfg.FrameSkip, "time_s": now - self._start,
+               "episode_return_mean": recent[:, 0].mean() if len(recent) else nan,
+               "episode_length_mean": recent[:, 1].mean() if len(recent) else nan,
+               "rooms_per_episode_mean": recent[:, 2].mean() if len(recent) else nan,
+               "episodes": self.counters["episodes"], "rooms_visited_total": len(self.rooms_seen),
+               "obs_rms_mean": float(self.agent.obs_rms.mean.mean()),
+               "policy_lag_mean": float(np.mean(lags)), "policy_lag_max": int(max(lags)),
+               "steps_per_second": sps, "wait_data_s": split.get("wait_data", 0.0),
+               "learn_s": split.get("learn", 0.0), "rejected_messages": self.counters["rejected_messages"],
+               "dropped_stale_segments": self.counters["dropped_stale_segments"],
+               "actor_restarts": self.supervisor.poll() if self.supervisor is not None else 0, **metrics}
+        return row
+
+    # ---- the loop ------------------------------------------------------------------------------------
+    def train(self) -> dict[str, Any] | None:
+        """Run until total_steps agent steps or a stop request; always checkpoint and stop the actors."""
+        last_row = None
+        try:
+            self.publish_weights()
+            while self.counters["agent_steps"] < self.total_steps and not self.stop_requested:
+                with self.timings.time("wait_data"):
+                    segments = self.next_batch()
+                if segments is None:
+                    break
+                last_row = self.step_on(segments)
+                self.publish_weights()
+                self.logger.log_update(last_row)
+                self.logger.progress(last_row, self.total_steps)
+                if self.version % self.cfg.checkpoint_every == 0:
+                    self.save()
+        finally:
+            self.save()
+            if self.pub is not None:
+                self.stop_actors()
+            self.close()
+        return last_row
+
+    # ---- state ----------------------------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        return {"config": self.cfg.to_dict(), "agent": self.agent.state_dict(), "counters": dict(self.counters),
+                "obs_rms_ready": self.obs_rms_ready, "rooms_seen": sorted(self.rooms_seen),
+                "recent_episodes": [list(r) for r in self.recent]}
+
+    def _load(self, data: dict[str, Any]) -> None:
+        self.agent.load_state_dict(data["agent"])
+        self.counters.update({k: int(v) for k, v in data["counters"].items()})
+        self.obs_rms_ready = bool(data["obs_rms_ready"])
+        self.rooms_seen = set(int(r) for r in data["rooms_seen"])
+        self.recent.extend((float(a), int(b), int(c)) for a, b, c in data["recent_episodes"])
+
+    def save(self) -> Path:
+        """Checkpoint now, unless this very update was just saved."""
+        if self._saved_version != self.version:
+            self._saved_path = save_checkpoint(self.run_dir, self.state(), self.version, self.cfg.keep_checkpoints)
+            self._saved_version = self.version
+        return self._saved_path
+
+    def close(self) -> None:
+        self.logger.close()
+        for s in (self.pull, self.pub):
+            if s is not None:
+                s.close()
+

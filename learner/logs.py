@@ -1,0 +1,95 @@
+"""Run-dir logs: metrics.csv (one row per update), TensorBoard, episodes.jsonl, a live console line.
+
+Every metric has one stable bare name (the CSV column) and one namespace; its TensorBoard tag is
+``namespace/name``. The CSV columns are fixed by ``METRICS`` so that resumed runs append cleanly.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+# name -> namespace, in CSV column order
+METRICS: dict[str, str] = {
+    "update": "charts", "agent_steps": "charts", "frames": "charts", "time_s": "perf",
+    "ext_reward_per_rollout": "charts", "int_reward_per_rollout": "charts", "episode_return_mean": "charts",
+    "episode_length_mean": "charts", "episodes": "charts", "rooms_visited_total": "charts",
+    "rooms_per_episode_mean": "charts",
+    "policy_loss": "losses", "value_loss": "losses", "entropy": "losses", "rnd_loss": "losses",
+    "approx_kl": "losses", "clip_fraction": "losses", "explained_var_ext": "losses", "explained_var_int": "losses",
+    "grad_norm": "losses",
+    "int_reward_raw_mean": "rnd", "reward_rms_std": "rnd", "obs_rms_mean": "rnd",
+    "policy_lag_mean": "perf", "policy_lag_max": "perf", "steps_per_second": "perf",
+    "wait_data_s": "perf", "learn_s": "perf", "rejected_messages": "perf", "dropped_stale_segments": "perf",
+    "actor_restarts": "perf",
+}
+
+
+def _fmt(v: Any) -> Any:
+    if isinstance(v, float):
+        return "" if math.isnan(v) else f"{v:.6g}"
+    return v
+
+
+class RunLogger:
+    """Owns the run dir's log files; ``append=True`` continues them (resume)."""
+
+    def __init__(self, run_dir: Path, append: bool = False, tensorboard: bool = True, purge_step: int | None = None):
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        csv_path = self.run_dir / "metrics.csv"
+        new_csv = not (append and csv_path.exists())
+        self._csv_file = open(csv_path, "w" if new_csv else "a", newline="")
+        self._csv = csv.DictWriter(self._csv_file, fieldnames=list(METRICS), extrasaction="ignore")
+        if new_csv:
+            self._csv.writeheader()
+        self._episodes = open(self.run_dir / "episodes.jsonl", "a" if append else "w")
+        self._tb = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(str(self.run_dir / "tb"), purge_step=purge_step)
+        self._tty = sys.stdout.isatty()
+        self._last_print = 0.0
+
+    def log_update(self, row: dict[str, Any]) -> None:
+        unknown = set(row) - set(METRICS)
+        if unknown:
+            raise KeyError(f"metrics without a registered name: {sorted(unknown)}")
+        self._csv.writerow({k: _fmt(v) for k, v in row.items()})
+        self._csv_file.flush()
+        if self._tb is not None:
+            step = int(row["agent_steps"])
+            for k, v in row.items():
+                if k not in ("update", "agent_steps") and isinstance(v, (int, float)) and not math.isnan(v):
+                    self._tb.add_scalar(f"{METRICS[k]}/{k}", v, step)
+
+    def log_episodes(self, records: list[dict[str, Any]]) -> None:
+        for r in records:
+            self._episodes.write(json.dumps(r) + "\n")
+        if records:
+            self._episodes.flush()
+
+    def progress(self, row: dict[str, Any], total_steps: int) -> None:
+        """One live line: on a terminal it redraws in place; in a file, one line every 10 s."""
+        now = time.monotonic()
+        if not self._tty and now - self._last_print < 10.0:
+            return
+        self._last_print = now
+        ret = row.get("episode_return_mean", float("nan"))
+        line = (f"update {row['update']:>6} | steps {row['agent_steps']:>12,}/{total_steps:,} | "
+                f"{row['steps_per_second']:>8,.0f} steps/s | return {ret:8.1f} | "
+                f"rooms {row['rooms_visited_total']:>3} | lag {row['policy_lag_mean']:.2f}")
+        print("\r" + line if self._tty else line, end="" if self._tty else "\n", flush=True)
+
+    def close(self) -> None:
+        if self._tty:
+            print(flush=True)
+        self._csv_file.close()
+        self._episodes.close()
+        if self._tb is not None:
+            self._tb.close()
