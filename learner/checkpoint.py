@@ -14,6 +14,7 @@ import torch
 
 FORMAT = "fast-rnd-checkpoint"
 FORMAT_VERSION = 1
+ZIP_MAGIC = b"PK\x03\x04"  # torch.save writes a zip archive
 _NUMBERED = re.compile(r"^ckpt_(\d+)\.pt$")
 
 
@@ -69,11 +70,14 @@ def resolve_checkpoint(path: str | Path) -> Path:
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load and check a checkpoint; a truncated, foreign or unsafe file raises CheckpointError."""
     file = resolve_checkpoint(path)
+    with open(file, "rb") as f:
+        if f.read(4) != ZIP_MAGIC:
+            raise CheckpointError(f"{file}: not a checkpoint (not a PyTorch zip archive)")
     try:
         data = torch.load(file, map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises many kinds for bad files (zip, unpickling, EOF)
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{file}: not a readable checkpoint ({first[:160]})") from None
+        first = (str(e).strip() or type(e).__name__).splitlines()[0].split(". ")[0]
+        raise CheckpointError(f"{file}: truncated, corrupt or unsafe checkpoint ({first[:120]})") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise CheckpointError(f"{file}: not a checkpoint of this project")
     if data.get("format_version") != FORMAT_VERSION:
