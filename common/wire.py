@@ -57,7 +57,7 @@ def encode(kind: str, meta: dict[str, Any], arrays: dict[str, np.ndarray], compr
     for name, a in arrays.items():
         a = np.ascontiguousarray(a)
         specs.append({"name": name, "dtype": a.dtype.name, "shape": list(a.shape)})
-        raw = a.data if a.size else b""
+        raw = memoryview(a).cast("B") if a.size else b""  # flat bytes: len() == nbytes
         bufs.append(comp.compress(raw) if comp is not None else raw)
     header = {"proto": PROTOCOL_VERSION, "kind": kind, "compression": compression, "arrays": specs, **meta}
     return [json.dumps(header, separators=(",", ":")).encode()] + bufs
@@ -111,6 +111,7 @@ def _array_spec(spec: Any) -> tuple[str, np.dtype, tuple[int, ...]]:
 
 def _buffer_to_array(buf: Any, dtype: np.dtype, shape: tuple[int, ...], compression: str, name: str) -> np.ndarray:
     nbytes = math.prod(shape) * dtype.itemsize
+    buf = memoryview(buf).cast("B")
     if compression == "zstd":
         if _zstd is None:
             raise WireError("zstd-compressed message but the zstandard package is missing")
@@ -118,7 +119,7 @@ def _buffer_to_array(buf: Any, dtype: np.dtype, shape: tuple[int, ...], compress
             buf = _zstd.ZstdDecompressor().decompress(bytes(buf), max_output_size=nbytes) if nbytes else b""
         except _zstd.ZstdError:
             raise WireError(f"array {name!r}: corrupt zstd data") from None
-    if len(buf) != nbytes:
+    if len(buf) != nbytes:  # a flat byte view: len() counts bytes
         raise WireError(f"array {name!r}: {len(buf)} bytes, shape {list(shape)} needs {nbytes}")
     return np.frombuffer(buf, dtype=dtype).reshape(shape)
 

@@ -1,0 +1,64 @@
+"""The same actor and learner pieces wired serially in one process, with no sockets (for tests and debugging).
+
+Segments still go through the wire encoding and the learner's validation, so what is tested is what
+the multi-process system runs.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from actors.actor import segment_spec
+from actors.env import make_env
+from actors.rollout import RolloutCollector, env_split
+from common.config import Config
+from common.networks import PolicyNet
+from common.wire import encode
+from learner.learner import Learner
+
+
+class SerialRunner:
+    """``num_actors`` collectors share the learner's process; actor policies copy the learner's weights."""
+
+    def __init__(self, cfg: Config, run_dir: Path, num_actors: int = 1, tensorboard: bool = False):
+        self.cfg = cfg
+        self.learner = Learner(cfg, run_dir, "cpu", bind=None, tensorboard=tensorboard)
+        self.collectors, self.policies = [], []
+        for i in range(num_actors):
+            streams = env_split(cfg.NumWorkers, num_actors, i)
+            envs = [make_env(cfg, seed=cfg.seed * 100_003 + s) for s in streams]
+            policy = PolicyNet(envs[0].action_space.n, cfg.FrameStack, cfg.ImageHeight, cfg.ImageWidth).eval()
+            self.policies.append(policy)
+            self.collectors.append((i, RolloutCollector(envs, streams, policy, segment_spec(cfg), seed=i + 1)))
+        self.seq = 0
+
+    def sync_weights(self) -> None:
+        for p in self.policies:
+            p.load_state_dict(self.learner.agent.policy.state_dict())
+
+    def warmup(self) -> None:
+        for i, col in self.collectors:
+            for frames in col.warmup(self.cfg.NumInitSteps):
+                self.learner.handle(encode("warmup", {"actor": i, "streams": col.streams}, {"frames": frames}))
+
+    def collect(self) -> None:
+        """Every actor collects one segment with its current weights and sends it through the wire format."""
+        for i, col in self.collectors:
+            arrays, episodes = col.collect()
+            meta = {"actor": i, "streams": col.streams, "version": self.learner.version, "seq": self.seq,
+                    "episodes": episodes}
+            self.learner.handle(encode("segment", meta, arrays))
+        self.seq += 1
+
+    def run(self, updates: int) -> list[dict]:
+        """Synchronous (max_policy_lag 0) training for ``updates`` updates; returns the metric rows."""
+        self.sync_weights()
+        self.warmup()
+        rows = []
+        for _ in range(updates):
+            self.collect()
+            segments = list(self.learner.pending)
+            self.learner.pending.clear()
+            rows.append(self.learner.step_on(segments))
+            self.learner.logger.log_update(rows[-1])
+            self.sync_weights()
+        return rows

@@ -1,0 +1,178 @@
+"""End to end, as a user runs it: launch.py (local and two roles over TCP), eval.py, resume, signals, restarts."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import zmq
+
+REPO = Path(__file__).resolve().parents[1]
+SMOKE = str(REPO / "configs" / "smoke.yaml")
+PY = sys.executable
+REQUIRED_COLUMNS = ["update", "agent_steps", "frames", "ext_reward_per_rollout", "int_reward_per_rollout",
+                    "episode_return_mean", "rooms_visited_total", "policy_lag_mean", "steps_per_second",
+                    "rejected_messages", "policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction",
+                    "explained_var_ext", "explained_var_int", "wait_data_s", "learn_s"]
+
+
+def run(args: list[str], timeout: float = 240, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([PY, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout, **kw)
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, str]]:
+    with open(run_dir / "metrics.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def free_addr() -> str:
+    sys.path.insert(0, str(REPO))
+    from common.transport import free_tcp_address
+
+    return free_tcp_address()
+
+
+def test_local_train_eval_resume(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    p = run(["launch.py", "--config", SMOKE, "--actors", "2", "--learner-gpu", "-1", "--run-dir", str(run_dir),
+             "--total-steps", "192", "MaxStepsPerEpisode=20"])
+    assert p.returncode == 0, p.stderr
+    rows = read_metrics(run_dir)
+    assert [int(r["update"]) for r in rows] == [1, 2, 3]
+    assert all(c in rows[0] for c in REQUIRED_COLUMNS)
+    assert int(rows[-1]["agent_steps"]) == 192 and int(rows[-1]["frames"]) == 4 * 192
+    assert float(rows[-1]["policy_lag_mean"]) <= 1.0
+    episodes = [json.loads(x) for x in (run_dir / "episodes.jsonl").read_text().splitlines()]
+    assert episodes and {e["length"] for e in episodes} == {20}  # the cap is a truncation at 20 steps
+    assert {e["stream"] for e in episodes} == {0, 1, 2, 3}  # episode stats come from every env
+    assert all(e["rooms"] == [1] or 1 in e["rooms"] for e in episodes)
+    assert int(rows[-1]["rooms_visited_total"]) >= 1
+    assert (run_dir / "checkpoints" / "latest.pt").is_file()
+    assert list((run_dir / "tb").iterdir()), "TensorBoard events missing"
+
+    out = tmp_path / "eval.json"
+    e = run(["eval.py", str(run_dir / "checkpoints" / "latest.pt"), "--episodes", "2", "--max-steps", "15",
+             "--json", str(out), "--video", str(tmp_path / "play.mp4")])
+    assert e.returncode == 0, e.stderr
+    summary = json.loads(out.read_text())
+    assert summary["update"] == 3 and len(summary["episodes"]) == 2
+    assert all(ep["length"] == 15 for ep in summary["episodes"]) and 1 in summary["rooms_visited"]
+    assert "episode 2: checkpoint update 3" in e.stdout
+    assert (tmp_path / "play.mp4").stat().st_size > 1000
+
+    r = run(["launch.py", "--resume", str(run_dir), "--actors", "2", "--learner-gpu", "-1", "--total-steps", "320"])
+    assert r.returncode == 0, r.stderr
+    rows = read_metrics(run_dir)
+    assert [int(x["update"]) for x in rows] == [1, 2, 3, 4, 5]
+    assert int(rows[-1]["agent_steps"]) == 320
+
+
+def test_learner_and_actors_roles_over_tcp(tmp_path: Path) -> None:
+    addr = free_addr()
+    run_dir = tmp_path / "run"
+    learner = subprocess.Popen([PY, "launch.py", "--role", "learner", "--config", SMOKE, "--bind", addr,
+                                "--learner-gpu", "-1", "--run-dir", str(run_dir), "--total-steps", "128"],
+                               cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        actors = run(["launch.py", "--role", "actors", "--config", SMOKE, "--learner", addr, "--actors", "2"],
+                     timeout=180)
+        assert actors.returncode == 0, actors.stderr
+        assert "learner finished training" in actors.stderr
+        out, err = learner.communicate(timeout=60)
+        assert learner.returncode == 0, err
+    finally:
+        learner.kill()
+    rows = read_metrics(run_dir)
+    assert int(rows[-1]["agent_steps"]) == 128
+
+
+def test_actor_gives_up_on_a_silent_learner(tmp_path: Path) -> None:
+    addr = free_addr()  # nothing listens there
+    t0 = time.monotonic()
+    p = run(["launch.py", "--role", "actors", "--config", SMOKE, "--learner", addr, "--actors", "1",
+             "actor_timeout_s=2"], timeout=120)
+    assert p.returncode == 0
+    assert "no message from the learner" in p.stderr
+    assert time.monotonic() - t0 < 60
+
+
+def test_bad_messages_are_counted_not_fatal(tmp_path: Path) -> None:
+    addr = free_addr()
+    run_dir = tmp_path / "run"
+    learner = subprocess.Popen([PY, "launch.py", "--role", "learner", "--config", SMOKE, "--bind", addr,
+                                "--learner-gpu", "-1", "--run-dir", str(run_dir), "--total-steps", "128"],
+                               cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        ctx = zmq.Context.instance()
+        push = ctx.socket(zmq.PUSH)
+        push.connect(addr)
+        bad = [[b"not json"], [b'{"proto": 1, "kind": "segment", "compression": "none", "arrays": []}'],
+               [b"\x80\x04\x95pickle"], [b'{"proto": 99}']]
+        for frames in bad:
+            push.send_multipart(frames)
+        actors = run(["launch.py", "--role", "actors", "--config", SMOKE, "--learner", addr, "--actors", "1"],
+                     timeout=180)
+        assert actors.returncode == 0, actors.stderr
+        _, err = learner.communicate(timeout=60)
+        assert learner.returncode == 0, err
+        push.close(linger=0)
+    finally:
+        learner.kill()
+    rows = read_metrics(run_dir)
+    assert int(rows[-1]["rejected_messages"]) == len(bad)
+    assert err.count("dropped a bad message") <= len(bad)
+
+
+def _actor_pids(addr: str) -> list[int]:
+    pids = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                cmd = (d / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if b"actors.main" in cmd and addr.encode() in cmd:
+                pids.append(int(d.name))
+    return pids
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs /proc to find actor processes")
+def test_killed_actor_is_restarted_and_sigterm_checkpoints(tmp_path: Path) -> None:
+    addr = free_addr()
+    run_dir = tmp_path / "run"
+    p = subprocess.Popen([PY, "launch.py", "--config", SMOKE, "--actors", "2", "--learner-gpu", "-1", "--bind", addr,
+                          "--run-dir", str(run_dir), "--total-steps", "100000000"],
+                         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not (run_dir / "metrics.csv").exists():
+            time.sleep(0.5)
+        while time.monotonic() < deadline and len(read_metrics(run_dir)) < 2:
+            time.sleep(0.5)
+        victims = _actor_pids(addr)
+        assert len(victims) == 2
+        os.kill(victims[0], signal.SIGKILL)
+        n = len(read_metrics(run_dir))
+        while time.monotonic() < deadline and len(read_metrics(run_dir)) < n + 3:
+            time.sleep(0.5)
+        p.send_signal(signal.SIGTERM)
+        _, err = p.communicate(timeout=60)
+    finally:
+        p.kill()
+    assert p.returncode == 0, err
+    assert "restarting" in err
+    rows = read_metrics(run_dir)
+    assert int(rows[-1]["actor_restarts"]) >= 1
+    assert (run_dir / "checkpoints" / "latest.pt").is_file()
+    sys.path.insert(0, str(REPO))
+    from learner.checkpoint import load_checkpoint
+
+    assert load_checkpoint(run_dir)["counters"]["update"] == int(rows[-1]["update"])
+    time.sleep(1)
+    assert _actor_pids(addr) == []
