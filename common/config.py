@@ -151,9 +151,13 @@ def rom_name(env_name: str) -> str:
     name = re.sub(r"(NoFrameskip|Deterministic)?-v\d+$", "", name)
     if not re.fullmatch(r"[A-Za-z0-9_]+", name or ""):
         raise ValueError(f"cannot read a game name from {env_name!r}")
-    if "_" in name or name.islower():
-        return name.lower()
-    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+    from ale_py import roms  # the ROM list is the authority on spelling (e.g. tic_tac_toe_3d)
+
+    by_key = {r.replace("_", "").lower(): r for r in roms.get_all_rom_ids()}
+    rom = by_key.get(name.replace("_", "").lower())
+    if rom is None:
+        raise ValueError(f"{env_name!r} is not an ALE game that ale-py ships")
+    return rom
 
 
 def _parse_value(text: str) -> Any:
@@ -170,7 +174,7 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
         if "=" not in item:
             raise ConfigError(f"override {item!r}: expected key=value")
         k, v = item.split("=", 1)
-        out[k.strip()] = _parse_value(v.strip())
+        out[k.strip()] = v.strip()  # text: from_dict parses it for non-string keys only
     return out
 
 

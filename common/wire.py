@@ -116,6 +116,12 @@ def _buffer_to_array(buf: Any, dtype: np.dtype, shape: tuple[int, ...], compress
         if _zstd is None:
             raise WireError("zstd-compressed message but the zstandard package is missing")
         try:
+            claimed = _zstd.frame_content_size(bytes(buf[:18])) if nbytes else -1  # the frame header only
+        except _zstd.ZstdError:
+            raise WireError(f"array {name!r}: corrupt zstd data") from None
+        if claimed not in (-1, nbytes):  # refuse before inflating: the cap below is ignored for sized frames
+            raise WireError(f"array {name!r}: zstd frame holds {claimed} bytes, shape needs {nbytes}")
+        try:
             buf = _zstd.ZstdDecompressor().decompress(bytes(buf), max_output_size=nbytes) if nbytes else b""
         except _zstd.ZstdError:
             raise WireError(f"array {name!r}: corrupt zstd data") from None
@@ -154,6 +160,10 @@ class SegmentSpec:
         }
 
 
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
 def _require(cond: bool, why: str) -> None:
     if not cond:
         raise WireError(why)
@@ -161,14 +171,14 @@ def _require(cond: bool, why: str) -> None:
 
 def _int(meta: dict, key: str, lo: int = 0, hi: int = 1 << 62) -> int:
     v = meta.get(key)
-    _require(isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi, f"field {key!r}={v!r} out of range")
+    _require(_is_int(v) and lo <= v <= hi, f"field {key!r}={v!r} out of range")
     return v
 
 
 def _streams(meta: dict, spec: SegmentSpec) -> list[int]:
     s = meta.get("streams")
     _require(isinstance(s, list) and 0 < len(s) <= spec.num_streams, "field 'streams' missing or wrong length")
-    _require(all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < spec.num_streams for i in s),
+    _require(all(_is_int(i) and 0 <= i < spec.num_streams for i in s),
              f"stream ids outside [0, {spec.num_streams})")
     _require(len(set(s)) == len(s), "stream ids repeat")
     return s
@@ -208,13 +218,13 @@ def _check_episodes(eps: Any, streams: set[int], t_max: int) -> None:
     _require(isinstance(eps, list), "field 'episodes' is not a list")
     for e in eps:
         _require(isinstance(e, dict), "episode record is not an object")
-        _require(e.get("stream") in streams, "episode record of a stream not in this segment")
-        _require(isinstance(e.get("t"), int) and 0 <= e["t"] < t_max, "episode record step out of range")
+        _require(_is_int(e.get("stream")) and e["stream"] in streams, "episode record of a stream not in this segment")
+        _require(_is_int(e.get("t")) and 0 <= e["t"] < t_max, "episode record step out of range")
         r, ln = e.get("return"), e.get("length")
         _require(isinstance(r, (int, float)) and not isinstance(r, bool) and math.isfinite(r), "bad episode return")
-        _require(isinstance(ln, int) and ln > 0, "bad episode length")
+        _require(_is_int(ln) and ln > 0, "bad episode length")
         rooms = e.get("rooms", [])
-        _require(isinstance(rooms, list) and len(rooms) <= 256 and all(isinstance(x, int) for x in rooms),
+        _require(isinstance(rooms, list) and len(rooms) <= 256 and all(_is_int(x) for x in rooms),
                  "bad episode rooms")
 
 
