@@ -24,3 +24,17 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, bootstrap_value: torch.Tens
         acc = deltas[t] + discounts[t] * lam * acc
         adv[t] = acc
     return adv, adv + values
+
+
+def extrinsic_stream(rewards: torch.Tensor, terminated: torch.Tensor, truncated: torch.Tensor,
+                     trunc_value: torch.Tensor, gamma: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Learning rewards and discounts of the extrinsic stream, all [T, B].
+
+    Rewards are clipped to [-1, 1] (the raw score is only logged). The stream is cut at game over
+    (discount 0, nothing to bootstrap) and at the time limit, where the next observation already
+    belongs to a new episode; there the value of the final observation, ``trunc_value``, is added
+    as gamma * V(x_final), so a truncation is bootstrapped rather than treated as an ending.
+    """
+    clipped = rewards.clamp(-1.0, 1.0) + gamma * trunc_value * truncated
+    discounts = gamma * (1.0 - terminated) * (1.0 - truncated)
+    return clipped, discounts

@@ -14,7 +14,7 @@ import torch
 from common.config import Config
 from common.networks import PolicyNet, RNDModel
 from common.normalize import RewardForwardFilter, RunningMeanStd
-from common.returns import gae
+from common.returns import extrinsic_stream, gae
 from common.vtrace import vtrace
 from learner.batch import Batch
 
@@ -37,6 +37,12 @@ class BatchStats:
     explained_var_ext: float
     explained_var_int: float
     reward_rms_std: float
+
+
+def rnd_update_mask(n: int, proportion: float, gen: torch.Generator) -> torch.Tensor:
+    """Which of ``n`` minibatch samples train the predictor: each with probability ``proportion`` (paper 2.2;
+    the released code uses 0.25 with 128 envs, to keep the predictor from learning too fast). bool [n]."""
+    return torch.rand(n, generator=gen) < proportion
 
 
 def explained_variance(pred: torch.Tensor, target: torch.Tensor) -> float:
@@ -128,9 +134,8 @@ class RNDAgent:
         int_rew = self.normalise_intrinsic(raw_int, batch).to(self.device)
         self.update_obs_normaliser(batch.frames[-batch.T:])
 
-        # extrinsic: clipped for learning, cut at game over, bootstrapped through the time limit
-        ext_rew = batch.rewards.clamp(-1.0, 1.0) + cfg.ExtRewardDiscount * batch.trunc_value * batch.truncated
-        ext_disc = cfg.ExtRewardDiscount * (1.0 - batch.terminated) * (1.0 - batch.truncated)
+        ext_rew, ext_disc = extrinsic_stream(batch.rewards, batch.terminated, batch.truncated, batch.trunc_value,
+                                             cfg.ExtRewardDiscount)
         int_disc = torch.full_like(int_rew, cfg.IntRewardDiscount)  # never cut (non-episodic)
 
         vs_ext, adv_ext = self.stream_targets(batch.behaviour_logp, target_logp, ext_rew, v_ext, ext_disc,
@@ -165,7 +170,7 @@ class RNDAgent:
                         + (out.value_int.float() - tg.vs_int[idx]).pow(2).mean())
         entropy = -(logp_all.exp() * logp_all).sum(-1).mean()
         err = self.rnd(self.normalise_frames(batch.next_frames(idx)))
-        mask = (torch.rand(err.shape, generator=self.gen) < cfg.RNDUpdateProportion).to(err.device, err.dtype)
+        mask = rnd_update_mask(err.shape[0], cfg.RNDUpdateProportion, self.gen).to(err.device, err.dtype)
         rnd_loss = (err * mask).sum() / mask.sum().clamp(min=1.0)
         loss = pg_loss + cfg.value_coeff * v_loss - cfg.PPOEntropyCoeff * entropy + rnd_loss
         with torch.no_grad():

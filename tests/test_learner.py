@@ -1,0 +1,144 @@
+"""The learner's pieces: stream handling, staleness, reward treatment, the predictor mask, checkpoints."""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from common.config import load_config
+from common.returns import extrinsic_stream
+from common.wire import encode
+from learner.agent import rnd_update_mask
+from learner.batch import Segment
+from learner.checkpoint import load_checkpoint, save_checkpoint
+from learner.learner import Learner
+from learner.serial import SerialRunner
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def small_cfg(**kw):
+    base = {"NumWorkers": 2, "RolloutSteps": 8, "NumInitSteps": 4, "BatchSize": 8, "EpochSteps": 2,
+            "MaxStepsPerEpisode": 10, "ImageHeight": 42, "ImageWidth": 42, "NumEpochs": 100}
+    base.update(kw)
+    return load_config(REPO / "configs" / "smoke.yaml", base)
+
+
+def test_extrinsic_stream_clips_cuts_and_bootstraps() -> None:
+    r = torch.tensor([[100.0], [-3.0], [0.5], [0.0]])
+    term = torch.tensor([[0.0], [1.0], [0.0], [0.0]])
+    trunc = torch.tensor([[0.0], [0.0], [1.0], [0.0]])
+    tv = torch.tensor([[0.0], [0.0], [2.0], [0.0]])
+    rew, disc = extrinsic_stream(r, term, trunc, tv, 0.99)
+    assert rew[:, 0].tolist() == pytest.approx([1.0, -1.0, 0.5 + 0.99 * 2.0, 0.0])
+    assert disc[:, 0].tolist() == pytest.approx([0.99, 0.0, 0.0, 0.99])
+
+
+def test_rnd_mask_proportion() -> None:
+    g = torch.Generator().manual_seed(0)
+    m = rnd_update_mask(100_000, 0.25, g)
+    assert m.dtype == torch.bool and abs(m.float().mean().item() - 0.25) < 0.01
+
+
+def test_serial_training_runs_and_logs_raw_score(tmp_path: Path) -> None:
+    cfg = small_cfg()
+    runner = SerialRunner(cfg, tmp_path, num_actors=2)
+    rows = runner.run(2)
+    assert [r["update"] for r in rows] == [1, 2]
+    assert rows[-1]["agent_steps"] == 2 * cfg.NumWorkers * cfg.RolloutSteps
+    for r in rows:
+        assert np.isfinite([r["policy_loss"], r["value_loss"], r["rnd_loss"], r["entropy"]]).all()
+    assert runner.learner.counters["warmup_frames"] == cfg.NumInitSteps * cfg.NumWorkers
+    assert runner.learner.obs_rms_ready
+
+
+def _segment_frames(runner: SerialRunner, version: int) -> list[bytes]:
+    i, col = runner.collectors[0]
+    arrays, episodes = col.collect()
+    return encode("segment", {"actor": i, "streams": col.streams, "version": version, "seq": 0,
+                              "episodes": episodes}, arrays)
+
+
+def test_stale_segments_are_dropped_and_counted(tmp_path: Path) -> None:
+    cfg = small_cfg(max_policy_lag=1, NumWorkers=1)
+    runner = SerialRunner(cfg, tmp_path, num_actors=1)
+    runner.learner.counters["update"] = 5
+    for v in (3, 4, 5):
+        runner.learner.handle(_segment_frames(runner, v))
+    runner.learner.obs_rms_ready = True
+    runner.learner.pull = _NoSocket()
+    batch = runner.learner.next_batch()
+    assert [s.version for s in batch] == [4]  # version 3 is 2 updates old: dropped
+    assert runner.learner.counters["dropped_stale_segments"] == 1
+
+
+class _NoSocket:
+    def poll(self, *a, **k):
+        return 0
+
+
+def test_ext_raw_score_is_logged_but_clipped_for_learning(tmp_path: Path) -> None:
+    cfg = small_cfg(NumWorkers=1)
+    runner = SerialRunner(cfg, tmp_path, num_actors=1)
+    runner.sync_weights()
+    runner.warmup()
+    i, col = runner.collectors[0]
+    arrays, _ = col.collect()
+    arrays = {k: v.copy() for k, v in arrays.items()}
+    arrays["rewards"][:] = 0
+    arrays["rewards"][2, 0] = 100.0  # a key in Montezuma
+    seg = Segment(i, 0, col.streams, arrays, [])
+    row = runner.learner.step_on([seg])
+    assert row["ext_reward_per_rollout"] == pytest.approx(100.0)
+
+
+def _params(module: torch.nn.Module) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in module.state_dict().values()]
+
+
+def test_checkpoint_resumes_exactly(tmp_path: Path) -> None:
+    """Resume continues exactly: the same next update from a restored learner as from the original."""
+    cfg = small_cfg()
+    runner = SerialRunner(cfg, tmp_path / "a", num_actors=1)
+    runner.run(2)
+    path = runner.learner.save()
+    assert path.name == "ckpt_00000002.pt"
+    runner.collect()
+    segments = copy.deepcopy(list(runner.learner.pending))
+    runner.learner.pending.clear()
+
+    data = load_checkpoint(tmp_path / "a")
+    resumed = Learner(cfg, tmp_path / "b", "cpu", bind=None, resume=data, tensorboard=False)
+    assert resumed.counters == runner.learner.counters
+    assert torch.equal(resumed.agent.reward_filter.state, runner.learner.agent.reward_filter.state)
+    assert torch.equal(resumed.agent.obs_rms.mean, runner.learner.agent.obs_rms.mean)
+
+    row_a = runner.learner.step_on(copy.deepcopy(segments))
+    row_b = resumed.step_on(copy.deepcopy(segments))
+    for k in ("policy_loss", "value_loss", "rnd_loss", "int_reward_per_rollout", "approx_kl"):
+        assert row_a[k] == row_b[k], k
+    for pa, pb in zip(_params(runner.learner.agent.policy), _params(resumed.agent.policy)):
+        assert torch.equal(pa, pb)
+    for pa, pb in zip(_params(runner.learner.agent.rnd), _params(resumed.agent.rnd)):
+        assert torch.equal(pa, pb)
+
+
+def test_checkpoint_files_rotate_and_latest_is_newest(tmp_path: Path) -> None:
+    for u in range(1, 6):
+        save_checkpoint(tmp_path, {"config": {}, "agent": {}, "counters": {"update": u}}, u, keep=2)
+    names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert names == ["ckpt_00000004.pt", "ckpt_00000005.pt", "latest.pt"]
+    assert load_checkpoint(tmp_path)["counters"]["update"] == 5
+
+
+def test_target_network_never_changes_in_training(tmp_path: Path) -> None:
+    cfg = small_cfg(NumWorkers=1)
+    runner = SerialRunner(cfg, tmp_path, num_actors=1)
+    before = _params(runner.learner.agent.rnd.target)
+    pred_before = _params(runner.learner.agent.rnd.predictor)
+    runner.run(1)
+    assert all(torch.equal(a, b) for a, b in zip(before, _params(runner.learner.agent.rnd.target)))
+    assert not all(torch.equal(a, b) for a, b in zip(pred_before, _params(runner.learner.agent.rnd.predictor)))
