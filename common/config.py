@@ -68,7 +68,7 @@ class Config:
     seed: int = _f(0, "Seed of learner and actors (actor i uses seed + 1000*i).")
     checkpoint_every: int = _f(100, "Write a checkpoint every this many updates (and at exit).")
     keep_checkpoints: int = _f(3, "How many numbered checkpoints to keep besides latest.pt.")
-    wire_compression: str = _f("auto", "Segment compression: none, zstd, or auto (zstd unless actors are local).")
+    wire_compression: str = _f("auto", "Segment compression: none, zstd, or auto (zstd unless the learner address is loopback or ipc).")
     actor_timeout_s: float = _f(60.0, "An actor that hears nothing from its learner this long exits.")
 
     # ---------------------------------------------------------------
