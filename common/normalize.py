@@ -84,4 +84,4 @@ class RewardForwardFilter:
         if state["state"].shape != self.state.shape:
             raise ValueError(f"reward filter: {tuple(state['state'].shape)} streams in checkpoint, "
                              f"{tuple(self.state.shape)} configured (NumWorkers changed?)")
-        self.state = state["state"].to(self.state.device, torch.float64)
+        self.state = state["state"].to(self.state.device, torch.float64).clone()  # never alias the caller's dict

@@ -216,16 +216,62 @@ def test_forward_filter_state_dict_round_trip():
     whole, _ = _run(RewardForwardFilter(NUM_STREAMS, GAMMA), seqs)
     first = RewardForwardFilter(NUM_STREAMS, GAMMA)
     out1, pos = _run(first, seqs, SCHEDULE[:3])
+    pos_saved = dict(pos)
     state = first.state_dict()
     second = RewardForwardFilter(NUM_STREAMS, GAMMA)
     second.load_state_dict(state)
     torch.testing.assert_close(second.state, first.state, rtol=0, atol=0)
     out2, _ = _run(second, seqs, SCHEDULE[3:], pos)
+    _run(first, seqs, SCHEDULE[3:], pos_saved)  # the original, run on, ends in the same state
     for s in range(3):
         np.testing.assert_allclose(np.concatenate([out1[s], out2[s]]), whole[s], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(second.state, first.state, rtol=0, atol=0)
+
+
+def test_forward_filter_state_dict_is_a_copy():
+    """Running on after state_dict() must not change the saved tensor."""
+    seqs = _stream_rewards(seed=3)
+    filt = RewardForwardFilter(NUM_STREAMS, GAMMA)
+    _, pos = _run(filt, seqs, SCHEDULE[:3])
+    state = filt.state_dict()
     before = state["state"].clone()
-    _run(first, seqs, SCHEDULE[3:], dict(pos))
-    torch.testing.assert_close(state["state"], before, rtol=0, atol=0)  # the saved dict is a copy
+    _run(filt, seqs, SCHEDULE[3:], pos)
+    assert not torch.equal(filt.state, before)
+    torch.testing.assert_close(state["state"], before, rtol=0, atol=0)
+
+
+def test_forward_filter_load_does_not_alias_the_given_state():
+    """Regression: load_state_dict once kept the caller's tensor when it was already float64 on the
+    filter's device (``Tensor.to`` returns ``self``), and ``__call__`` then wrote into it in place. So
+    running a filter after loading changed the checkpoint dict it was loaded from, and two filters loaded
+    from one dict shared one state. Fixed by ``.clone()`` in load_state_dict.
+    """
+    seqs = _stream_rewards(seed=4)
+    src = RewardForwardFilter(NUM_STREAMS, GAMMA)
+    _, pos = _run(src, seqs, SCHEDULE[:3])
+    state = src.state_dict()
+    before = state["state"].clone()
+    a, b = RewardForwardFilter(NUM_STREAMS, GAMMA), RewardForwardFilter(NUM_STREAMS, GAMMA)
+    a.load_state_dict(state)
+    b.load_state_dict(state)
+    _run(a, seqs, SCHEDULE[3:], dict(pos))
+    torch.testing.assert_close(state["state"], before, rtol=0, atol=0, msg="loaded-from dict was modified")
+    torch.testing.assert_close(b.state, before, rtol=0, atol=0, msg="a second filter's state was modified")
+
+
+def test_running_mean_std_load_does_not_alias_the_given_state():
+    batches = _scalar_batches()
+    src = RunningMeanStd(())
+    src.update(torch.from_numpy(batches[0]))
+    state = src.state_dict()
+    before = {k: v.clone() for k, v in state.items()}
+    a, b = RunningMeanStd(()), RunningMeanStd(())
+    a.load_state_dict(state)
+    b.load_state_dict(state)
+    a.update(torch.from_numpy(batches[1]))
+    for k in before:
+        torch.testing.assert_close(state[k], before[k], rtol=0, atol=0)
+        torch.testing.assert_close(getattr(b, k), before[k], rtol=0, atol=0)
 
 
 def test_forward_filter_load_rejects_other_stream_count():
