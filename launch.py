@@ -185,8 +185,13 @@ def run_actors(args: argparse.Namespace, cfg: Config) -> int:
         raise UsageError(f"{total} actors for NumWorkers={cfg.NumWorkers} envs")
     import tempfile
 
-    cfg_file = Path(tempfile.mkdtemp(prefix="rnd-actors-")) / "config.yaml"
-    cfg_file.write_text(dump_yaml(cfg))
+    with tempfile.TemporaryDirectory(prefix="rnd-actors-") as tmp:
+        cfg_file = Path(tmp) / "config.yaml"
+        cfg_file.write_text(dump_yaml(cfg))
+        return supervise_actors(args, cfg_file, n, total)
+
+
+def supervise_actors(args: argparse.Namespace, cfg_file: Path, n: int, total: int) -> int:
     sup = actor_supervisor(cfg_file, args.learner, list(range(args.actor_offset, args.actor_offset + n)), total, [],
                            restart_on_learner_gone=False)
     print(f"launch: {n} actors ({args.actor_offset}..{args.actor_offset + n - 1} of {total}) -> {args.learner}",
