@@ -145,13 +145,18 @@ def run_actor(cfg: Config, actor_id: int, num_actors: int, learner_addr: str, in
             for frames in collector.warmup(weights.warmup_steps):
                 send("warmup", {}, {"frames": frames})
         sent: deque[int] = deque(maxlen=cfg.max_policy_lag + 1)
-        seq = 0
+        seq, last_split = 0, {}
+        timings = collector.timings  # one phase table: infer, env (collector), wait, send (here)
         while True:
-            weights.poll()
-            weights.wait_for(required_version(sent, cfg.max_policy_lag))
+            with timings.time("wait"):
+                weights.poll()
+                weights.wait_for(required_version(sent, cfg.max_policy_lag))
             version = weights.version
             arrays, episodes = collector.collect()
-            send("segment", {"version": version, "seq": seq, "episodes": episodes}, arrays)
+            meta = {"version": version, "seq": seq, "episodes": episodes, "timings": last_split}
+            with timings.time("send"):
+                send("segment", meta, arrays)
+            last_split = timings.split()  # travels with the next segment
             sent.append(version)
             seq += 1
     except ActorStop as e:

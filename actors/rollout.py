@@ -14,6 +14,7 @@ import torch
 
 from actors.env import AtariEnv
 from common.networks import PolicyNet
+from common.timing import Timings
 from common.wire import SegmentSpec
 
 
@@ -43,6 +44,7 @@ class RolloutCollector:
         for env, s in zip(envs, stream_ids):
             env.reset(seed=seed + s)
         self.obs = np.stack([e.stack for e in envs])  # [K, S, H, W]
+        self.timings = Timings()  # phases "infer" and "env"; the actor reports and resets them
 
     @torch.no_grad()
     def _act(self, obs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -79,20 +81,28 @@ class RolloutCollector:
         b["frames"][0] = obs[:, -1]
         b["context"][:] = obs[:, :-1].transpose(1, 0, 2, 3)
         for t in range(self.spec.rollout_steps):
-            actions, logp = self._act(obs)
+            with self.timings.time("infer"):
+                actions, logp = self._act(obs)
             b["actions"][t], b["behaviour_logp"][t] = actions, logp
-            truncated_obs = []
-            for i, env in enumerate(self.envs):
-                r, term, trunc = env.advance(int(actions[i]))
-                b["rewards"][t, i], b["terminated"][t, i], b["truncated"][t, i] = r, term, trunc
-                if term or trunc:
-                    episodes.append({"stream": self.streams[i], "t": t, **env.episode_stats()})
-                    if trunc:
-                        truncated_obs.append((i, env.stack.copy()))
-                    env.reset()
-                obs[i] = env.stack
+            with self.timings.time("env"):
+                truncated_obs = self._step_envs(t, actions, episodes)
             if truncated_obs:  # bootstrap the extrinsic stream through the time limit
                 idx = [i for i, _ in truncated_obs]
-                b["trunc_value"][t, idx] = self._value_ext(np.stack([o for _, o in truncated_obs]))
+                with self.timings.time("infer"):
+                    b["trunc_value"][t, idx] = self._value_ext(np.stack([o for _, o in truncated_obs]))
             b["frames"][t + 1] = obs[:, -1]
         return b, episodes
+
+    def _step_envs(self, t: int, actions: np.ndarray, episodes: list) -> list[tuple[int, np.ndarray]]:
+        """Advance every env one step; record rewards/flags at row t; reset finished envs."""
+        b, obs, truncated_obs = self.buffers, self.obs, []
+        for i, env in enumerate(self.envs):
+            r, term, trunc = env.advance(int(actions[i]))
+            b["rewards"][t, i], b["terminated"][t, i], b["truncated"][t, i] = r, term, trunc
+            if term or trunc:
+                episodes.append({"stream": self.streams[i], "t": t, **env.episode_stats()})
+                if trunc:
+                    truncated_obs.append((i, env.stack.copy()))
+                env.reset()
+            obs[i] = env.stack
+        return truncated_obs

@@ -19,12 +19,14 @@ class RunningMeanStd:
         self.count = torch.tensor(epsilon, dtype=torch.float64, device=device)
 
     @torch.no_grad()
-    def update(self, x: torch.Tensor) -> None:
-        """x: [N, *shape]; merges the batch's moments into the running ones."""
-        x = x.to(self.mean.device, torch.float64).reshape(-1, *self.mean.shape)
-        if x.shape[0] == 0:
-            return
-        self.update_from_moments(x.mean(0), x.var(0, unbiased=False), x.shape[0])
+    def update(self, x: torch.Tensor, chunk: int = 1024) -> None:
+        """x: [N, *shape] (any dtype); merges its moments into the running ones, ``chunk`` rows at a time,
+        so that a batch of 16k frames never becomes a gigabyte of float64 at once."""
+        x = x.reshape(-1, *self.mean.shape)
+        for lo in range(0, x.shape[0], chunk):
+            c = x[lo:lo + chunk].to(self.mean.device, torch.float64)
+            var, mean = torch.var_mean(c, dim=0, unbiased=False)
+            self.update_from_moments(mean, var, c.shape[0])
 
     @torch.no_grad()
     def update_from_moments(self, batch_mean: torch.Tensor, batch_var: torch.Tensor, batch_count: int) -> None:

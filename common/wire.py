@@ -22,6 +22,7 @@ import numpy as np
 PROTOCOL_VERSION = 1
 KINDS = ("segment", "warmup", "weights", "stop")
 MAX_HEADER_BYTES = 1 << 20
+ACTOR_PHASES = ("infer", "env", "wait", "send")
 _DTYPES = {"uint8": np.uint8, "float32": np.float32}
 
 try:  # zstd is optional at import time; asking for it without the package is an error at use
@@ -212,6 +213,16 @@ def validate_segment(msg: Message, spec: SegmentSpec) -> None:
     _check_flags(a, "terminated", "truncated")
     _require(not bool((a["terminated"] & a["truncated"]).any()), "a step both terminated and truncated")
     _check_episodes(m.get("episodes"), set(streams), spec.rollout_steps)
+    _check_timings(m.get("timings", {}))
+
+
+def _check_timings(tm: Any) -> None:
+    """Optional actor phase seconds of its previous segment: {phase: seconds}."""
+    _require(isinstance(tm, dict) and len(tm) <= 8, "field 'timings' is not a small object")
+    for k, v in tm.items():
+        _require(k in ACTOR_PHASES, f"unknown actor phase {k!r}")
+        _require(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0,
+                 f"bad actor phase seconds for {k!r}")
 
 
 def _check_episodes(eps: Any, streams: set[int], t_max: int) -> None:

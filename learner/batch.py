@@ -5,7 +5,7 @@ batch's frames, so stacks are gathered per minibatch and never materialised whol
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -21,6 +21,7 @@ class Segment:
     streams: list[int]
     arrays: dict[str, np.ndarray]
     episodes: list[dict[str, Any]]
+    timings: dict[str, float] = field(default_factory=dict)  # the actor's phase seconds, previous segment
 
 
 @dataclass

@@ -33,6 +33,15 @@ class Supervisor(Protocol):
     def poll(self) -> int: ...  # restarts dead children; returns restarts so far
 
 
+def actor_phases(segments: list[Segment]) -> dict[str, float]:
+    """Mean seconds per segment of each actor phase, as the actors reported them."""
+    out = {}
+    for phase in ("infer", "env", "wait", "send"):
+        vals = [s.timings[phase] for s in segments if phase in s.timings]
+        out[f"actor_{phase}_s"] = float(np.mean(vals)) if vals else float("nan")
+    return out
+
+
 class Learner:
     """Wires the agent to sockets, logs and checkpoints. ``step_on(segments)`` is the socket-free core."""
 
@@ -105,7 +114,7 @@ class Learner:
             if msg.kind == "segment":
                 validate_segment(msg, self.spec)
                 self.pending.append(Segment(msg.meta["actor"], msg.meta["version"], msg.meta["streams"],
-                                            msg.arrays, msg.meta["episodes"]))
+                                            msg.arrays, msg.meta["episodes"], msg.meta.get("timings", {})))
             elif msg.kind == "warmup":
                 validate_warmup(msg, self.spec)
                 self.agent.update_obs_normaliser(torch.from_numpy(msg.arrays["frames"].copy()))
@@ -162,14 +171,13 @@ class Learner:
     # ---- the update --------------------------------------------------------------------------------
     def step_on(self, segments: list[Segment]) -> dict[str, Any]:
         """One update on ``segments``; returns the logged metrics row."""
-        lags = [self.version - s.version for s in segments]
         with self.timings.time("learn"):
             batch = assemble(segments, self.cfg.FrameStack, self.agent.device)
             metrics = self.agent.update(batch)
         self.counters["update"] += 1
         self.counters["agent_steps"] += batch.T * batch.B
         self._record_episodes(segments)
-        return self._row(metrics, lags)
+        return self._row(metrics, segments)
 
     def _record_episodes(self, segments: list[Segment]) -> None:
         records = []
@@ -183,8 +191,9 @@ class Learner:
         self.counters["episodes"] += len(records)
         self.logger.log_episodes(records)
 
-    def _row(self, metrics: dict[str, float], lags: list[int]) -> dict[str, Any]:
+    def _row(self, metrics: dict[str, float], segments: list[Segment]) -> dict[str, Any]:
         now = time.monotonic()
+        lags = [self.version - 1 - s.version for s in segments]  # the update just done was version-1 -> version
         self._step_times.append((now, self.counters["agent_steps"]))
         (t0, s0), (t1, s1) = self._step_times[0], self._step_times[-1]
         sps = (s1 - s0) / (t1 - t0) if t1 > t0 else float("nan")
@@ -198,11 +207,12 @@ class Learner:
                "rooms_per_episode_mean": recent[:, 2].mean() if len(recent) else nan,
                "episodes": self.counters["episodes"], "rooms_visited_total": len(self.rooms_seen),
                "obs_rms_mean": float(self.agent.obs_rms.mean.mean()),
-               "policy_lag_mean": float(np.mean(lags)), "policy_lag_max": int(max(lags)),
+               "policy_lag_mean": float(np.mean(lags)), "policy_lag_max": int(max(lags)),  # lag at consumption
                "steps_per_second": sps, "wait_data_s": split.get("wait_data", 0.0),
                "learn_s": split.get("learn", 0.0), "rejected_messages": self.counters["rejected_messages"],
                "dropped_stale_segments": self.counters["dropped_stale_segments"],
-               "actor_restarts": self.supervisor.poll() if self.supervisor is not None else 0, **metrics}
+               "actor_restarts": self.supervisor.poll() if self.supervisor is not None else 0,
+               **actor_phases(segments), **metrics}
         return row
 
     # ---- the loop ------------------------------------------------------------------------------------
