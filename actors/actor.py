@@ -60,6 +60,8 @@ class WeightsReceiver:
                 msg = decode(frames)
                 if msg.kind == "stop":
                     raise ActorStop("learner finished training", clean=True)
+                if msg.kind == "heartbeat":  # liveness only; it has refreshed last_heard
+                    continue
                 self._check_shape_keys(msg.meta.get("shape_keys"))
                 validate_weights(msg, self.param_spec)
             except WireError as e:

@@ -70,6 +70,9 @@ class Config:
     keep_checkpoints: int = _f(3, "How many numbered checkpoints to keep besides latest.pt.")
     wire_compression: str = _f("auto", "Segment compression: none, zstd, or auto (zstd unless the learner address is loopback or ipc).")
     actor_timeout_s: float = _f(60.0, "An actor that hears nothing from its learner this long exits.")
+    learner_precision: str = _f("auto", "Policy network math on the learner: fp32, bf16 (autocast), or auto "
+                                        "(bf16 on CUDA, fp32 on CPU). The RND networks always run in fp32.")
+    learner_compile: bool = _f(False, "torch.compile the learner's networks (slow first update, faster after).")
 
     # ---------------------------------------------------------------
     @property
@@ -112,6 +115,8 @@ def verify(cfg: Config) -> Config:
         raise ConfigError(f"config key RNDUpdateProportion: must be in (0, 1], got {cfg.RNDUpdateProportion!r}")
     if cfg.UseTPU:
         raise ConfigError("config key UseTPU: TPUs are not supported; set UseTPU: False")
+    if cfg.learner_precision not in ("auto", "fp32", "bf16"):
+        raise ConfigError(f"config key learner_precision: must be auto, fp32 or bf16, got {cfg.learner_precision!r}")
     if cfg.wire_compression not in ("none", "zstd", "auto"):
         raise ConfigError(f"config key wire_compression: must be none, zstd or auto, got {cfg.wire_compression!r}")
     if cfg.FrameSkip < 2:

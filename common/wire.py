@@ -8,7 +8,8 @@ drops the message and counts it.
 
 Kinds, actor -> learner (PUSH/PULL): ``segment`` (T steps of K env streams), ``warmup`` (frames of
 random-action steps for the observation normaliser). Learner -> actors (PUB/SUB): ``weights``
-(policy tensors and their version; also the heartbeat), ``stop``.
+(policy tensors and their version), ``heartbeat`` (the current version, every second: the learner
+is alive even in a long update), ``stop``.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from typing import Any
 import numpy as np
 
 PROTOCOL_VERSION = 1
-KINDS = ("segment", "warmup", "weights", "stop")
+KINDS = ("segment", "warmup", "weights", "heartbeat", "stop")
 MAX_HEADER_BYTES = 1 << 20
 ACTOR_PHASES = ("infer", "env", "wait", "send")
 _DTYPES = {"uint8": np.uint8, "float32": np.float32}

@@ -12,7 +12,7 @@ from typing import NamedTuple
 import torch
 
 from common.config import Config
-from common.networks import PolicyNet, RNDModel
+from common.networks import PolicyNet, PolicyOutput, RNDModel
 from common.normalize import RewardForwardFilter, RunningMeanStd
 from common.returns import extrinsic_stream, gae
 from common.vtrace import vtrace
@@ -39,6 +39,13 @@ class BatchStats:
     reward_rms_std: float
 
 
+def amp_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of the policy network, or None for plain fp32."""
+    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
+        return torch.bfloat16
+    return None
+
+
 def rnd_update_mask(n: int, proportion: float, gen: torch.Generator) -> torch.Tensor:
     """Which of ``n`` minibatch samples train the predictor: each with probability ``proportion`` (paper 2.2;
     the released code uses 0.25 with 128 envs, to keep the predictor from learning too fast). bool [n]."""
@@ -59,12 +66,27 @@ class RNDAgent:
         torch.manual_seed(cfg.seed)
         self.policy = PolicyNet(num_actions, cfg.FrameStack, cfg.ImageHeight, cfg.ImageWidth).to(self.device)
         self.rnd = RNDModel(cfg.ImageHeight, cfg.ImageWidth).to(self.device)
+        self.amp_dtype = amp_dtype(cfg.learner_precision, self.device)
+        if self.device.type == "cuda":  # TF32 for the fp32 parts; cuDNN picks the fastest conv algorithms
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+            torch.backends.cudnn.benchmark = True
+        # compiled callables beside the plain modules, so state_dicts keep their plain keys
+        self.policy_fn = torch.compile(self.policy) if cfg.learner_compile else self.policy
+        self.rnd_fn = torch.compile(self.rnd) if cfg.learner_compile else self.rnd
         params = list(self.policy.parameters()) + list(self.rnd.predictor.parameters())
         self.optimizer = torch.optim.Adam(params, lr=cfg.LearningRate)
         self.obs_rms = RunningMeanStd((cfg.ImageHeight, cfg.ImageWidth), device=self.device)
         self.reward_rms = RunningMeanStd(())
         self.reward_filter = RewardForwardFilter(cfg.NumWorkers, cfg.IntRewardDiscount)
         self.gen = torch.Generator().manual_seed(cfg.seed + 1)
+
+    def run_policy(self, obs: torch.Tensor) -> PolicyOutput:
+        """The policy on uint8 obs [M, S, H, W], under bf16 autocast if configured; outputs are fp32."""
+        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
+                            enabled=self.amp_dtype is not None):
+            out = self.policy_fn(obs)
+        return PolicyOutput(out.logits.float(), out.value_ext.float(), out.value_int.float())
 
     # ---- RND -----------------------------------------------------------------------------
     def normalise_frames(self, frames: torch.Tensor) -> torch.Tensor:
@@ -81,7 +103,7 @@ class RNDAgent:
         out = torch.empty(n, device=self.device)
         for lo in range(0, n, INFER_CHUNK):
             idx = torch.arange(lo, min(n, lo + INFER_CHUNK), device=self.device)
-            out[lo:lo + len(idx)] = self.rnd(self.normalise_frames(batch.next_frames(idx)))
+            out[lo:lo + len(idx)] = self.rnd_fn(self.normalise_frames(batch.next_frames(idx)))
         return out.view(batch.T, batch.B)
 
     def normalise_intrinsic(self, raw: torch.Tensor, batch: Batch) -> torch.Tensor:
@@ -110,9 +132,9 @@ class RNDAgent:
         actions = torch.cat([batch.actions.reshape(-1), torch.zeros(batch.B, dtype=torch.long, device=self.device)])
         for lo in range(0, n, INFER_CHUNK):
             idx = torch.arange(lo, min(n, lo + INFER_CHUNK), device=self.device)
-            out = self.policy(batch.obs(idx))
-            logp[idx] = torch.log_softmax(out.logits.float(), -1).gather(1, actions[idx, None]).squeeze(1)
-            v_ext[idx], v_int[idx] = out.value_ext.float(), out.value_int.float()
+            out = self.run_policy(batch.obs(idx))
+            logp[idx] = torch.log_softmax(out.logits, -1).gather(1, actions[idx, None]).squeeze(1)
+            v_ext[idx], v_int[idx] = out.value_ext, out.value_int
         shape = (batch.T + 1, batch.B)
         return logp.view(shape)[:-1], v_ext.view(shape), v_int.view(shape)
 
@@ -159,17 +181,17 @@ class RNDAgent:
     def minibatch_loss(self, batch: Batch, idx: torch.Tensor, tg: Targets) -> tuple[torch.Tensor, dict]:
         """PPO clipped surrogate + both value losses - entropy + RND predictor loss on one minibatch."""
         cfg = self.cfg
-        out = self.policy(batch.obs(idx))
-        logp_all = torch.log_softmax(out.logits.float(), -1)
+        out = self.run_policy(batch.obs(idx))
+        logp_all = torch.log_softmax(out.logits, -1)
         logp = logp_all.gather(1, batch.actions.reshape(-1)[idx, None]).squeeze(1)
         log_ratio = logp - batch.behaviour_logp.reshape(-1)[idx]
         ratio = torch.exp(log_ratio)
         adv = tg.advantages[idx]
         pg_loss = -torch.min(ratio * adv, ratio.clamp(1 - cfg.PPORewardEps, 1 + cfg.PPORewardEps) * adv).mean()
-        v_loss = 0.5 * ((out.value_ext.float() - tg.vs_ext[idx]).pow(2).mean()
-                        + (out.value_int.float() - tg.vs_int[idx]).pow(2).mean())
+        v_loss = 0.5 * ((out.value_ext - tg.vs_ext[idx]).pow(2).mean()
+                        + (out.value_int - tg.vs_int[idx]).pow(2).mean())
         entropy = -(logp_all.exp() * logp_all).sum(-1).mean()
-        err = self.rnd(self.normalise_frames(batch.next_frames(idx)))
+        err = self.rnd_fn(self.normalise_frames(batch.next_frames(idx)))
         mask = rnd_update_mask(err.shape[0], cfg.RNDUpdateProportion, self.gen).to(err.device, err.dtype)
         rnd_loss = (err * mask).sum() / mask.sum().clamp(min=1.0)
         loss = pg_loss + cfg.value_coeff * v_loss - cfg.PPOEntropyCoeff * entropy + rnd_loss

@@ -5,7 +5,7 @@ batch's frames, so stacks are gathered per minibatch and never materialised whol
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -39,6 +39,17 @@ class Batch:
     streams: torch.Tensor  # long [B]
     segment_sizes: list[int]  # streams per segment, in arrival order (for the per-stream filter)
     versions: list[int]  # policy version of each segment
+
+    def to(self, device: torch.device | str) -> Batch:
+        """The batch's tensors on ``device``; copies from pinned memory are non-blocking."""
+        dev = torch.device(device)
+        if dev.type == "cpu":
+            return self
+        moved = {f.name: getattr(self, f.name) for f in fields(self)}
+        for k, v in moved.items():
+            if isinstance(v, torch.Tensor) and k != "streams":  # streams index the CPU reward filter
+                moved[k] = v.to(dev, non_blocking=True)
+        return Batch(**moved)
 
     @property
     def T(self) -> int:
@@ -78,8 +89,8 @@ def stack_indices(episode_start: torch.Tensor, frame_stack: int) -> torch.Tensor
     return time_index * b + torch.arange(b).view(1, b, 1)
 
 
-def assemble(segments: list[Segment], frame_stack: int, device: torch.device | str = "cpu") -> Batch:
-    """Concatenate segments along the stream axis; tensors go to ``device`` (pinned, non-blocking on CUDA)."""
+def assemble(segments: list[Segment], frame_stack: int, pin: bool = False) -> Batch:
+    """Concatenate segments along the stream axis into host tensors (page-locked if ``pin``)."""
     cat = {n: np.concatenate([sg.arrays[n] for sg in segments], axis=1)
            for n in ("frames", "context", "actions", "behaviour_logp", "rewards", "terminated", "truncated",
                      "trunc_value")}
@@ -87,19 +98,15 @@ def assemble(segments: list[Segment], frame_stack: int, device: torch.device | s
     start = np.zeros((ends.shape[0] + 1, ends.shape[1]), dtype=bool)
     start[1:] = ends
     frames = np.concatenate([cat["context"], cat["frames"]], axis=0)
-    dev = torch.device(device)
 
     def to(x: np.ndarray, dtype: torch.dtype | None = None) -> torch.Tensor:
         t = torch.from_numpy(np.ascontiguousarray(x))
-        if dtype is not None:
-            t = t.to(dtype)
-        if dev.type == "cuda":
-            return t.pin_memory().to(dev, non_blocking=True)
-        return t
+        t = t.to(dtype) if dtype is not None else t
+        return t.pin_memory() if pin else t
 
     return Batch(
         frames=to(frames),
-        obs_index=stack_indices(torch.from_numpy(start), frame_stack).to(dev),
+        obs_index=stack_indices(torch.from_numpy(start), frame_stack),
         actions=to(cat["actions"], torch.long),
         behaviour_logp=to(cat["behaviour_logp"]),
         rewards=to(cat["rewards"]),

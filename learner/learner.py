@@ -19,14 +19,14 @@ from common.config import Config, shape_keys
 from common.networks import NUM_ACTIONS
 from common.timing import Timings
 from common.transport import weights_address
-from common.wire import SegmentSpec, WireError, decode, encode, validate_segment, validate_warmup
+from common.wire import SegmentSpec, WireError, encode
 from learner.agent import RNDAgent
-from learner.batch import Segment, assemble
+from learner.batch import Batch, Segment, assemble
+from learner.learner_io import LearnerIO, WarmupMoments, parse_message
 from learner.checkpoint import save_checkpoint
 from learner.logs import RunLogger
 
 log = logging.getLogger("learner")
-HEARTBEAT_S = 1.0  # weights are re-sent this often while no update happens (late joiners, liveness)
 
 
 class Supervisor(Protocol):
@@ -66,7 +66,6 @@ class Learner:
         self.timings = Timings()
         self.pending: deque[Segment] = deque()
         self.stop_requested = False
-        self._last_publish = 0.0
         self._step_times: deque[tuple[float, int]] = deque(maxlen=11)
         self._start = time.monotonic()
         self._saved_version: int | None = None
@@ -75,6 +74,7 @@ class Learner:
                                 purge_step=self.counters["agent_steps"] if resume is not None else None)
         self.ctx = zmq.Context.instance()
         self.pull = self.pub = None
+        self.io: LearnerIO | None = None
         if bind is not None:
             self._bind(bind)
 
@@ -87,6 +87,9 @@ class Learner:
         self.pub.setsockopt(zmq.SNDHWM, 2)  # only the newest weights matter
         self.pub.setsockopt(zmq.LINGER, 1000)
         self.pub.bind(weights_address(addr))
+        self.io = LearnerIO(self.pull, self.pub, self.spec, self.cfg.NumWorkers, self.cfg.FrameStack,
+                            self.cfg.max_policy_lag, pin=self.agent.device.type == "cuda",
+                            on_reject=self.reject, on_stale=self.count_stale)
 
     @property
     def version(self) -> int:
@@ -95,84 +98,78 @@ class Learner:
 
     def publish_weights(self) -> None:
         state = self.agent.policy.state_dict()
-        arrays = {k: v.detach().float().cpu().numpy() for k, v in state.items()}
+        arrays = {k: v.detach().to("cpu", torch.float32, copy=True).numpy() for k, v in state.items()}  # a snapshot: the send is async
         meta = {"version": self.version, "warmup_steps": 0 if self.obs_rms_ready else self.cfg.NumInitSteps,
                 "shape_keys": shape_keys(self.cfg)}
-        self.pub.send_multipart(encode("weights", meta, arrays), copy=False)
-        self._last_publish = time.monotonic()
+        self.io.publish_weights(self.version, encode("weights", meta, arrays))
 
     def stop_actors(self) -> None:
+        """Queue stop messages; the I/O thread flushes them before it ends."""
         for _ in range(3):
-            self.pub.send_multipart(encode("stop", {}, {}))
-            time.sleep(0.1)
+            self.io.publish(encode("stop", {}, {}))
+        time.sleep(0.3)
 
     # ---- incoming messages -----------------------------------------------------------------------
+    def reject(self, e: WireError) -> None:
+        """A bad message: counted, and logged once per reason."""
+        self.counters["rejected_messages"] += 1
+        reason = str(e).split(":")[0]
+        if self.rejected_by_reason[reason] == 0:
+            log.warning("dropped a bad message (%s); further ones like it are only counted", e)
+        self.rejected_by_reason[reason] += 1
+
+    def count_stale(self, n: int) -> None:
+        self.counters["dropped_stale_segments"] += n
+
+    def accept_warmup(self, m: WarmupMoments) -> None:
+        self.agent.obs_rms.update_from_moments(m.mean.to(self.agent.device), m.var.to(self.agent.device), m.count)
+        self.counters["warmup_frames"] += m.count
+        if self.counters["warmup_frames"] >= self.cfg.NumInitSteps * self.cfg.NumWorkers:
+            self.obs_rms_ready = True
+
     def handle(self, frames: list[bytes]) -> None:
-        """Decode, validate and file one message; a bad one is dropped, counted and logged once per reason."""
+        """In-process path (serial runner, tests): decode, validate and file one message."""
         try:
-            msg = decode(frames)
-            if msg.kind == "segment":
-                validate_segment(msg, self.spec)
-                self.pending.append(Segment(msg.meta["actor"], msg.meta["version"], msg.meta["streams"],
-                                            msg.arrays, msg.meta["episodes"], msg.meta.get("timings", {})))
-            elif msg.kind == "warmup":
-                validate_warmup(msg, self.spec)
-                self.agent.update_obs_normaliser(torch.from_numpy(msg.arrays["frames"].copy()))
-                self.counters["warmup_frames"] += msg.arrays["frames"].shape[0] * msg.arrays["frames"].shape[1]
-                if self.counters["warmup_frames"] >= self.cfg.NumInitSteps * self.cfg.NumWorkers:
-                    self.obs_rms_ready = True
-            else:
-                raise WireError(f"a learner does not accept {msg.kind!r} messages")
+            item = parse_message(frames, self.spec)
         except WireError as e:
-            self.counters["rejected_messages"] += 1
-            reason = str(e).split(":")[0]
-            if self.rejected_by_reason[reason] == 0:
-                log.warning("dropped a bad message (%s); further ones like it are only counted", e)
-            self.rejected_by_reason[reason] += 1
+            self.reject(e)
+            return
+        if isinstance(item, WarmupMoments):
+            self.accept_warmup(item)
+        else:
+            self.pending.append(item)
 
-    def _drop_stale(self) -> None:
-        oldest_ok = self.version - self.cfg.max_policy_lag
-        keep = deque(s for s in self.pending if s.version >= oldest_ok)
-        self.counters["dropped_stale_segments"] += len(self.pending) - len(keep)
-        self.pending = keep
-
-    def _ready_envs(self) -> int:
-        return sum(len(s.streams) for s in self.pending)
-
-    def next_batch(self) -> list[Segment] | None:
-        """Block until NumWorkers streams of fresh segments are here (and the normaliser is warm).
+    def next_batch(self) -> tuple[Batch, list[Segment]] | None:
+        """Socket path: wait for the I/O thread's next batch (normaliser warm, segments fresh enough).
         Returns None if a stop was requested meanwhile."""
-        while True:
-            self._drop_stale()
-            if self.obs_rms_ready and self._ready_envs() >= self.cfg.NumWorkers:
-                break
-            if self.stop_requested:
-                return None
-            if self.pull.poll(100, zmq.POLLIN):
-                while True:  # drain without blocking
-                    try:
-                        self.handle(self.pull.recv_multipart(zmq.NOBLOCK, copy=True))
-                    except zmq.Again:
-                        break
+        while not self.stop_requested:
+            while not self.io.warmups.empty():
+                self.accept_warmup(self.io.warmups.get())
+            self.io.enabled = self.obs_rms_ready
+            got = self.io.get(timeout=0.1)
+            if got is not None:
+                batch, segments = got
+                if min(s.version for s in segments) >= self.version - self.cfg.max_policy_lag:
+                    return got
+                self.count_stale(len(segments))  # the learner moved on while it waited (not in steady state)
             self.idle()
-        batch, n = [], 0
-        while n < self.cfg.NumWorkers:
-            seg = self.pending.popleft()
-            batch.append(seg)
-            n += len(seg.streams)
-        return batch
+        return None
 
     def idle(self) -> None:
-        if time.monotonic() - self._last_publish > HEARTBEAT_S:
-            self.publish_weights()
         if self.supervisor is not None:
             self.supervisor.poll()
 
     # ---- the update --------------------------------------------------------------------------------
     def step_on(self, segments: list[Segment]) -> dict[str, Any]:
-        """One update on ``segments``; returns the logged metrics row."""
+        """One update on ``segments`` (in-process path); returns the logged metrics row."""
+        return self.step_on_batch(assemble(segments, self.cfg.FrameStack), segments)
+
+    def step_on_batch(self, batch: Batch, segments: list[Segment]) -> dict[str, Any]:
+        """One update on an assembled host batch; returns the logged metrics row."""
+        if self.io is not None:
+            self.io.consume_version = self.version + 1  # prefetch the next batch for after this update
         with self.timings.time("learn"):
-            batch = assemble(segments, self.cfg.FrameStack, self.agent.device)
+            batch = batch.to(self.agent.device)
             metrics = self.agent.update(batch)
         self.counters["update"] += 1
         self.counters["agent_steps"] += batch.T * batch.B
@@ -220,13 +217,14 @@ class Learner:
         """Run until total_steps agent steps or a stop request; always checkpoint and stop the actors."""
         last_row = None
         try:
+            self.io.start()
             self.publish_weights()
             while self.counters["agent_steps"] < self.total_steps and not self.stop_requested:
                 with self.timings.time("wait_data"):
-                    segments = self.next_batch()
-                if segments is None:
+                    got = self.next_batch()
+                if got is None:
                     break
-                last_row = self.step_on(segments)
+                last_row = self.step_on_batch(*got)
                 self.publish_weights()
                 self.logger.log_update(last_row)
                 self.logger.progress(last_row, self.total_steps)
@@ -234,7 +232,7 @@ class Learner:
                     self.save()
         finally:
             self.save()
-            if self.pub is not None:
+            if self.io is not None:
                 self.stop_actors()
             self.close()
         return last_row
@@ -260,6 +258,8 @@ class Learner:
         return self._saved_path
 
     def close(self) -> None:
+        if self.io is not None:
+            self.io.stop()  # the sockets belong to its thread until it has ended
         self.logger.close()
         for s in (self.pull, self.pub):
             if s is not None:

@@ -1,0 +1,367 @@
+#!/usr/bin/env python3
+"""Measure every part of the system on this machine, then the whole: a table and a JSON file.
+
+  python bench.py                                        # configs/montezuma.yaml, one actor per spare core
+  python bench.py --config configs/smoke.yaml --actors 1 --learner-gpu -1 --seconds 10 --json bench.json
+
+All figures are agent steps per second unless named (1 agent step = FrameSkip emulator frames).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent
+sys.path.insert(0, str(REPO))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import zmq  # noqa: E402
+
+from common.config import Config, ConfigError, dump_yaml, load_config  # noqa: E402
+
+DEFAULT_CONFIG = REPO / "configs" / "montezuma.yaml"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default=str(DEFAULT_CONFIG))
+    p.add_argument("--actors", type=int, help="actor processes (default: one per spare core)")
+    p.add_argument("--learner-gpu", type=int, help="GPU of the learner, -1 = CPU (default: 0 if any)")
+    p.add_argument("--seconds", type=float, default=30.0, help="measuring time of each part")
+    p.add_argument("--json", help="write the results here")
+    p.add_argument("--skip", default="", help="comma-separated parts to skip: e2e_sync,e2e_async,learner,...")
+    p.add_argument("overrides", nargs="*", metavar="key=value")
+    return p.parse_args(argv)
+
+
+# ---- single-core limits ------------------------------------------------------------------------------------
+def bench_ale(cfg: Config, seconds: float) -> float:
+    """A bare ALEInterface loop with the env's preprocessing, one process: the emulator's limit."""
+    import cv2
+    from ale_py import ALEInterface, roms
+
+    from common.config import rom_name
+
+    ale = ALEInterface()
+    ale.setFloat("repeat_action_probability", cfg.StickyActionProb if cfg.UseStickyAction else 0.0)
+    ale.loadROM(str(roms.get_rom_path(rom_name(cfg.EnvName))))
+    actions = ale.getLegalActionSet()
+    h, w = ale.getScreenDims()
+    raw = np.zeros((2, h, w), np.uint8)
+    rng = np.random.default_rng(0)
+    steps, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        a = actions[rng.integers(len(actions))]
+        for i in range(cfg.FrameSkip):
+            ale.act(a)
+            if i >= cfg.FrameSkip - 2:
+                ale.getScreenGrayscale(raw[i - cfg.FrameSkip + 2])
+        cv2.resize(np.maximum(raw[0], raw[1]), (cfg.ImageWidth, cfg.ImageHeight), interpolation=cv2.INTER_AREA)
+        if ale.game_over():
+            ale.reset_game()
+        steps += 1
+    return steps / (time.perf_counter() - t0)
+
+
+def bench_infer(cfg: Config, batch: int, seconds: float) -> float:
+    """The actor's policy forward + sampling on one CPU thread at the actor's batch size."""
+    from common.networks import NUM_ACTIONS, PolicyNet
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        policy = PolicyNet(NUM_ACTIONS, cfg.FrameStack, cfg.ImageHeight, cfg.ImageWidth).eval()
+        obs = torch.randint(0, 255, (batch, cfg.FrameStack, cfg.ImageHeight, cfg.ImageWidth), dtype=torch.uint8)
+        n, t0 = 0, time.perf_counter()
+        with torch.no_grad():
+            while time.perf_counter() - t0 < seconds or n == 0:
+                logp = torch.log_softmax(policy(obs).logits, -1)
+                torch.multinomial(logp.exp(), 1)
+                n += batch
+        return n / (time.perf_counter() - t0)
+    finally:
+        torch.set_num_threads(threads)
+
+
+# ---- actors into a sink ------------------------------------------------------------------------------------
+class Sink:
+    """Stands in for the learner: publishes weights once (lag bound lifted), counts what arrives."""
+
+    def __init__(self, cfg: Config):
+        from common.transport import free_tcp_address, weights_address
+
+        self.cfg = cfg
+        self.addr = free_tcp_address()
+        ctx = zmq.Context.instance()
+        self.pull = ctx.socket(zmq.PULL)
+        self.pull.bind(self.addr)
+        self.pub = ctx.socket(zmq.PUB)
+        self.pub.bind(weights_address(self.addr))
+
+    def publish(self) -> None:
+        from common.config import shape_keys
+        from common.networks import NUM_ACTIONS, PolicyNet
+        from common.wire import encode
+
+        policy = PolicyNet(NUM_ACTIONS, self.cfg.FrameStack, self.cfg.ImageHeight, self.cfg.ImageWidth)
+        arrays = {k: v.numpy() for k, v in policy.state_dict().items()}
+        self.pub.send_multipart(encode("weights", {"version": 0, "warmup_steps": 0,
+                                                   "shape_keys": shape_keys(self.cfg)}, arrays))
+
+    def measure(self, seconds: float, settle_segments: int) -> dict:
+        """Steps/s of segments arriving after the first ``settle_segments``; mean actor phases."""
+        from common.wire import decode
+
+        seen, steps, nbytes, t0, phases = 0, 0, 0, None, {}
+        last_pub = 0.0
+        deadline = time.monotonic() + seconds + 120
+        while time.monotonic() < deadline:
+            if time.monotonic() - last_pub > 0.5:
+                self.publish()
+                last_pub = time.monotonic()
+            if not self.pull.poll(100):
+                continue
+            frames = self.pull.recv_multipart()
+            msg = decode(frames)
+            seen += 1
+            if seen == settle_segments:
+                t0 = time.perf_counter()
+            elif seen > settle_segments:
+                steps += msg.arrays["actions"].size
+                nbytes += sum(len(f) for f in frames)
+                for k, v in msg.meta.get("timings", {}).items():
+                    phases.setdefault(k, []).append(v)
+                if time.perf_counter() - t0 >= seconds:
+                    break
+        if t0 is None or steps == 0:
+            raise RuntimeError("the actors sent too little to measure; raise --seconds")
+        return {"steps_per_s": steps / (time.perf_counter() - t0), "bytes_per_step": nbytes / steps,
+                "phases": {k: float(np.mean(v)) for k, v in phases.items()}}
+
+    def stop(self) -> None:
+        from common.wire import encode
+
+        for _ in range(3):
+            self.pub.send_multipart(encode("stop", {}, {}))
+            time.sleep(0.1)
+        self.pull.close(0)
+        self.pub.close(0)
+
+
+def bench_actors(cfg: Config, n: int, seconds: float, cfg_dir: Path) -> dict:
+    """N real actor processes (env + policy + packing + send) pushing into a sink."""
+    from launch import actor_supervisor
+
+    cfg = load_config(None, {**cfg.to_dict(), "max_policy_lag": 1 << 30, "NumWorkers": cfg.NumWorkers})
+    path = cfg_dir / f"actors{n}.yaml"
+    path.write_text(dump_yaml(cfg))
+    sink = Sink(cfg)
+    sup = actor_supervisor(path, sink.addr, list(range(n)), n, [], restart_on_learner_gone=False)
+    sup.start()
+    try:
+        return sink.measure(seconds, settle_segments=n)
+    finally:
+        sink.stop()
+        sup.stop(grace_s=5)
+
+
+# ---- learner on synthetic batches -------------------------------------------------------------------------
+def synthetic_segments(cfg: Config, rng: np.random.Generator):
+    from actors.rollout import env_split
+    from learner.batch import Segment
+
+    t, h, w = cfg.RolloutSteps, cfg.ImageHeight, cfg.ImageWidth
+    k = cfg.NumWorkers
+    arrays = {
+        "frames": rng.integers(0, 255, (t + 1, k, h, w), dtype=np.uint8),
+        "context": rng.integers(0, 255, (cfg.FrameStack - 1, k, h, w), dtype=np.uint8),
+        "actions": rng.integers(0, 18, (t, k), dtype=np.uint8),
+        "behaviour_logp": np.full((t, k), -np.log(18), np.float32),
+        "rewards": (rng.random((t, k)) < 0.01).astype(np.float32),
+        "terminated": (rng.random((t, k)) < 0.002).astype(np.uint8),
+        "truncated": np.zeros((t, k), np.uint8), "trunc_value": np.zeros((t, k), np.float32),
+    }
+    return [Segment(0, 0, env_split(k, 1, 0), arrays, [])]
+
+
+def bench_learner(cfg: Config, device: str, seconds: float) -> dict:
+    """The real update (assemble + targets + epochs) on synthetic batches of the configured shape."""
+    from common.networks import NUM_ACTIONS
+    from learner.agent import RNDAgent
+    from learner.batch import assemble
+
+    agent = RNDAgent(cfg, NUM_ACTIONS, device)
+    segs = synthetic_segments(cfg, np.random.default_rng(0))
+    pin = device.startswith("cuda")
+    agent.update(assemble(segs, cfg.FrameStack, pin).to(device))  # warm-up: allocations, autotuning, compiling
+    n, t_assemble, t0 = 0, 0.0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds or n == 0:
+        ta = time.perf_counter()
+        batch = assemble(segs, cfg.FrameStack, pin)
+        t_assemble += time.perf_counter() - ta
+        agent.update(batch.to(device))
+        n += 1
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    dt = time.perf_counter() - t0
+    return {"steps_per_s": n * cfg.RolloutSteps * cfg.NumWorkers / dt, "updates": n,
+            "phases": {"assemble_s": t_assemble / n, "update_s": (dt - t_assemble) / n}}
+
+
+# ---- the whole system ---------------------------------------------------------------------------------------
+def bench_e2e(cfg: Config, n: int, device: str, seconds: float, lag: int, cfg_dir: Path) -> dict:
+    """The real local system (learner + N actor processes) for ``seconds`` after its first two updates."""
+    from common.transport import connect_address, free_tcp_address
+    from launch import actor_supervisor
+    from learner.learner import Learner
+
+    cfg = load_config(None, {**cfg.to_dict(), "max_policy_lag": lag, "NumInitSteps": 0,
+                             "checkpoint_every": 1 << 30})
+    path = cfg_dir / f"e2e{lag}.yaml"
+    path.write_text(dump_yaml(cfg))
+    bind = free_tcp_address()
+    sup = actor_supervisor(path, connect_address(bind), list(range(n)), n, [], True)
+    run_dir = cfg_dir / f"run_lag{lag}"
+    learner = Learner(cfg, run_dir, device, bind=bind, total_steps=1 << 62, supervisor=sup, tensorboard=False)
+    marks: list[tuple[float, int, dict]] = []
+    orig_log = learner.logger.log_update
+
+    def log_update(row: dict) -> None:  # note time and steps at each update, then stop after `seconds`
+        orig_log(row)
+        marks.append((time.perf_counter(), row["agent_steps"], row))
+        if len(marks) >= 3 and marks[-1][0] - marks[1][0] >= seconds:
+            learner.stop_requested = True
+
+    learner.logger.log_update = log_update
+    watchdog = threading.Timer(seconds * 4 + 300, lambda: setattr(learner, "stop_requested", True))
+    watchdog.start()
+    sup.start()
+    try:
+        learner.train()
+    finally:
+        watchdog.cancel()
+        sup.stop()
+    if len(marks) < 3:
+        raise RuntimeError(f"e2e lag {lag}: fewer than 3 updates; raise --seconds")
+    (t1, s1, _), (t2, s2, _) = marks[1], marks[-1]
+    rows = [m[2] for m in marks[2:]]
+    keys = ("wait_data_s", "learn_s", "actor_infer_s", "actor_env_s", "actor_wait_s", "actor_send_s")
+    return {"steps_per_s": (s2 - s1) / (t2 - t1), "updates": len(marks) - 1,
+            "policy_lag_mean": float(np.mean([r["policy_lag_mean"] for r in rows])),
+            "phases": {k: float(np.nanmean([r[k] for r in rows])) for k in keys}}
+
+
+def wire_bytes(cfg: Config) -> dict:
+    """Bytes per agent step of a real segment (real Montezuma frames), uncompressed and with zstd."""
+    from actors.actor import segment_spec
+    from actors.env import make_env
+    from actors.rollout import RolloutCollector
+    from common.networks import NUM_ACTIONS, PolicyNet
+    from common.wire import encode
+
+    k = min(cfg.NumWorkers, 8)
+    envs = [make_env(cfg, seed=i) for i in range(k)]
+    policy = PolicyNet(NUM_ACTIONS, cfg.FrameStack, cfg.ImageHeight, cfg.ImageWidth).eval()
+    col = RolloutCollector(envs, list(range(k)), policy, segment_spec(cfg), seed=0)
+    arrays, episodes = col.collect()
+    meta = {"actor": 0, "streams": list(range(k)), "version": 0, "seq": 0, "episodes": episodes}
+    steps = cfg.RolloutSteps * k
+    return {c: sum(len(f) for f in encode("segment", meta, arrays, c)) / steps for c in ("none", "zstd")}
+
+
+# ---- report --------------------------------------------------------------------------------------------------
+def targets(r: dict, learner_has_gpu: bool) -> dict:
+    """Issue targets, each with value, bound and verdict."""
+    out = {}
+
+    def add(name: str, value: float | None, bound: float | None) -> None:
+        if value is not None and bound is not None:
+            out[name] = {"value": value, "bound": bound, "ok": bool(value >= bound)}
+
+    add("actor_vs_ceiling", r.get("actor_steps_per_s_per_process"), 0.85 * r["actor_ceiling_steps_per_s"])
+    if r.get("wire_bytes_per_step") is not None:
+        out["wire_bytes_per_step"] = {"value": r["wire_bytes_per_step"], "bound": 8192,
+                                      "ok": r["wire_bytes_per_step"] <= 8192}
+    a, lrn, e2e = r.get("actors_total_steps_per_s"), r.get("learner_steps_per_s"), r.get("e2e_async_steps_per_s")
+    if a and lrn and e2e:
+        if learner_has_gpu:
+            add("e2e_async_vs_parts", e2e, 0.85 * min(a, lrn))
+            if r.get("e2e_sync_steps_per_s"):
+                add("e2e_async_vs_sync", e2e, 1.3 * r["e2e_sync_steps_per_s"])
+        else:
+            add("e2e_async_vs_shared_cpu", e2e, 0.85 / (1 / a + 1 / lrn))
+    return out
+
+
+def print_table(r: dict) -> None:
+    print(f"\nbench on {r['device']} | {r['cpu_count']} cores | {r['actors']} actors | {r['envs']} envs | "
+          f"config {r['config']}")
+    for k, v in r.items():
+        if isinstance(v, float):
+            print(f"  {k:<34} {v:>12,.1f}")
+    for name, t in r["targets"].items():
+        print(f"  target {name:<27} {t['value']:>12,.1f}  {'>=' if name != 'wire_bytes_per_step' else '<='} "
+              f"{t['bound']:,.1f}  {'ok' if t['ok'] else 'MISSED'}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except ConfigError as e:
+        print(f"bench: error: {e}", file=sys.stderr)
+        return 2
+    from launch import UsageError, default_actors, resolve_device
+
+    try:
+        device = resolve_device(args.learner_gpu)
+    except UsageError as e:
+        print(f"bench: error: {e}", file=sys.stderr)
+        return 2
+    n = args.actors or default_actors(cfg)
+    skip = set(filter(None, args.skip.split(",")))
+    envs_per_actor = -(-cfg.NumWorkers // n)
+    r: dict = {"config": str(args.config), "device": torch.cuda.get_device_name(device) if "cuda" in device
+               else f"cpu ({platform.processor() or platform.machine()})", "cpu_count": os.cpu_count(),
+               "actors": n, "envs": cfg.NumWorkers, "envs_per_actor": envs_per_actor, "seconds": args.seconds}
+    s = args.seconds
+    r["ale_steps_per_s_per_core"] = bench_ale(cfg, s)
+    r["infer_samples_per_s_per_core"] = bench_infer(cfg, envs_per_actor, s)
+    r["actor_ceiling_steps_per_s"] = 1 / (1 / r["ale_steps_per_s_per_core"] + 1 / r["infer_samples_per_s_per_core"])
+    wb = wire_bytes(cfg)
+    r["wire_bytes_per_step"], r["wire_bytes_per_step_zstd"] = wb["none"], wb["zstd"]
+    phases = {}
+    with tempfile.TemporaryDirectory(prefix="rnd-bench-") as tmp:
+        tmpd = Path(tmp)
+        one = bench_actors(load_config(None, {**cfg.to_dict(), "NumWorkers": envs_per_actor}), 1, s, tmpd)
+        r["actor_steps_per_s_per_process"], phases["actor"] = one["steps_per_s"], one["phases"]
+        all_ = bench_actors(cfg, n, s, tmpd)
+        r["actors_total_steps_per_s"], phases["actors_total"] = all_["steps_per_s"], all_["phases"]
+        if "learner" not in skip:
+            lr = bench_learner(cfg, device, s)
+            r["learner_steps_per_s"], phases["learner"] = lr["steps_per_s"], lr["phases"]
+        for lag, key in ((0, "e2e_sync"), (1, "e2e_async")):
+            if key in skip:
+                continue
+            e = bench_e2e(cfg, n, device, s, lag, tmpd)
+            r[f"{key}_steps_per_s"], phases[key] = e["steps_per_s"], e["phases"]
+            if lag == 1:
+                r["policy_lag_mean"] = e["policy_lag_mean"]
+    r["phases"] = phases
+    r["targets"] = targets(r, "cuda" in device)
+    print_table(r)
+    if args.json:
+        Path(args.json).write_text(json.dumps(r, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

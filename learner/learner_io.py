@@ -1,0 +1,161 @@
+"""The learner's I/O thread: all socket work, off the learner's critical path.
+
+A background thread owns both sockets. It receives, decodes and validates segments; while the main
+thread runs update v -> v+1 on the
+device, this thread already picks the segments for the update after it (fresh enough for version
+v+1, given ``max_policy_lag``) and assembles them into pinned host memory, so the main thread only
+copies a ready batch to the device. Learning state stays with the main thread: warm-up frames are
+reduced here to per-pixel moments, which the main thread merges into the normaliser. It also sends
+what the main thread queues (new weights, stop) and, every HEARTBEAT_S, a tiny heartbeat, so actors
+know their learner is alive even during an update that takes minutes (a CPU learner), and re-sends
+the newest weights every RESEND_WEIGHTS_S for actors that joined late (PUB/SUB drops for them).
+"""
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import zmq
+
+from common.wire import SegmentSpec, WireError, decode, encode, validate_segment, validate_warmup
+from learner.batch import Batch, Segment, assemble
+
+
+HEARTBEAT_S = 1.0
+RESEND_WEIGHTS_S = 5.0
+
+
+@dataclass
+class WarmupMoments:
+    """Per-pixel moments of a warm-up message's frames: float64 [H, W] twice, and the frame count."""
+
+    mean: torch.Tensor
+    var: torch.Tensor
+    count: int
+
+
+def parse_message(frames: list[bytes], spec: SegmentSpec) -> Segment | WarmupMoments:
+    """Decode and validate one actor message; raises WireError."""
+    msg = decode(frames)
+    if msg.kind == "segment":
+        validate_segment(msg, spec)
+        m = msg.meta
+        return Segment(m["actor"], m["version"], m["streams"], msg.arrays, m["episodes"], m.get("timings", {}))
+    if msg.kind == "warmup":
+        validate_warmup(msg, spec)
+        x = torch.from_numpy(msg.arrays["frames"].copy()).reshape(-1, spec.height, spec.width).double()
+        var, mean = torch.var_mean(x, dim=0, unbiased=False)
+        return WarmupMoments(mean, var, x.shape[0])
+    raise WireError(f"a learner does not accept {msg.kind!r} messages")
+
+
+class LearnerIO:
+    """Thread that turns incoming messages into ready batches of >= ``num_envs`` streams, and sends."""
+
+    def __init__(self, sock: zmq.Socket | None, pub: zmq.Socket | None, spec: SegmentSpec, num_envs: int, frame_stack: int, max_lag: int,
+                 pin: bool, on_reject: Callable[[WireError], None], on_stale: Callable[[int], None]):
+        self.sock, self.pub = sock, pub
+        self.spec, self.num_envs, self.frame_stack, self.max_lag = spec, num_envs, frame_stack, max_lag
+        self.pin, self.on_reject, self.on_stale = pin, on_reject, on_stale
+        self.ready: queue.Queue[tuple[Batch, list[Segment]]] = queue.Queue(maxsize=1)
+        self.warmups: queue.Queue[WarmupMoments] = queue.Queue()
+        self.pending: deque[Segment] = deque()
+        self.consume_version = 0  # the learner version at which the next batch will be consumed
+        self.enabled = False  # batches are formed only once the observation normaliser is warm
+        self.outbox: queue.Queue[list] = queue.Queue()
+        self._weights: list | None = None  # newest weights frames, re-sent for late joiners
+        self._version = 0
+        self._last_send = self._last_weights = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="learner-io", daemon=True)
+        self.error: BaseException | None = None
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the thread after it has sent everything queued."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                if self.sock.poll(20, zmq.POLLIN):
+                    self._drain()
+                self._maybe_assemble()
+                self._send()
+            self._send()  # flush what was queued last (the stop messages)
+        except BaseException as e:  # surfaced to the main thread by get()
+            self.error = e
+
+    # ---- outgoing ---------------------------------------------------------------------------------
+    def publish_weights(self, version: int, frames: list) -> None:
+        """Queue new weights (already encoded) for the actors."""
+        self._weights, self._version = frames, version
+        self.outbox.put(frames)
+
+    def publish(self, frames: list) -> None:
+        self.outbox.put(frames)
+
+    def _send(self) -> None:
+        now = time.monotonic()
+        while not self.outbox.empty():
+            frames = self.outbox.get()
+            self.pub.send_multipart(frames, copy=False)
+            self._last_send = now
+            if frames is self._weights:
+                self._last_weights = now
+        if self._weights is not None and now - self._last_weights > RESEND_WEIGHTS_S:
+            self.pub.send_multipart(self._weights, copy=False)
+            self._last_send = self._last_weights = now
+        if now - self._last_send > HEARTBEAT_S:
+            self.pub.send_multipart(encode("heartbeat", {"version": self._version}, {}))
+            self._last_send = now
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                frames = self.sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                item = parse_message(frames, self.spec)
+            except WireError as e:
+                self.on_reject(e)
+                continue
+            if isinstance(item, WarmupMoments):
+                self.warmups.put(item)
+            else:
+                self.pending.append(item)
+
+    def _maybe_assemble(self) -> None:
+        oldest_ok = self.consume_version - self.max_lag
+        fresh = deque(s for s in self.pending if s.version >= oldest_ok)
+        if len(fresh) < len(self.pending):
+            self.on_stale(len(self.pending) - len(fresh))
+        self.pending = fresh
+        if not self.enabled or self.ready.full() or sum(len(s.streams) for s in fresh) < self.num_envs:
+            return
+        picked, n = [], 0
+        while n < self.num_envs:
+            seg = self.pending.popleft()
+            picked.append(seg)
+            n += len(seg.streams)
+        batch = assemble(picked, self.frame_stack, pin=self.pin)
+        self.ready.put((batch, picked))
+
+    def get(self, timeout: float) -> tuple[Batch, list[Segment]] | None:
+        """The next ready batch (host memory), or None after ``timeout`` seconds."""
+        if self.error is not None:
+            raise RuntimeError(f"learner I/O thread failed: {self.error!r}") from self.error
+        try:
+            return self.ready.get(timeout=timeout)
+        except queue.Empty:
+            return None

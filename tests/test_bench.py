@@ -1,0 +1,30 @@
+"""bench.py end to end on the CPU, briefly: every figure is there, positive, and consistent."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+KEYS = ["ale_steps_per_s_per_core", "infer_samples_per_s_per_core", "actor_ceiling_steps_per_s",
+        "actor_steps_per_s_per_process", "actors_total_steps_per_s", "learner_steps_per_s", "e2e_sync_steps_per_s",
+        "e2e_async_steps_per_s", "wire_bytes_per_step", "wire_bytes_per_step_zstd", "policy_lag_mean"]
+
+
+def test_bench_short_cpu_run(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    p = subprocess.run([sys.executable, "bench.py", "--config", "configs/smoke.yaml", "--actors", "1",
+                        "--learner-gpu", "-1", "--seconds", "2", "--json", str(out)],
+                       cwd=REPO, capture_output=True, text=True, timeout=400)
+    assert p.returncode == 0, p.stderr[-3000:]
+    r = json.loads(out.read_text())
+    for k in KEYS:
+        assert isinstance(r[k], float) and r[k] > 0, k
+    assert r["device"].startswith("cpu") and r["actors"] == 1 and r["envs"] == 4 and r["cpu_count"] >= 1
+    ale, inf = r["ale_steps_per_s_per_core"], r["infer_samples_per_s_per_core"]
+    assert abs(r["actor_ceiling_steps_per_s"] - 1 / (1 / ale + 1 / inf)) < 1e-6 * ale
+    assert r["wire_bytes_per_step"] <= 8192  # one new 84x84 frame per step plus a few bytes
+    assert r["wire_bytes_per_step_zstd"] < r["wire_bytes_per_step"]
+    assert 0.0 <= r["policy_lag_mean"] <= 1.0
+    assert {"actor", "learner", "e2e_async", "e2e_sync"} <= set(r["phases"])
+    assert "e2e_async_vs_shared_cpu" in r["targets"] and "actor_vs_ceiling" in r["targets"]
+    assert "target actor_vs_ceiling" in p.stdout
