@@ -46,10 +46,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def bench_ale(cfg: Config, seconds: float) -> float:
     """A bare ALEInterface loop with the env's preprocessing, one process: the emulator's limit."""
     import cv2
-    from ale_py import ALEInterface, roms
+    from ale_py import ALEInterface, LoggerMode, roms
 
     from common.config import rom_name
 
+    ALEInterface.setLoggerMode(LoggerMode.Error)
     ale = ALEInterface()
     ale.setFloat("repeat_action_probability", cfg.StickyActionProb if cfg.UseStickyAction else 0.0)
     ale.loadROM(str(roms.get_rom_path(rom_name(cfg.EnvName))))
@@ -241,12 +242,17 @@ def bench_e2e(cfg: Config, n: int, device: str, seconds: float, lag: int, cfg_di
             learner.stop_requested = True
 
     learner.logger.log_update = log_update
+    learner.logger.progress = lambda row, total: None  # keep the bench's own output readable
     watchdog = threading.Timer(seconds * 4 + 300, lambda: setattr(learner, "stop_requested", True))
     watchdog.start()
     sup.start()
+    threads = torch.get_num_threads()
+    if device == "cpu":  # as launch.py does: actors and learner share the cores
+        torch.set_num_threads(max(1, (os.cpu_count() or 2) - n))
     try:
         learner.train()
     finally:
+        torch.set_num_threads(threads)
         watchdog.cancel()
         sup.stop()
     if len(marks) < 3:

@@ -41,9 +41,10 @@ class RolloutCollector:
         self.rng = np.random.default_rng(seed)
         k = len(envs)
         self.buffers = {n: np.zeros(shape, dtype) for n, (dtype, shape) in spec.segment_arrays(k).items()}
-        for env, s in zip(envs, stream_ids):
+        self.obs = np.zeros((k, spec.frame_stack, spec.height, spec.width), np.uint8)  # [K, S, H, W]
+        for i, (env, s) in enumerate(zip(envs, stream_ids)):
+            env.stack = self.obs[i]  # each env shifts its frames straight into the policy's batch: no copies
             env.reset(seed=seed + s)
-        self.obs = np.stack([e.stack for e in envs])  # [K, S, H, W]
         self.timings = Timings()  # phases "infer" and "env"; the actor reports and resets them
 
     @torch.no_grad()
@@ -70,7 +71,6 @@ class RolloutCollector:
                     if term or trunc:
                         env.reset()
                     frames[t, i] = env.stack[-1]
-            self.obs[:] = [e.stack for e in self.envs]
             done += n
             yield frames
 
@@ -95,7 +95,7 @@ class RolloutCollector:
 
     def _step_envs(self, t: int, actions: np.ndarray, episodes: list) -> list[tuple[int, np.ndarray]]:
         """Advance every env one step; record rewards/flags at row t; reset finished envs."""
-        b, obs, truncated_obs = self.buffers, self.obs, []
+        b, truncated_obs = self.buffers, []
         for i, env in enumerate(self.envs):
             r, term, trunc = env.advance(int(actions[i]))
             b["rewards"][t, i], b["terminated"][t, i], b["truncated"][t, i] = r, term, trunc
@@ -104,5 +104,4 @@ class RolloutCollector:
                 if trunc:
                     truncated_obs.append((i, env.stack.copy()))
                 env.reset()
-            obs[i] = env.stack
         return truncated_obs
