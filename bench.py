@@ -106,16 +106,20 @@ class Sink:
         self.pull.bind(self.addr)
         self.pub = ctx.socket(zmq.PUB)
         self.pub.bind(weights_address(self.addr))
+        self._weights: list | None = None
 
     def publish(self) -> None:
-        from common.config import shape_keys
-        from common.networks import NUM_ACTIONS, PolicyNet
-        from common.wire import encode
+        """(Re)send version-0 weights, encoded once: late joiners need them, and re-encoding costs CPU."""
+        if self._weights is None:
+            from common.config import shape_keys
+            from common.networks import NUM_ACTIONS, PolicyNet
+            from common.wire import encode
 
-        policy = PolicyNet(NUM_ACTIONS, self.cfg.FrameStack, self.cfg.ImageHeight, self.cfg.ImageWidth)
-        arrays = {k: v.numpy() for k, v in policy.state_dict().items()}
-        self.pub.send_multipart(encode("weights", {"version": 0, "warmup_steps": 0,
-                                                   "shape_keys": shape_keys(self.cfg)}, arrays))
+            policy = PolicyNet(NUM_ACTIONS, self.cfg.FrameStack, self.cfg.ImageHeight, self.cfg.ImageWidth)
+            arrays = {k: v.numpy() for k, v in policy.state_dict().items()}
+            self._weights = encode("weights", {"version": 0, "warmup_steps": 0, "shape_keys": shape_keys(self.cfg)},
+                                   arrays)
+        self.pub.send_multipart(self._weights)
 
     def measure(self, seconds: float, settle_segments: int) -> dict:
         """Steps/s of segments arriving after the first ``settle_segments``; mean actor phases."""
@@ -125,7 +129,7 @@ class Sink:
         last_pub = 0.0
         deadline = time.monotonic() + seconds + 120
         while time.monotonic() < deadline:
-            if time.monotonic() - last_pub > 0.5:
+            if time.monotonic() - last_pub > 2.0:
                 self.publish()
                 last_pub = time.monotonic()
             if not self.pull.poll(100):
