@@ -81,9 +81,12 @@ def play_episode(env, policy, gen: torch.Generator, greedy: bool, video: VideoSi
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.episodes < 1 or (args.max_steps is not None and args.max_steps < 1):
+        print("eval: error: --episodes and --max-steps must be >= 1", file=sys.stderr)
+        return 2
     try:
         data = load_checkpoint(args.checkpoint)
-        overrides = {"MaxStepsPerEpisode": args.max_steps} if args.max_steps else {}
+        overrides = {"MaxStepsPerEpisode": args.max_steps} if args.max_steps is not None else {}
         cfg = from_dict({**data["config"], **overrides})
     except (CheckpointError, ConfigError) as e:
         print(f"eval: error: {e}", file=sys.stderr)

@@ -109,6 +109,13 @@ def required_version(sent_versions: deque[int], max_lag: int) -> int:
     return sent_versions[-(max_lag + 1)] + 1
 
 
+def forget_if_learner_restarted(sent_versions: deque[int], version: int) -> None:
+    """Weights older than segments already sent mean the learner resumed from an older checkpoint:
+    the lag history belongs to the old run (keeping it would wait forever for a version it passed)."""
+    if sent_versions and version < max(sent_versions):
+        sent_versions.clear()
+
+
 def run_actor(cfg: Config, actor_id: int, num_actors: int, learner_addr: str, incarnation: int = 0) -> int:
     """Actor main loop; returns a process exit code. One torch thread: actors are many, cores few."""
     torch.set_num_threads(1)
@@ -152,6 +159,7 @@ def run_actor(cfg: Config, actor_id: int, num_actors: int, learner_addr: str, in
         while True:
             with timings.time("wait"):
                 weights.poll()
+                forget_if_learner_restarted(sent, weights.version)
                 weights.wait_for(required_version(sent, cfg.max_policy_lag))
             version = weights.version
             arrays, episodes = collector.collect()

@@ -64,7 +64,14 @@ class PolicyNet(nn.Module):
         nn.init.orthogonal_(self.v_int.weight, 0.01)
 
     def forward(self, obs: torch.Tensor) -> PolicyOutput:
-        x = self.trunk(obs.float() * (1.0 / 255.0))
+        return self.heads(self.features(obs))
+
+    def features(self, obs: torch.Tensor) -> torch.Tensor:
+        """uint8 [B, C, H, W] -> [B, 448]: the convs and the shared fully connected layers."""
+        return self.trunk(obs.float() * (1.0 / 255.0))
+
+    def heads(self, x: torch.Tensor) -> PolicyOutput:
+        """[B, 448] -> logits and both values (the learner runs these in fp32 even under bf16 autocast)."""
         pi = x + torch.relu(self.pi_extra(x))
         v = x + torch.relu(self.v_extra(x))
         return PolicyOutput(self.pi_head(pi), self.v_ext(v).squeeze(-1), self.v_int(v).squeeze(-1))

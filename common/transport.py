@@ -70,8 +70,11 @@ def free_tcp_address(host: str = "127.0.0.1") -> str:
 
 
 def send_with_timeout(sock: zmq.Socket, frames: list, timeout_s: float) -> bool:
-    """Send multipart without blocking forever; False if the peer could not take it in time."""
+    """Send multipart without blocking forever; False if the peer could not take it in time.
+
+    Copies the frames: ZeroMQ sends later, from its own thread, and callers reuse their buffers
+    (a zero-copy send of a reused buffer ships whatever it holds by then)."""
     if sock.poll(int(timeout_s * 1000), zmq.POLLOUT) == 0:
         return False
-    sock.send_multipart(frames, copy=False)
+    sock.send_multipart(frames, copy=True)
     return True

@@ -24,6 +24,8 @@ PROTOCOL_VERSION = 1
 KINDS = ("segment", "warmup", "weights", "heartbeat", "stop")
 MAX_HEADER_BYTES = 1 << 20
 ACTOR_PHASES = ("infer", "env", "wait", "send")
+MIN_LOGP = -100.0  # log-probs of sampled actions; below this the importance ratio overflows
+MAX_ABS_VALUE = 1e6  # rewards and values an Atari score can produce, with margin
 _DTYPES = {"uint8": np.uint8, "float32": np.float32}
 
 try:  # zstd is optional at import time; asking for it without the package is an error at use
@@ -65,8 +67,20 @@ def encode(kind: str, meta: dict[str, Any], arrays: dict[str, np.ndarray], compr
     return [json.dumps(header, separators=(",", ":")).encode()] + bufs
 
 
-def decode(frames: list[bytes]) -> Message:
-    """Parse and check the envelope (header, dtypes, sizes); raises WireError. No kind-specific checks."""
+def decode(frames: list[bytes], max_bytes: int | None = None) -> Message:
+    """Parse and check the envelope (header, dtypes, sizes); raises WireError and nothing else.
+
+    ``max_bytes`` caps the total declared array bytes, checked before anything is decompressed.
+    No kind-specific checks here."""
+    try:
+        return _decode(frames, max_bytes)
+    except WireError:
+        raise
+    except Exception as e:  # any other failure on hostile input is still just a bad message
+        raise WireError(f"undecodable message ({type(e).__name__})") from None
+
+
+def _decode(frames: list[bytes], max_bytes: int | None) -> Message:
     if not frames:
         raise WireError("empty message")
     if len(frames[0]) > MAX_HEADER_BYTES:
@@ -89,9 +103,12 @@ def decode(frames: list[bytes]) -> Message:
     if not isinstance(specs, list) or len(specs) != len(frames) - 1:
         raise WireError(f"header lists {len(specs) if isinstance(specs, list) else '?'} arrays, "
                         f"message has {len(frames) - 1} buffers")
+    parsed = [_array_spec(spec) for spec in specs]
+    declared = sum(math.prod(shape) * dtype.itemsize for _, dtype, shape in parsed)
+    if max_bytes is not None and declared > max_bytes:
+        raise WireError(f"message declares {declared} bytes of arrays, more than the {max_bytes} allowed")
     arrays = {}
-    for spec, buf in zip(specs, frames[1:]):
-        name, dtype, shape = _array_spec(spec)
+    for (name, dtype, shape), buf in zip(parsed, frames[1:]):
         if name in arrays:
             raise WireError(f"array {name!r} appears twice")
         arrays[name] = _buffer_to_array(buf, dtype, shape, compression, name)
@@ -103,7 +120,7 @@ def _array_spec(spec: Any) -> tuple[str, np.dtype, tuple[int, ...]]:
     if not isinstance(spec, dict):
         raise WireError("array spec is not an object")
     name, dtype, shape = spec.get("name"), spec.get("dtype"), spec.get("shape")
-    if not isinstance(name, str) or dtype not in _DTYPES:
+    if not isinstance(name, str) or not isinstance(dtype, str) or dtype not in _DTYPES:
         raise WireError(f"array {name!r}: bad name or dtype {dtype!r}")
     if (not isinstance(shape, list) or len(shape) > 6
             or not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 1 << 31 for d in shape)):
@@ -147,6 +164,11 @@ class SegmentSpec:
     num_actions: int
     num_streams: int
 
+    def max_message_bytes(self) -> int:
+        """The largest segment or warm-up message this spec allows (all streams in one segment)."""
+        return sum(math.prod(shape) * dtype.itemsize
+                   for dtype, shape in self.segment_arrays(self.num_streams).values())
+
     def segment_arrays(self, k: int) -> dict[str, tuple[np.dtype, tuple[int, ...]]]:
         t, h, w = self.rollout_steps, self.height, self.width
         u8, f32 = np.dtype(np.uint8), np.dtype(np.float32)
@@ -164,6 +186,11 @@ class SegmentSpec:
 
 def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    """A finite JSON number of sane size (a 400-digit int would overflow float math later)."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and abs(v) < 1e15 and math.isfinite(v)
 
 
 def _require(cond: bool, why: str) -> None:
@@ -210,7 +237,10 @@ def validate_segment(msg: Message, spec: SegmentSpec) -> None:
     a = msg.arrays
     _check_arrays(a, spec.segment_arrays(len(streams)))
     _require(int(a["actions"].max(initial=0)) < spec.num_actions, "action out of range")
-    _require(bool((a["behaviour_logp"] <= 1e-4).all()), "behaviour_logp > 0")
+    logp = a["behaviour_logp"]
+    _require(bool((logp <= 1e-4).all()) and bool((logp >= MIN_LOGP).all()), f"behaviour_logp outside [{MIN_LOGP}, 0]")
+    for n in ("rewards", "trunc_value"):  # finite is not enough: 1e38 would still overflow the losses
+        _require(bool((np.abs(a[n]) <= MAX_ABS_VALUE).all()), f"array {n!r} has values beyond {MAX_ABS_VALUE:g}")
     _check_flags(a, "terminated", "truncated")
     _require(not bool((a["terminated"] & a["truncated"]).any()), "a step both terminated and truncated")
     _check_episodes(m.get("episodes"), set(streams), spec.rollout_steps)
@@ -222,8 +252,7 @@ def _check_timings(tm: Any) -> None:
     _require(isinstance(tm, dict) and len(tm) <= 8, "field 'timings' is not a small object")
     for k, v in tm.items():
         _require(k in ACTOR_PHASES, f"unknown actor phase {k!r}")
-        _require(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0,
-                 f"bad actor phase seconds for {k!r}")
+        _require(_is_number(v) and v >= 0, f"bad actor phase seconds for {k!r}")
 
 
 def _check_episodes(eps: Any, streams: set[int], t_max: int) -> None:
@@ -233,7 +262,7 @@ def _check_episodes(eps: Any, streams: set[int], t_max: int) -> None:
         _require(_is_int(e.get("stream")) and e["stream"] in streams, "episode record of a stream not in this segment")
         _require(_is_int(e.get("t")) and 0 <= e["t"] < t_max, "episode record step out of range")
         r, ln = e.get("return"), e.get("length")
-        _require(isinstance(r, (int, float)) and not isinstance(r, bool) and math.isfinite(r), "bad episode return")
+        _require(_is_number(r), "bad episode return")
         _require(_is_int(ln) and ln > 0, "bad episode length")
         rooms = e.get("rooms", [])
         _require(isinstance(rooms, list) and len(rooms) <= 256 and all(_is_int(x) for x in rooms),

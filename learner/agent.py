@@ -72,7 +72,7 @@ class RNDAgent:
             torch.backends.cudnn.allow_tf32 = True
             torch.backends.cudnn.benchmark = True
         # compiled callables beside the plain modules, so state_dicts keep their plain keys
-        self.policy_fn = torch.compile(self.policy) if cfg.learner_compile else self.policy
+        self.features_fn = torch.compile(self.policy.features) if cfg.learner_compile else self.policy.features
         self.rnd_fn = torch.compile(self.rnd) if cfg.learner_compile else self.rnd
         params = list(self.policy.parameters()) + list(self.rnd.predictor.parameters())
         self.optimizer = torch.optim.Adam(params, lr=cfg.LearningRate)
@@ -82,11 +82,12 @@ class RNDAgent:
         self.gen = torch.Generator().manual_seed(cfg.seed + 1)
 
     def run_policy(self, obs: torch.Tensor) -> PolicyOutput:
-        """The policy on uint8 obs [M, S, H, W], under bf16 autocast if configured; outputs are fp32."""
+        """The policy on uint8 obs [M, S, H, W]: the convs and shared layers under bf16 autocast if
+        configured, the heads in fp32 (bf16's 8-bit mantissa would blur values next to sparse rewards)."""
         with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
                             enabled=self.amp_dtype is not None):
-            out = self.policy_fn(obs)
-        return PolicyOutput(out.logits.float(), out.value_ext.float(), out.value_int.float())
+            x = self.features_fn(obs)
+        return self.policy.heads(x.float())
 
     # ---- RND -----------------------------------------------------------------------------
     def normalise_frames(self, frames: torch.Tensor) -> torch.Tensor:

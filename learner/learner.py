@@ -6,6 +6,7 @@ checkpoint resumes everything. Game-specific facts never appear here: rooms arri
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import Counter, deque
 from pathlib import Path
@@ -22,7 +23,7 @@ from common.transport import weights_address
 from common.wire import SegmentSpec, WireError, encode
 from learner.agent import RNDAgent
 from learner.batch import Batch, Segment, assemble
-from learner.learner_io import LearnerIO, WarmupMoments, parse_message
+from learner.learner_io import LearnerIO, WarmupMoments, route_message
 from learner.checkpoint import save_checkpoint
 from learner.logs import RunLogger
 
@@ -30,6 +31,8 @@ log = logging.getLogger("learner")
 
 
 class Supervisor(Protocol):
+    restarts: int  # actor processes restarted so far
+
     def poll(self) -> int: ...  # restarts dead children; returns restarts so far
 
 
@@ -61,6 +64,8 @@ class Learner:
         self.rooms_seen: set[int] = set()
         self.recent: deque[tuple[float, int, int]] = deque(maxlen=100)  # (return, length, rooms) of episodes
         self.rejected_by_reason: Counter[str] = Counter()
+        self._counter_lock = threading.Lock()
+        self.elapsed_before, self.restarts_before = 0.0, 0
         if resume is not None:
             self._load(resume)
         self.timings = Timings()
@@ -69,8 +74,10 @@ class Learner:
         self._step_times: deque[tuple[float, int]] = deque(maxlen=11)
         self._start = time.monotonic()
         self._saved_version: int | None = None
+        self._in_update = False
         self._saved_path: Path | None = None
-        self.logger = RunLogger(self.run_dir, append=resume is not None, tensorboard=tensorboard,
+        self.logger = RunLogger(self.run_dir, resume_update=self.version if resume is not None else None,
+                                tensorboard=tensorboard,
                                 purge_step=self.counters["agent_steps"] if resume is not None else None)
         self.ctx = zmq.Context.instance()
         self.pull = self.pub = None
@@ -89,7 +96,7 @@ class Learner:
         self.pub.bind(weights_address(addr))
         self.io = LearnerIO(self.pull, self.pub, self.spec, self.cfg.NumWorkers, self.cfg.FrameStack,
                             self.cfg.max_policy_lag, pin=self.agent.device.type == "cuda",
-                            on_reject=self.reject, on_stale=self.count_stale)
+                            on_reject=self.reject, on_stale=self.count_stale, version=self.version)
 
     @property
     def version(self) -> int:
@@ -98,7 +105,8 @@ class Learner:
 
     def publish_weights(self) -> None:
         state = self.agent.policy.state_dict()
-        arrays = {k: v.detach().to("cpu", torch.float32, copy=True).numpy() for k, v in state.items()}  # a snapshot: the send is async
+        # a snapshot: the I/O thread sends it later, while the next update changes the parameters
+        arrays = {k: v.detach().to("cpu", torch.float32, copy=True).numpy() for k, v in state.items()}
         meta = {"version": self.version, "warmup_steps": 0 if self.obs_rms_ready else self.cfg.NumInitSteps,
                 "shape_keys": shape_keys(self.cfg)}
         self.io.publish_weights(self.version, encode("weights", meta, arrays))
@@ -111,15 +119,19 @@ class Learner:
 
     # ---- incoming messages -----------------------------------------------------------------------
     def reject(self, e: WireError) -> None:
-        """A bad message: counted, and logged once per reason."""
-        self.counters["rejected_messages"] += 1
+        """A bad message: counted, and logged once per reason. Called from the I/O thread."""
         reason = str(e).split(":")[0]
-        if self.rejected_by_reason[reason] == 0:
+        with self._counter_lock:
+            self.counters["rejected_messages"] += 1
+            first = self.rejected_by_reason[reason] == 0
+            self.rejected_by_reason[reason] += 1
+        if first:
             log.warning("dropped a bad message (%s); further ones like it are only counted", e)
-        self.rejected_by_reason[reason] += 1
 
     def count_stale(self, n: int) -> None:
-        self.counters["dropped_stale_segments"] += n
+        """Segments too old for the next update, or newer than any weights of this run (an old run's)."""
+        with self._counter_lock:
+            self.counters["dropped_stale_segments"] += n
 
     def accept_warmup(self, m: WarmupMoments) -> None:
         self.agent.obs_rms.update_from_moments(m.mean.to(self.agent.device), m.var.to(self.agent.device), m.count)
@@ -129,15 +141,7 @@ class Learner:
 
     def handle(self, frames: list[bytes]) -> None:
         """In-process path (serial runner, tests): decode, validate and file one message."""
-        try:
-            item = parse_message(frames, self.spec)
-        except WireError as e:
-            self.reject(e)
-            return
-        if isinstance(item, WarmupMoments):
-            self.accept_warmup(item)
-        else:
-            self.pending.append(item)
+        route_message(frames, self.spec, self.reject, self.accept_warmup, self.pending.append)
 
     def next_batch(self) -> tuple[Batch, list[Segment]] | None:
         """Socket path: wait for the I/O thread's next batch (normaliser warm, segments fresh enough).
@@ -146,12 +150,9 @@ class Learner:
             while not self.io.warmups.empty():
                 self.accept_warmup(self.io.warmups.get())
             self.io.enabled = self.obs_rms_ready
-            got = self.io.get(timeout=0.1)
+            got = self.io.get(self.version, timeout=0.1)
             if got is not None:
-                batch, segments = got
-                if min(s.version for s in segments) >= self.version - self.cfg.max_policy_lag:
-                    return got
-                self.count_stale(len(segments))  # the learner moved on while it waited (not in steady state)
+                return got
             self.idle()
         return None
 
@@ -166,13 +167,13 @@ class Learner:
 
     def step_on_batch(self, batch: Batch, segments: list[Segment]) -> dict[str, Any]:
         """One update on an assembled host batch; returns the logged metrics row."""
-        if self.io is not None:
-            self.io.consume_version = self.version + 1  # prefetch the next batch for after this update
+        self._in_update = True  # a checkpoint now would hold a half-applied update
         with self.timings.time("learn"):
             batch = batch.to(self.agent.device)
             metrics = self.agent.update(batch)
         self.counters["update"] += 1
         self.counters["agent_steps"] += batch.T * batch.B
+        self._in_update = False
         self._record_episodes(segments)
         return self._row(metrics, segments)
 
@@ -183,8 +184,8 @@ class Learner:
                 rooms = e.get("rooms")
                 self.rooms_seen.update(rooms or [])
                 self.recent.append((float(e["return"]), int(e["length"]), len(rooms or [])))
-                records.append({"update": self.version, "agent_steps": self.counters["agent_steps"],
-                                "actor": seg.actor, "policy_version": seg.version, **e})
+                records.append({**e, "update": self.version, "agent_steps": self.counters["agent_steps"],
+                                "actor": seg.actor, "policy_version": seg.version})
         self.counters["episodes"] += len(records)
         self.logger.log_episodes(records)
 
@@ -198,7 +199,7 @@ class Learner:
         recent = np.array(self.recent, dtype=np.float64).reshape(-1, 3)
         nan = float("nan")
         row = {"update": self.version, "agent_steps": self.counters["agent_steps"],
-               "frames": self.counters["agent_steps"] * self.cfg.FrameSkip, "time_s": now - self._start,
+               "frames": self.counters["agent_steps"] * self.cfg.FrameSkip, "time_s": self.elapsed_s(),
                "episode_return_mean": recent[:, 0].mean() if len(recent) else nan,
                "episode_length_mean": recent[:, 1].mean() if len(recent) else nan,
                "rooms_per_episode_mean": recent[:, 2].mean() if len(recent) else nan,
@@ -208,7 +209,7 @@ class Learner:
                "steps_per_second": sps, "wait_data_s": split.get("wait_data", 0.0),
                "learn_s": split.get("learn", 0.0), "rejected_messages": self.counters["rejected_messages"],
                "dropped_stale_segments": self.counters["dropped_stale_segments"],
-               "actor_restarts": self.supervisor.poll() if self.supervisor is not None else 0,
+               "actor_restarts": self.actor_restarts(),
                **actor_phases(segments), **metrics}
         return row
 
@@ -231,17 +232,32 @@ class Learner:
                 if self.version % self.cfg.checkpoint_every == 0:
                     self.save()
         finally:
-            self.save()
-            if self.io is not None:
-                self.stop_actors()
-            self.close()
+            self.shutdown()
         return last_row
 
+    def shutdown(self) -> None:
+        """Checkpoint (unless an update was cut off half-way: then latest.pt stays at the last whole
+        one), tell the actors to stop, close logs and sockets."""
+        if not self._in_update:
+            self.save()
+        if self.io is not None:
+            self.stop_actors()
+        self.close()
+
     # ---- state ----------------------------------------------------------------------------------------
+    def elapsed_s(self) -> float:
+        """Training wall time, summed over resumed sessions."""
+        return self.elapsed_before + time.monotonic() - self._start
+
+    def actor_restarts(self) -> int:
+        """Actor restarts, summed over resumed sessions."""
+        return self.restarts_before + (self.supervisor.restarts if self.supervisor is not None else 0)
+
     def state(self) -> dict[str, Any]:
         return {"config": self.cfg.to_dict(), "agent": self.agent.state_dict(), "counters": dict(self.counters),
                 "obs_rms_ready": self.obs_rms_ready, "rooms_seen": sorted(self.rooms_seen),
-                "recent_episodes": [list(r) for r in self.recent]}
+                "recent_episodes": [list(r) for r in self.recent], "elapsed_s": self.elapsed_s(),
+                "actor_restarts": self.actor_restarts()}
 
     def _load(self, data: dict[str, Any]) -> None:
         self.agent.load_state_dict(data["agent"])
@@ -249,6 +265,8 @@ class Learner:
         self.obs_rms_ready = bool(data["obs_rms_ready"])
         self.rooms_seen = set(int(r) for r in data["rooms_seen"])
         self.recent.extend((float(a), int(b), int(c)) for a, b, c in data["recent_episodes"])
+        self.elapsed_before = float(data.get("elapsed_s", 0.0))
+        self.restarts_before = int(data.get("actor_restarts", 0))
 
     def save(self) -> Path:
         """Checkpoint now, unless this very update was just saved."""

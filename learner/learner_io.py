@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 import zmq
 
+from common.normalize import RunningMeanStd
 from common.wire import SegmentSpec, WireError, decode, encode, validate_segment, validate_warmup
 from learner.batch import Batch, Segment, assemble
 
@@ -41,35 +42,54 @@ class WarmupMoments:
 
 def parse_message(frames: list[bytes], spec: SegmentSpec) -> Segment | WarmupMoments:
     """Decode and validate one actor message; raises WireError."""
-    msg = decode(frames)
+    msg = decode(frames, max_bytes=spec.max_message_bytes())
     if msg.kind == "segment":
         validate_segment(msg, spec)
         m = msg.meta
         return Segment(m["actor"], m["version"], m["streams"], msg.arrays, m["episodes"], m.get("timings", {}))
     if msg.kind == "warmup":
         validate_warmup(msg, spec)
-        x = torch.from_numpy(msg.arrays["frames"].copy()).reshape(-1, spec.height, spec.width).double()
-        var, mean = torch.var_mean(x, dim=0, unbiased=False)
-        return WarmupMoments(mean, var, x.shape[0])
+        moments = RunningMeanStd((spec.height, spec.width), epsilon=0.0)  # exact moments of these frames only
+        moments.update(torch.from_numpy(msg.arrays["frames"].copy()))
+        return WarmupMoments(moments.mean, moments.var, int(moments.count))
     raise WireError(f"a learner does not accept {msg.kind!r} messages")
+
+
+def route_message(frames: list[bytes], spec: SegmentSpec, on_reject: Callable[[WireError], None],
+                  on_warmup: Callable[[WarmupMoments], None], on_segment: Callable[[Segment], None]) -> None:
+    """Parse one message and hand it to the matching callback; a bad one goes to ``on_reject``."""
+    try:
+        item = parse_message(frames, spec)
+    except WireError as e:
+        on_reject(e)
+        return
+    except Exception as e:  # defence in depth: no message may stop the learner
+        on_reject(WireError(f"message failed validation ({type(e).__name__})"))
+        return
+    if isinstance(item, WarmupMoments):
+        on_warmup(item)
+    else:
+        on_segment(item)
 
 
 class LearnerIO:
     """Thread that turns incoming messages into ready batches of >= ``num_envs`` streams, and sends."""
 
-    def __init__(self, sock: zmq.Socket | None, pub: zmq.Socket | None, spec: SegmentSpec, num_envs: int, frame_stack: int, max_lag: int,
-                 pin: bool, on_reject: Callable[[WireError], None], on_stale: Callable[[int], None]):
+    def __init__(self, sock: zmq.Socket | None, pub: zmq.Socket | None, spec: SegmentSpec, num_envs: int,
+                 frame_stack: int, max_lag: int, pin: bool, on_reject: Callable[[WireError], None],
+                 on_stale: Callable[[int], None], version: int = 0):
         self.sock, self.pub = sock, pub
         self.spec, self.num_envs, self.frame_stack, self.max_lag = spec, num_envs, frame_stack, max_lag
         self.pin, self.on_reject, self.on_stale = pin, on_reject, on_stale
-        self.ready: queue.Queue[tuple[Batch, list[Segment]]] = queue.Queue(maxsize=1)
+        self._cond = threading.Condition()  # guards the hand-over: _ready and consume_version
+        self._ready: tuple[Batch, list[Segment]] | None = None
+        self.consume_version = version  # the learner version at which the next batch will be consumed
         self.warmups: queue.Queue[WarmupMoments] = queue.Queue()
         self.pending: deque[Segment] = deque()
-        self.consume_version = 0  # the learner version at which the next batch will be consumed
         self.enabled = False  # batches are formed only once the observation normaliser is warm
         self.outbox: queue.Queue[list] = queue.Queue()
         self._weights: list | None = None  # newest weights frames, re-sent for late joiners
-        self._version = 0
+        self._version = version  # newest published version: no segment can be newer (else: an old run's)
         self._last_send = self._last_weights = 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="learner-io", daemon=True)
@@ -79,10 +99,13 @@ class LearnerIO:
         self._thread.start()
 
     def stop(self) -> None:
-        """Stop the thread after it has sent everything queued."""
+        """Stop the thread after it has sent everything queued (sent from here if the thread died)."""
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(timeout=10)
+        elif self.pub is not None:
+            while not self.outbox.empty():
+                self.pub.send_multipart(self.outbox.get(), copy=False)
 
     def _run(self) -> None:
         try:
@@ -125,37 +148,43 @@ class LearnerIO:
                 frames = self.sock.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return
-            try:
-                item = parse_message(frames, self.spec)
-            except WireError as e:
-                self.on_reject(e)
-                continue
-            if isinstance(item, WarmupMoments):
-                self.warmups.put(item)
-            else:
-                self.pending.append(item)
+            route_message(frames, self.spec, self.on_reject, self.warmups.put, self.pending.append)
 
-    def _maybe_assemble(self) -> None:
+    def _pick(self) -> list[Segment] | None:
+        """Under the lock: drop unusable segments, then take >= num_envs streams if the slot is free."""
         oldest_ok = self.consume_version - self.max_lag
-        fresh = deque(s for s in self.pending if s.version >= oldest_ok)
-        if len(fresh) < len(self.pending):
-            self.on_stale(len(self.pending) - len(fresh))
-        self.pending = fresh
-        if not self.enabled or self.ready.full() or sum(len(s.streams) for s in fresh) < self.num_envs:
-            return
+        usable = deque(s for s in self.pending if oldest_ok <= s.version <= self._version)
+        if len(usable) < len(self.pending):
+            self.on_stale(len(self.pending) - len(usable))
+        self.pending = usable
+        if not self.enabled or self._ready is not None or sum(len(s.streams) for s in usable) < self.num_envs:
+            return None
         picked, n = [], 0
         while n < self.num_envs:
             seg = self.pending.popleft()
             picked.append(seg)
             n += len(seg.streams)
-        batch = assemble(picked, self.frame_stack, pin=self.pin)
-        self.ready.put((batch, picked))
+        return picked
 
-    def get(self, timeout: float) -> tuple[Batch, list[Segment]] | None:
-        """The next ready batch (host memory), or None after ``timeout`` seconds."""
+    def _maybe_assemble(self) -> None:
+        with self._cond:
+            picked = self._pick()
+        if picked is None:
+            return
+        batch = assemble(picked, self.frame_stack, pin=self.pin)  # outside the lock: the slot stays empty
+        with self._cond:
+            self._ready = (batch, picked)
+            self._cond.notify_all()
+
+    def get(self, version: int, timeout: float) -> tuple[Batch, list[Segment]] | None:
+        """The next ready batch (host memory) for the learner at ``version``, or None after ``timeout`` s.
+        Taking it sets the version the batch after it will be consumed at, in the same critical section."""
         if self.error is not None:
             raise RuntimeError(f"learner I/O thread failed: {self.error!r}") from self.error
-        try:
-            return self.ready.get(timeout=timeout)
-        except queue.Empty:
-            return None
+        with self._cond:
+            if self._ready is None:
+                self._cond.wait(timeout)
+            got, self._ready = self._ready, None
+            if got is not None:
+                self.consume_version = version + 1
+            return got

@@ -36,19 +36,37 @@ def _fmt(v: Any) -> Any:
     return v
 
 
-class RunLogger:
-    """Owns the run dir's log files; ``append=True`` continues them (resume)."""
+def _keep_rows_up_to(path: Path, update: int, update_of: Any, header: bool) -> None:
+    """Rewrite ``path`` without the rows whose update number is above ``update``."""
+    lines = path.read_text().splitlines(keepends=True)
+    head, body = (lines[:1], lines[1:]) if header else ([], lines)
+    kept = [ln for ln in body if ln.strip() and update_of(ln) <= update]
+    if len(kept) != len(body):
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text("".join(head + kept))
+        tmp.replace(path)
 
-    def __init__(self, run_dir: Path, append: bool = False, tensorboard: bool = True, purge_step: int | None = None):
+
+class RunLogger:
+    """Owns the run dir's log files; a resumed run continues them."""
+
+    def __init__(self, run_dir: Path, resume_update: int | None = None, tensorboard: bool = True,
+                 purge_step: int | None = None):
+        """``resume_update``: continue the logs of a run resumed at that update (rows after it, written
+        after its checkpoint by a run that then died, are dropped so that none appears twice)."""
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        csv_path = self.run_dir / "metrics.csv"
-        new_csv = not (append and csv_path.exists())
-        self._csv_file = open(csv_path, "w" if new_csv else "a", newline="")
+        csv_path, ep_path = self.run_dir / "metrics.csv", self.run_dir / "episodes.jsonl"
+        resuming = resume_update is not None and csv_path.exists()
+        if resuming:
+            _keep_rows_up_to(csv_path, resume_update, lambda line: int(line.split(",", 1)[0]), header=True)
+            if ep_path.exists():
+                _keep_rows_up_to(ep_path, resume_update, lambda line: int(json.loads(line)["update"]), header=False)
+        self._csv_file = open(csv_path, "a" if resuming else "w", newline="")
         self._csv = csv.DictWriter(self._csv_file, fieldnames=list(METRICS), extrasaction="ignore")
-        if new_csv:
+        if not resuming:
             self._csv.writeheader()
-        self._episodes = open(self.run_dir / "episodes.jsonl", "a" if append else "w")
+        self._episodes = open(ep_path, "a" if resuming else "w")
         self._tb = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter

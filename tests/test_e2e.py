@@ -38,6 +38,12 @@ def free_addr() -> str:
     return free_tcp_address()
 
 
+def start_learner_role(addr: str, run_dir: Path, total_steps: int) -> subprocess.Popen:
+    return subprocess.Popen([PY, "launch.py", "--role", "learner", "--config", SMOKE, "--bind", addr,
+                             "--learner-gpu", "-1", "--run-dir", str(run_dir), "--total-steps", str(total_steps)],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
 def test_local_train_eval_resume(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     p = run(["launch.py", "--config", SMOKE, "--actors", "2", "--learner-gpu", "-1", "--run-dir", str(run_dir),
@@ -76,9 +82,7 @@ def test_local_train_eval_resume(tmp_path: Path) -> None:
 def test_learner_and_actors_roles_over_tcp(tmp_path: Path) -> None:
     addr = free_addr()
     run_dir = tmp_path / "run"
-    learner = subprocess.Popen([PY, "launch.py", "--role", "learner", "--config", SMOKE, "--bind", addr,
-                                "--learner-gpu", "-1", "--run-dir", str(run_dir), "--total-steps", "128"],
-                               cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    learner = start_learner_role(addr, run_dir, total_steps=128)
     try:
         actors = run(["launch.py", "--role", "actors", "--config", SMOKE, "--learner", addr, "--actors", "2"],
                      timeout=180)
@@ -105,9 +109,7 @@ def test_actor_gives_up_on_a_silent_learner(tmp_path: Path) -> None:
 def test_bad_messages_are_counted_not_fatal(tmp_path: Path) -> None:
     addr = free_addr()
     run_dir = tmp_path / "run"
-    learner = subprocess.Popen([PY, "launch.py", "--role", "learner", "--config", SMOKE, "--bind", addr,
-                                "--learner-gpu", "-1", "--run-dir", str(run_dir), "--total-steps", "128"],
-                               cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    learner = start_learner_role(addr, run_dir, total_steps=128)
     try:
         ctx = zmq.Context.instance()
         push = ctx.socket(zmq.PUSH)

@@ -170,3 +170,25 @@ def test_bf16_autocast_policy_keeps_results(tmp_path: Path) -> None:
     for a, b in zip(results["fp32"], results["bf16"]):
         torch.testing.assert_close(a, b, atol=0.05, rtol=0.05)
     assert not torch.equal(results["fp32"][0], results["bf16"][0])  # bf16 really ran
+
+
+@pytest.mark.slow
+def test_compiled_learner_matches_eager(tmp_path: Path) -> None:
+    """learner_compile: the torch.compile path runs and scores like eager (slow: compiling takes minutes on CPU)."""
+    cfg = small_cfg(NumWorkers=1, learner_precision="fp32")
+    runner = SerialRunner(cfg, tmp_path, num_actors=1)
+    runner.run(1)
+    runner.collect()
+    segments = list(runner.learner.pending)
+    state = runner.learner.agent.state_dict()
+    from learner.agent import RNDAgent
+    from learner.batch import assemble
+
+    out = {}
+    for comp in (False, True):
+        agent = RNDAgent(small_cfg(NumWorkers=1, learner_precision="fp32", learner_compile=comp), 18)
+        agent.load_state_dict(copy.deepcopy(state))
+        out[comp] = agent.score(assemble(copy.deepcopy(segments), cfg.FrameStack))
+        agent.update(assemble(copy.deepcopy(segments), cfg.FrameStack))  # backward through the compiled graph
+    for a, b in zip(out[False], out[True]):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)

@@ -1,0 +1,160 @@
+"""Hostile or unlucky inputs: none may crash the learner or corrupt what it learns from."""
+from __future__ import annotations
+
+import json
+from collections import deque
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zmq
+
+from actors.actor import forget_if_learner_restarted, required_version
+from common.config import load_config
+from common.transport import free_tcp_address, send_with_timeout
+from common.wire import SegmentSpec, WireError, decode, encode
+from learner.learner_io import LearnerIO, route_message
+from learner.logs import RunLogger
+
+SPEC = SegmentSpec(rollout_steps=4, frame_stack=4, height=84, width=84, num_actions=18, num_streams=2)
+
+
+def good_segment(version: int = 0, **over) -> tuple[dict, dict]:
+    arrays = {n: np.zeros(shape, dtype) for n, (dtype, shape) in SPEC.segment_arrays(2).items()}
+    arrays["behaviour_logp"][:] = -2.0
+    meta = {"actor": 0, "streams": [0, 1], "version": version, "seq": 0, "episodes": []}
+    meta.update(over)
+    return meta, arrays
+
+
+def routed(frames: list[bytes]) -> tuple[list, list]:
+    rejected, segments = [], []
+    route_message([bytes(f) for f in frames], SPEC, rejected.append, segments.append, segments.append)
+    return rejected, segments
+
+
+def test_a_good_segment_routes() -> None:
+    meta, arrays = good_segment()
+    rejected, segments = routed(encode("segment", meta, arrays))
+    assert not rejected and len(segments) == 1
+
+
+@pytest.mark.parametrize("header", [
+    b'{"proto":1,"kind":"segment","compression":"none","arrays":[{"name":"x","dtype":[],"shape":[1]}]}',
+    b"[" * 100_000 + b"]" * 100_000,
+    b'{"proto":1,"kind":"segment","compression":"none","arrays":[],"x":' + b"9" * 5000 + b"}",
+])
+def test_hostile_headers_are_rejected_not_raised(header: bytes) -> None:
+    rejected, segments = routed([header])
+    assert len(rejected) == 1 and isinstance(rejected[0], WireError) and not segments
+
+
+def test_huge_numbers_in_meta_are_rejected() -> None:
+    meta, arrays = good_segment(episodes=[{"stream": 0, "t": 0, "return": 10 ** 400, "length": 3}])
+    assert len(routed(encode("segment", meta, arrays))[0]) == 1
+    meta, arrays = good_segment(timings={"env": 10 ** 400})
+    assert len(routed(encode("segment", meta, arrays))[0]) == 1
+
+
+def test_declared_sizes_are_capped_before_decompressing() -> None:
+    import zstandard
+
+    shape = [1 << 20, 1 << 10]  # 1 GiB declared, matching a zstd frame that claims the same
+    header = json.dumps({"proto": 1, "kind": "warmup", "compression": "zstd", "actor": 0, "streams": [0],
+                         "arrays": [{"name": "frames", "dtype": "uint8", "shape": shape}]}).encode()
+    bomb = zstandard.ZstdCompressor().compress(b"\0" * 1000)
+    rejected, _ = routed([header, bomb])
+    assert len(rejected) == 1 and "allowed" in str(rejected[0])
+    with pytest.raises(WireError, match="allowed"):
+        decode([header, bomb], max_bytes=SPEC.max_message_bytes())
+
+
+@pytest.mark.parametrize("name,value", [("behaviour_logp", -1e30), ("trunc_value", 1e38), ("rewards", -1e9)])
+def test_finite_but_absurd_values_are_rejected(name: str, value: float) -> None:
+    meta, arrays = good_segment()
+    arrays[name][1, 1] = value
+    rejected, segments = routed(encode("segment", meta, arrays))
+    assert len(rejected) == 1 and not segments
+
+
+def test_sent_frames_are_copied_before_the_buffer_is_reused() -> None:
+    """ZeroMQ sends from its own thread; a zero-copy send of a reused buffer would ship newer data."""
+    ctx = zmq.Context.instance()
+    addr = free_tcp_address()
+    pull, push = ctx.socket(zmq.PULL), ctx.socket(zmq.PUSH)
+    pull.bind(addr)
+    push.connect(addr)
+    try:
+        buf = np.zeros(1 << 20, np.uint8)  # 1 MiB: far above pyzmq's copy threshold
+        for i in range(10):
+            buf[:] = i
+            assert send_with_timeout(push, [b"h", memoryview(buf)], 5.0)
+            buf[:] = 255  # the collector's next segment overwrites the same buffer at once
+        for i in range(10):
+            assert pull.poll(5000)
+            got = np.frombuffer(pull.recv_multipart()[1], np.uint8)
+            assert got.min() == got.max() == i
+    finally:
+        pull.close(0)
+        push.close(0)
+
+
+def test_actor_lag_history_is_forgotten_when_the_learner_resumes_older() -> None:
+    sent = deque([104, 105], maxlen=2)
+    forget_if_learner_restarted(sent, 100)
+    assert not sent and required_version(sent, 1) == 0
+    sent = deque([7, 8], maxlen=2)
+    forget_if_learner_restarted(sent, 8)
+    assert list(sent) == [7, 8]
+
+
+def test_segments_newer_than_any_published_weights_are_dropped() -> None:
+    stale = []
+    io = LearnerIO(None, None, SPEC, num_envs=2, frame_stack=4, max_lag=1, pin=False,
+                   on_reject=lambda e: None, on_stale=stale.append, version=100)
+    for v in (99, 100, 104):
+        meta, arrays = good_segment(version=v)
+        route_message(encode("segment", meta, arrays), SPEC, io.on_reject, io.warmups.put, io.pending.append)
+    io.enabled = True
+    io._maybe_assemble()
+    got = io.get(version=100, timeout=1)
+    assert got is not None and [s.version for s in got[1]] == [99]
+    assert stale == [1]  # version 104 came from an older run of this learner
+    assert io.consume_version == 101
+
+
+def test_resumed_logs_drop_rows_written_after_the_checkpoint(tmp_path: Path) -> None:
+    log = RunLogger(tmp_path, tensorboard=False)
+    for u in range(1, 6):
+        log.log_update({"update": u, "agent_steps": 10 * u})
+        log.log_episodes([{"update": u, "return": 0.0}])
+    log.close()
+    log = RunLogger(tmp_path, resume_update=3, tensorboard=False)  # the checkpoint was at update 3
+    log.log_update({"update": 4, "agent_steps": 40})
+    log.close()
+    rows = (tmp_path / "metrics.csv").read_text().splitlines()
+    assert [r.split(",")[0] for r in rows] == ["update", "1", "2", "3", "4"]
+    eps = [json.loads(x)["update"] for x in (tmp_path / "episodes.jsonl").read_text().splitlines()]
+    assert eps == [1, 2, 3]
+
+
+def test_no_checkpoint_of_a_half_applied_update(tmp_path: Path) -> None:
+    from learner.serial import SerialRunner
+
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml",
+                      {"NumWorkers": 1, "ImageHeight": 42, "ImageWidth": 42})
+    runner = SerialRunner(cfg, tmp_path, num_actors=1)
+    runner.run(1)
+    runner.learner.save()
+    runner.collect()
+    segments = list(runner.learner.pending)
+
+    def failing_update(batch):
+        raise RuntimeError("CUDA out of memory (simulated)")
+
+    runner.learner.agent.update = failing_update
+    with pytest.raises(RuntimeError, match="out of memory"):
+        runner.learner.step_on(segments)
+    runner.learner.shutdown()
+    names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert names == ["ckpt_00000001.pt", "latest.pt"]
