@@ -117,8 +117,9 @@ class Sink:
 
             policy = PolicyNet(NUM_ACTIONS, self.cfg.FrameStack, self.cfg.ImageHeight, self.cfg.ImageWidth)
             arrays = {k: v.numpy() for k, v in policy.state_dict().items()}
-            self._weights = encode("weights", {"version": 0, "warmup_steps": 0, "shape_keys": shape_keys(self.cfg)},
-                                   arrays)
+            meta = {"version": 0, "warmup_steps": 0, "shape_keys": shape_keys(self.cfg), "learner_run": 0,
+                    "retired": []}  # no flow control: the actors' lag bound is lifted for this measurement
+            self._weights = encode("weights", meta, arrays)
         self.pub.send_multipart(self._weights)
 
     def measure(self, seconds: float, settle_segments: int) -> dict:
@@ -282,7 +283,7 @@ def wire_bytes(cfg: Config) -> dict:
     policy = PolicyNet(NUM_ACTIONS, cfg.FrameStack, cfg.ImageHeight, cfg.ImageWidth).eval()
     col = RolloutCollector(envs, list(range(k)), policy, segment_spec(cfg), seed=0)
     arrays, episodes = col.collect()
-    meta = {"actor": 0, "streams": list(range(k)), "version": 0, "seq": 0, "episodes": episodes}
+    meta = {"actor": 0, "streams": list(range(k)), "version": 0, "run": 0, "seq": 0, "episodes": episodes}
     steps = cfg.RolloutSteps * k
     return {c: sum(len(f) for f in encode("segment", meta, arrays, c)) / steps for c in ("none", "zstd")}
 

@@ -6,9 +6,9 @@ The learner owns all learning state; an actor holds only envs and a policy copy.
 from __future__ import annotations
 
 import logging
+import secrets
 import sys
 import time
-from collections import deque
 
 import torch
 import zmq
@@ -18,7 +18,7 @@ from actors.rollout import RolloutCollector, env_split
 from common.config import Config, shape_keys
 from common.networks import PolicyNet, policy_param_spec
 from common.transport import is_local, send_with_timeout, weights_address
-from common.wire import SegmentSpec, WireError, decode, encode, validate_weights
+from common.wire import SegmentSpec, WireError, decode, encode, validate_heartbeat, validate_weights
 
 log = logging.getLogger("actor")
 
@@ -37,20 +37,32 @@ def segment_spec(cfg: Config, num_actions: int = 18) -> SegmentSpec:
 
 
 class WeightsReceiver:
-    """Keeps the policy at the newest weights heard on the SUB socket."""
+    """Keeps the policy at the newest weights heard on the SUB socket, and what the learner has retired.
 
-    def __init__(self, sock: zmq.Socket, policy: PolicyNet, timeout_s: float, shape_keys: dict | None = None):
+    Flow control (the lag bound): the learner reports, with its weights and heartbeats, the newest
+    sequence number it has *retired* (consumed in an update, or dropped) of each actor process. An
+    actor starts segment n only when at most ``max_policy_lag`` of its segments are still unretired,
+    so every segment is consumed at most ``max_policy_lag`` updates after the weights it used.
+    """
+
+    def __init__(self, sock: zmq.Socket, policy: PolicyNet, timeout_s: float, shape_keys: dict | None = None,
+                 actor_id: int = 0, run_id: int = 0):
         self.sock, self.policy, self.timeout_s = sock, policy, timeout_s
         self.shape_keys = shape_keys
+        self.actor_id, self.run_id = actor_id, run_id
         self.param_spec = policy_param_spec(policy)
         self.version = -1
         self.warmup_steps = 0
+        self.retired = -1  # newest retired seq of this actor process, as the learner reported it
+        self.learner_run: int | None = None
+        self.retired_floor = -1  # seqs sent before the learner restarted: the new learner will never report them
+        self.sent_seq = -1  # newest seq this actor has sent
         self.last_heard = time.monotonic()
         self.rejected = 0
 
     def poll(self, wait_s: float = 0.0) -> None:
         """Drain what is queued (waiting up to ``wait_s`` for the first); load only the newest weights."""
-        newest = None
+        newest, beats = None, []
         timeout_ms = int(wait_s * 1000)
         while self.sock.poll(timeout_ms, zmq.POLLIN):
             timeout_ms = 0
@@ -60,7 +72,9 @@ class WeightsReceiver:
                 msg = decode(frames)
                 if msg.kind == "stop":
                     raise ActorStop("learner finished training", clean=True)
-                if msg.kind == "heartbeat":  # liveness only; it has refreshed last_heard
+                if msg.kind == "heartbeat":
+                    validate_heartbeat(msg)
+                    beats.append(msg)
                     continue
                 self._check_shape_keys(msg.meta.get("shape_keys"))
                 validate_weights(msg, self.param_spec)
@@ -68,15 +82,37 @@ class WeightsReceiver:
                 self.rejected += 1
                 log.warning("dropped a bad message from the learner: %s", e)
                 continue
-            if newest is None or msg.meta["version"] >= newest.meta["version"]:
+            if newest is None or msg.meta["version"] >= newest.meta["version"] or self._new_learner(msg):
                 newest = msg
-        if newest is not None and newest.meta["version"] != self.version:
-            state = {k: torch.from_numpy(v.copy()) for k, v in newest.arrays.items()}
-            self.policy.load_state_dict(state)
-            self.version = newest.meta["version"]
         if newest is not None:
-            self.warmup_steps = newest.meta["warmup_steps"]
+            self._load(newest)
+        for beat in beats:  # retirements count only once the weights they follow are here
+            if beat.meta["learner_run"] == self.learner_run and beat.meta["version"] <= self.version:
+                self._note_retired(beat.meta["retired"])
         self.check_alive()
+
+    def _new_learner(self, msg) -> bool:
+        return msg.meta["learner_run"] != self.learner_run
+
+    def _load(self, msg) -> None:
+        if self._new_learner(msg):  # a (re)started learner: our earlier segments will never be reported
+            self.learner_run = msg.meta["learner_run"]
+            self.retired_floor = self.sent_seq
+            self.retired = -1
+        if msg.meta["version"] != self.version:
+            self.policy.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in msg.arrays.items()})
+            self.version = msg.meta["version"]
+        self.warmup_steps = msg.meta["warmup_steps"]
+        self._note_retired(msg.meta["retired"])
+
+    def _note_retired(self, retired: list) -> None:
+        for actor, run, seq in retired:
+            if actor == self.actor_id and run == self.run_id:
+                self.retired = max(self.retired, seq)
+
+    def unretired(self) -> int:
+        """Segments sent and not yet consumed or dropped by the learner."""
+        return self.sent_seq - max(self.retired, self.retired_floor)
 
     def _check_shape_keys(self, theirs: object) -> None:
         """A learner configured with other shapes would reject every segment: say so and stop."""
@@ -88,32 +124,19 @@ class WeightsReceiver:
                 if theirs.get(k) != v]
         raise ActorStop("config mismatch with the learner: " + "; ".join(diff))
 
-    def wait_for(self, version: int) -> None:
-        while self.version < version:
+    def wait_for_weights(self) -> None:
+        while self.version < 0:
+            self.poll(wait_s=0.5)
+
+    def wait_until_unretired_at_most(self, max_lag: int) -> None:
+        """Block until starting one more segment keeps the lag bound (see the class docstring)."""
+        while self.unretired() > max_lag:
             self.poll(wait_s=0.5)
 
     def check_alive(self) -> None:
         silent = time.monotonic() - self.last_heard
         if silent > self.timeout_s:
             raise ActorStop(f"no message from the learner for {silent:.0f} s (actor_timeout_s); giving up")
-
-
-def required_version(sent_versions: deque[int], max_lag: int) -> int:
-    """Before a new segment: the weights must be newer than those of the segment max_lag+1 back.
-
-    max_lag=0: wait for the update that consumed the previous segment (synchronous);
-    max_lag=1: one segment may be collected while the learner learns on the previous one.
-    """
-    if len(sent_versions) <= max_lag:
-        return 0
-    return sent_versions[-(max_lag + 1)] + 1
-
-
-def forget_if_learner_restarted(sent_versions: deque[int], version: int) -> None:
-    """Weights older than segments already sent mean the learner resumed from an older checkpoint:
-    the lag history belongs to the old run (keeping it would wait forever for a version it passed)."""
-    if sent_versions and version < max(sent_versions):
-        sent_versions.clear()
 
 
 def run_actor(cfg: Config, actor_id: int, num_actors: int, learner_addr: str, incarnation: int = 0) -> int:
@@ -138,7 +161,8 @@ def run_actor(cfg: Config, actor_id: int, num_actors: int, learner_addr: str, in
     sub.setsockopt(zmq.SUBSCRIBE, b"")
     sub.setsockopt(zmq.LINGER, 0)
     sub.connect(weights_address(learner_addr))
-    weights = WeightsReceiver(sub, policy, cfg.actor_timeout_s, shape_keys(cfg))
+    run_id = secrets.randbits(62)  # tells this process's segments from an earlier incarnation's
+    weights = WeightsReceiver(sub, policy, cfg.actor_timeout_s, shape_keys(cfg), actor_id, run_id)
 
     def send(kind: str, meta: dict, arrays: dict) -> None:
         frames = encode(kind, {"actor": actor_id, "streams": streams, **meta}, arrays, compression)
@@ -149,26 +173,24 @@ def run_actor(cfg: Config, actor_id: int, num_actors: int, learner_addr: str, in
                 raise ActorStop(f"the learner took no data for {cfg.actor_timeout_s:.0f} s; giving up")
 
     try:
-        weights.wait_for(0)
+        weights.wait_for_weights()
         if weights.warmup_steps:
             for frames in collector.warmup(weights.warmup_steps):
                 send("warmup", {}, {"frames": frames})
-        sent: deque[int] = deque(maxlen=cfg.max_policy_lag + 1)
-        seq, last_split = 0, {}
+        last_split: dict[str, float] = {}
         timings = collector.timings  # one phase table: infer, env (collector), wait, send (here)
         while True:
             with timings.time("wait"):
                 weights.poll()
-                forget_if_learner_restarted(sent, weights.version)
-                weights.wait_for(required_version(sent, cfg.max_policy_lag))
-            version = weights.version
+                weights.wait_until_unretired_at_most(cfg.max_policy_lag)
+            seq = weights.sent_seq + 1
             arrays, episodes = collector.collect()
-            meta = {"version": version, "seq": seq, "episodes": episodes, "timings": last_split}
+            meta = {"version": weights.version, "run": run_id, "seq": seq, "episodes": episodes,
+                    "timings": last_split}
             with timings.time("send"):
                 send("segment", meta, arrays)
+            weights.sent_seq = seq
             last_split = timings.split()  # travels with the next segment
-            sent.append(version)
-            seq += 1
     except ActorStop as e:
         print(f"actor {actor_id}: {e}", file=sys.stderr, flush=True)
         return 0 if e.clean else 3

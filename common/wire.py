@@ -9,7 +9,8 @@ drops the message and counts it.
 Kinds, actor -> learner (PUSH/PULL): ``segment`` (T steps of K env streams), ``warmup`` (frames of
 random-action steps for the observation normaliser). Learner -> actors (PUB/SUB): ``weights``
 (policy tensors and their version), ``heartbeat`` (the current version, every second: the learner
-is alive even in a long update), ``stop``.
+is alive even in a long update), ``stop``. Weights and heartbeats also carry which segments the
+learner has retired (consumed or dropped), per actor process: the actors' flow control.
 """
 from __future__ import annotations
 
@@ -232,7 +233,7 @@ def validate_segment(msg: Message, spec: SegmentSpec) -> None:
     """Everything a segment must satisfy before it may reach a batch; raises WireError."""
     _require(msg.kind == "segment", f"expected a segment, got {msg.kind}")
     m = msg.meta
-    _int(m, "actor"), _int(m, "version"), _int(m, "seq")
+    _int(m, "actor"), _int(m, "version"), _int(m, "seq"), _int(m, "run")
     streams = _streams(m, spec)
     a = msg.arrays
     _check_arrays(a, spec.segment_arrays(len(streams)))
@@ -280,9 +281,25 @@ def validate_warmup(msg: Message, spec: SegmentSpec) -> None:
              f"warmup frames {f.dtype}{list(f.shape)} do not fit")
 
 
+def _check_retired(meta: dict) -> None:
+    """``learner_run`` and ``retired``: [[actor, actor_run, newest retired seq], ...] (flow control)."""
+    _int(meta, "learner_run")
+    r = meta.get("retired")
+    _require(isinstance(r, list) and len(r) <= 1 << 16, "field 'retired' is not a list")
+    _require(all(isinstance(x, list) and len(x) == 3 and all(_is_int(v) and v >= 0 for v in x) for x in r),
+             "field 'retired' holds something other than [actor, run, seq] triples")
+
+
+def validate_heartbeat(msg: Message) -> None:
+    _require(msg.kind == "heartbeat" and not msg.arrays, "bad heartbeat")
+    _int(msg.meta, "version")
+    _check_retired(msg.meta)
+
+
 def validate_weights(msg: Message, param_spec: list[tuple[str, tuple[int, ...]]]) -> None:
     _require(msg.kind == "weights", f"expected weights, got {msg.kind}")
     _int(msg.meta, "version")
     _int(msg.meta, "warmup_steps")
+    _check_retired(msg.meta)
     want = {n: (np.dtype(np.float32), s) for n, s in param_spec}
     _check_arrays(msg.arrays, want)

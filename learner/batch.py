@@ -22,6 +22,8 @@ class Segment:
     arrays: dict[str, np.ndarray]
     episodes: list[dict[str, Any]]
     timings: dict[str, float] = field(default_factory=dict)  # the actor's phase seconds, previous segment
+    run: int = 0  # the actor process's random id
+    seq: int = 0  # its segment number
 
 
 @dataclass

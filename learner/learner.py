@@ -6,6 +6,7 @@ checkpoint resumes everything. Game-specific facts never appear here: rooms arri
 from __future__ import annotations
 
 import logging
+import secrets
 import threading
 import time
 from collections import Counter, deque
@@ -65,6 +66,8 @@ class Learner:
         self.recent: deque[tuple[float, int, int]] = deque(maxlen=100)  # (return, length, rooms) of episodes
         self.rejected_by_reason: Counter[str] = Counter()
         self._counter_lock = threading.Lock()
+        self.run_id = secrets.randbits(62)  # a new id per learner process: actors then forget old flow state
+        self.retired: dict[int, dict[int, int]] = {}  # actor -> {actor run id -> newest retired seq}
         self.elapsed_before, self.restarts_before = 0.0, 0
         if resume is not None:
             self._load(resume)
@@ -96,7 +99,8 @@ class Learner:
         self.pub.bind(weights_address(addr))
         self.io = LearnerIO(self.pull, self.pub, self.spec, self.cfg.NumWorkers, self.cfg.FrameStack,
                             self.cfg.max_policy_lag, pin=self.agent.device.type == "cuda",
-                            on_reject=self.reject, on_stale=self.count_stale, version=self.version)
+                            on_reject=self.reject, on_stale=self.count_stale, version=self.version,
+                            heartbeat_meta=self.flow_meta)
 
     @property
     def version(self) -> int:
@@ -108,7 +112,7 @@ class Learner:
         # a snapshot: the I/O thread sends it later, while the next update changes the parameters
         arrays = {k: v.detach().to("cpu", torch.float32, copy=True).numpy() for k, v in state.items()}
         meta = {"version": self.version, "warmup_steps": 0 if self.obs_rms_ready else self.cfg.NumInitSteps,
-                "shape_keys": shape_keys(self.cfg)}
+                "shape_keys": shape_keys(self.cfg), **self.flow_meta()}
         self.io.publish_weights(self.version, encode("weights", meta, arrays))
 
     def stop_actors(self) -> None:
@@ -128,10 +132,27 @@ class Learner:
         if first:
             log.warning("dropped a bad message (%s); further ones like it are only counted", e)
 
-    def count_stale(self, n: int) -> None:
-        """Segments too old for the next update, or newer than any weights of this run (an old run's)."""
+    def count_stale(self, segments: list[Segment]) -> None:
+        """Segments too old for the next update, or newer than any weights of this run (an old run's).
+        Called from the I/O thread."""
         with self._counter_lock:
-            self.counters["dropped_stale_segments"] += n
+            self.counters["dropped_stale_segments"] += len(segments)
+        self.retire(segments)
+
+    def retire(self, segments: list[Segment]) -> None:
+        """Note segments as consumed or dropped; actors learn it with the next weights or heartbeat."""
+        with self._counter_lock:
+            for s in segments:
+                runs = self.retired.setdefault(s.actor, {})
+                runs[s.run] = max(runs.get(s.run, -1), s.seq)
+                while len(runs) > 4:  # keep the newest runs of each actor id (restarts change the run id)
+                    runs.pop(next(iter(runs)))
+
+    def flow_meta(self) -> dict:
+        """What actors need for their lag bound: this learner's run id and the retired seqs."""
+        with self._counter_lock:
+            retired = [[a, r, q] for a, runs in self.retired.items() for r, q in runs.items()]
+        return {"learner_run": self.run_id, "retired": retired}
 
     def accept_warmup(self, m: WarmupMoments) -> None:
         self.agent.obs_rms.update_from_moments(m.mean.to(self.agent.device), m.var.to(self.agent.device), m.count)
@@ -174,6 +195,7 @@ class Learner:
         self.counters["update"] += 1
         self.counters["agent_steps"] += batch.T * batch.B
         self._in_update = False
+        self.retire(segments)
         self._record_episodes(segments)
         return self._row(metrics, segments)
 

@@ -46,7 +46,8 @@ def parse_message(frames: list[bytes], spec: SegmentSpec) -> Segment | WarmupMom
     if msg.kind == "segment":
         validate_segment(msg, spec)
         m = msg.meta
-        return Segment(m["actor"], m["version"], m["streams"], msg.arrays, m["episodes"], m.get("timings", {}))
+        return Segment(m["actor"], m["version"], m["streams"], msg.arrays, m["episodes"], m.get("timings", {}),
+                       m["run"], m["seq"])
     if msg.kind == "warmup":
         validate_warmup(msg, spec)
         moments = RunningMeanStd((spec.height, spec.width), epsilon=0.0)  # exact moments of these frames only
@@ -77,10 +78,11 @@ class LearnerIO:
 
     def __init__(self, sock: zmq.Socket | None, pub: zmq.Socket | None, spec: SegmentSpec, num_envs: int,
                  frame_stack: int, max_lag: int, pin: bool, on_reject: Callable[[WireError], None],
-                 on_stale: Callable[[int], None], version: int = 0):
+                 on_stale: Callable[[list[Segment]], None], version: int = 0,
+                 heartbeat_meta: Callable[[], dict] = dict):
         self.sock, self.pub = sock, pub
         self.spec, self.num_envs, self.frame_stack, self.max_lag = spec, num_envs, frame_stack, max_lag
-        self.pin, self.on_reject, self.on_stale = pin, on_reject, on_stale
+        self.pin, self.on_reject, self.on_stale, self.heartbeat_meta = pin, on_reject, on_stale, heartbeat_meta
         self._cond = threading.Condition()  # guards the hand-over: _ready and consume_version
         self._ready: tuple[Batch, list[Segment]] | None = None
         self.consume_version = version  # the learner version at which the next batch will be consumed
@@ -139,7 +141,7 @@ class LearnerIO:
             self.pub.send_multipart(self._weights, copy=False)
             self._last_send = self._last_weights = now
         if now - self._last_send > HEARTBEAT_S:
-            self.pub.send_multipart(encode("heartbeat", {"version": self._version}, {}))
+            self.pub.send_multipart(encode("heartbeat", {"version": self._version, **self.heartbeat_meta()}, {}))
             self._last_send = now
 
     def _drain(self) -> None:
@@ -155,7 +157,7 @@ class LearnerIO:
         oldest_ok = self.consume_version - self.max_lag
         usable = deque(s for s in self.pending if oldest_ok <= s.version <= self._version)
         if len(usable) < len(self.pending):
-            self.on_stale(len(self.pending) - len(usable))
+            self.on_stale([s for s in self.pending if not oldest_ok <= s.version <= self._version])
         self.pending = usable
         if not self.enabled or self._ready is not None or sum(len(s.streams) for s in usable) < self.num_envs:
             return None

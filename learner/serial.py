@@ -44,7 +44,7 @@ class SerialRunner:
         """Every actor collects one segment with its current weights and sends it through the wire format."""
         for i, col in self.collectors:
             arrays, episodes = col.collect()
-            meta = {"actor": i, "streams": col.streams, "version": self.learner.version, "seq": self.seq,
+            meta = {"actor": i, "streams": col.streams, "version": self.learner.version, "run": 0, "seq": self.seq,
                     "episodes": episodes}
             self.learner.handle(encode("segment", meta, arrays))
         self.seq += 1

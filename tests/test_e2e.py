@@ -54,6 +54,7 @@ def test_local_train_eval_resume(tmp_path: Path) -> None:
     assert all(c in rows[0] for c in REQUIRED_COLUMNS)
     assert int(rows[-1]["agent_steps"]) == 192 and int(rows[-1]["frames"]) == 4 * 192
     assert float(rows[-1]["policy_lag_mean"]) <= 1.0
+    assert int(rows[-1]["dropped_stale_segments"]) == 0  # flow control: actors never outrun the lag bound
     episodes = [json.loads(x) for x in (run_dir / "episodes.jsonl").read_text().splitlines()]
     assert episodes and {e["length"] for e in episodes} == {20}  # the cap is a truncation at 20 steps
     assert {e["stream"] for e in episodes} == {0, 1, 2, 3}  # episode stats come from every env

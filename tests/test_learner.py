@@ -59,7 +59,7 @@ def test_serial_training_runs_and_logs_raw_score(tmp_path: Path) -> None:
 def _segment_frames(runner: SerialRunner, version: int) -> list[bytes]:
     i, col = runner.collectors[0]
     arrays, episodes = col.collect()
-    return encode("segment", {"actor": i, "streams": col.streams, "version": version, "seq": 0,
+    return encode("segment", {"actor": i, "streams": col.streams, "version": version, "run": 0, "seq": 0,
                               "episodes": episodes}, arrays)
 
 
@@ -69,20 +69,20 @@ def test_stale_segments_are_dropped_and_counted(tmp_path: Path) -> None:
     runner = SerialRunner(cfg, tmp_path, num_actors=1)
     stale = []
     pf = LearnerIO(None, None, runner.learner.spec, cfg.NumWorkers, cfg.FrameStack, cfg.max_policy_lag, pin=False,
-                    on_reject=lambda e: None, on_stale=stale.append)
+                   on_reject=lambda e: None, on_stale=stale.append, version=5)
     for v in (3, 4, 5):
         pf.pending.append(parse_message(_segment_frames(runner, v), runner.learner.spec))
-    pf.consume_version = 5
     pf._maybe_assemble()
-    assert pf.ready.empty()  # not enabled before the normaliser is warm; stale ones already gone
-    assert stale == [1] and [s.version for s in pf.pending] == [4, 5]
+    assert pf._ready is None  # not enabled before the normaliser is warm; stale ones already gone
+    assert [len(x) for x in stale] == [1] and [s.version for s in pf.pending] == [4, 5]
     pf.enabled = True
     pf._maybe_assemble()
-    batch, segments = pf.get(timeout=1)
+    batch, segments = pf.get(version=5, timeout=1)
     assert [s.version for s in segments] == [4] and batch.B == 1
-    pf.consume_version = 7  # two updates later: version 5 is too old now
+    assert pf.consume_version == 6  # taking a batch sets the version the next one is consumed at
+    pf._version = pf.consume_version = 7  # two updates later: version 5 is too old now
     pf._maybe_assemble()
-    assert stale == [1, 1] and not pf.pending
+    assert [len(x) for x in stale] == [1, 1] and not pf.pending
 
 
 def test_ext_raw_score_is_logged_but_clipped_for_learning(tmp_path: Path) -> None:

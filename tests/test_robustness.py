@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import zmq
 
-from actors.actor import forget_if_learner_restarted, required_version
+from actors.actor import WeightsReceiver
 from common.config import load_config
 from common.transport import free_tcp_address, send_with_timeout
 from common.wire import SegmentSpec, WireError, decode, encode
@@ -22,7 +22,7 @@ SPEC = SegmentSpec(rollout_steps=4, frame_stack=4, height=84, width=84, num_acti
 def good_segment(version: int = 0, **over) -> tuple[dict, dict]:
     arrays = {n: np.zeros(shape, dtype) for n, (dtype, shape) in SPEC.segment_arrays(2).items()}
     arrays["behaviour_logp"][:] = -2.0
-    meta = {"actor": 0, "streams": [0, 1], "version": version, "seq": 0, "episodes": []}
+    meta = {"actor": 0, "streams": [0, 1], "version": version, "run": 5, "seq": 0, "episodes": []}
     meta.update(over)
     return meta, arrays
 
@@ -99,19 +99,69 @@ def test_sent_frames_are_copied_before_the_buffer_is_reused() -> None:
         push.close(0)
 
 
-def test_actor_lag_history_is_forgotten_when_the_learner_resumes_older() -> None:
-    sent = deque([104, 105], maxlen=2)
-    forget_if_learner_restarted(sent, 100)
-    assert not sent and required_version(sent, 1) == 0
-    sent = deque([7, 8], maxlen=2)
-    forget_if_learner_restarted(sent, 8)
-    assert list(sent) == [7, 8]
+class FakeSub:
+    """A SUB socket stand-in: hands over queued messages."""
+
+    def __init__(self) -> None:
+        self.queue: list[list[bytes]] = []
+
+    def poll(self, timeout_ms: int, flags: int = 0) -> int:
+        return 1 if self.queue else 0
+
+    def recv_multipart(self) -> list[bytes]:
+        return [bytes(f) for f in self.queue.pop(0)]
+
+
+def _weights(policy, version: int, learner_run: int, retired: list) -> list[bytes]:
+    arrays = {k: v.numpy() for k, v in policy.state_dict().items()}
+    return encode("weights", {"version": version, "warmup_steps": 0, "learner_run": learner_run,
+                              "retired": retired}, arrays)
+
+
+def test_actor_flow_control_keeps_the_lag_bound() -> None:
+    """An actor may have at most max_policy_lag segments that the learner has not retired yet."""
+    from common.networks import PolicyNet
+
+    policy = PolicyNet(18, 4, 42, 42)
+    sub = FakeSub()
+    rx = WeightsReceiver(sub, policy, timeout_s=60, actor_id=3, run_id=11)
+    sub.queue.append(_weights(policy, 0, learner_run=1, retired=[]))
+    rx.poll()
+    assert rx.version == 0 and rx.unretired() == 0
+    rx.sent_seq = 1  # two segments (0, 1) sent
+    assert rx.unretired() == 2  # lag 1 allows no third one yet
+    sub.queue.append(_weights(policy, 1, learner_run=1, retired=[[3, 11, 0], [3, 99, 7], [4, 11, 9]]))
+    rx.poll()
+    assert rx.unretired() == 1  # only its own (actor 3, run 11) retirements count
+    beat = encode("heartbeat", {"version": 5, "learner_run": 1, "retired": [[3, 11, 1]]}, {})
+    sub.queue.append(beat)
+    rx.poll()
+    assert rx.unretired() == 1  # a heartbeat ahead of the weights this actor holds does not count yet
+    sub.queue.append(_weights(policy, 5, learner_run=1, retired=[[3, 11, 0]]))
+    sub.queue.append(beat)
+    rx.poll()
+    assert rx.unretired() == 0
+
+
+def test_actor_forgets_flow_state_when_the_learner_restarts() -> None:
+    from common.networks import PolicyNet
+
+    policy = PolicyNet(18, 4, 42, 42)
+    sub = FakeSub()
+    rx = WeightsReceiver(sub, policy, timeout_s=60, actor_id=0, run_id=5)
+    sub.queue.append(_weights(policy, 105, learner_run=1, retired=[[0, 5, 40]]))
+    rx.poll()
+    rx.sent_seq = 42
+    assert rx.unretired() == 2
+    sub.queue.append(_weights(policy, 100, learner_run=2, retired=[]))  # resumed from an older checkpoint
+    rx.poll()
+    assert rx.version == 100 and rx.unretired() == 0  # the new learner will never report seqs 41, 42
 
 
 def test_segments_newer_than_any_published_weights_are_dropped() -> None:
     stale = []
     io = LearnerIO(None, None, SPEC, num_envs=2, frame_stack=4, max_lag=1, pin=False,
-                   on_reject=lambda e: None, on_stale=stale.append, version=100)
+                   on_reject=lambda e: None, on_stale=stale.extend, version=100)
     for v in (99, 100, 104):
         meta, arrays = good_segment(version=v)
         route_message(encode("segment", meta, arrays), SPEC, io.on_reject, io.warmups.put, io.pending.append)
@@ -119,7 +169,7 @@ def test_segments_newer_than_any_published_weights_are_dropped() -> None:
     io._maybe_assemble()
     got = io.get(version=100, timeout=1)
     assert got is not None and [s.version for s in got[1]] == [99]
-    assert stale == [1]  # version 104 came from an older run of this learner
+    assert [s.version for s in stale] == [104]  # version 104 came from an older run of this learner
     assert io.consume_version == 101
 
 

@@ -47,7 +47,7 @@ def segment_arrays(spec: SegmentSpec = SPEC, k: int = len(STREAMS), seed: int = 
 
 
 def segment_meta(**over) -> dict:
-    meta = {"actor": 1, "streams": list(STREAMS), "version": 3, "seq": 0,
+    meta = {"actor": 1, "streams": list(STREAMS), "version": 3, "run": 77, "seq": 0,
             "episodes": [{"stream": 5, "t": 2, "return": 100.0, "length": 37, "rooms": [0, 1]},
                          {"stream": 2, "t": 4, "return": 0.0, "length": 4500}]}
     meta.update(over)
@@ -516,7 +516,7 @@ def _meta_without(key):
     return m
 
 
-@pytest.mark.parametrize("key", ["actor", "version", "seq"])
+@pytest.mark.parametrize("key", ["actor", "version", "seq", "run"])
 @pytest.mark.parametrize("value", [-1, True, 1.0, "3", None, 1 << 63, ...])
 def test_bad_integer_meta_fields_refused(key, value):
     meta = _meta_without(key) if value is ... else segment_meta(**{key: value})
@@ -637,7 +637,7 @@ def policy():
 
 def weights_message(net: PolicyNet, compression: str = "none", **meta) -> tuple[list[bytes], dict]:
     arrays = {k: v.detach().float().numpy() for k, v in net.state_dict().items()}
-    m = {"version": 4, "warmup_steps": 0}
+    m = {"version": 4, "warmup_steps": 0, "learner_run": 9, "retired": [[0, 77, 3]]}
     m.update(meta)
     return wire_encode("weights", m, arrays, compression), arrays
 
@@ -668,24 +668,28 @@ def test_validate_weights_refuses_bad(policy):
     bad(weights_message(policy, version=True)[0])
     bad(weights_message(policy, warmup_steps=-5)[0])
     bad(weights_message(policy, warmup_steps=None)[0])
+    bad(weights_message(policy, learner_run=None)[0])
+    bad(weights_message(policy, retired=[[0, 1]])[0])  # triples only
+    bad(weights_message(policy, retired=[[0, 1, -2]])[0])
+    bad(weights_message(policy, retired={"0": 1})[0])
     frames, arrays = weights_message(policy)
     bad(with_header(frames, version=...))
-    bad(wire_encode("segment", {"version": 4, "warmup_steps": 0}, arrays))  # wrong kind
+    bad(wire_encode("segment", {"version": 4, "warmup_steps": 0, "learner_run": 9, "retired": []}, arrays))  # wrong kind
     first = next(iter(arrays))
     missing = dict(arrays)
     del missing[first]
-    bad(wire_encode("weights", {"version": 4, "warmup_steps": 0}, missing))
-    bad(wire_encode("weights", {"version": 4, "warmup_steps": 0}, dict(arrays, extra=np.zeros(3, np.float32))))
+    bad(wire_encode("weights", {"version": 4, "warmup_steps": 0, "learner_run": 9, "retired": []}, missing))
+    bad(wire_encode("weights", {"version": 4, "warmup_steps": 0, "learner_run": 9, "retired": []}, dict(arrays, extra=np.zeros(3, np.float32))))
     wrong_shape = dict(arrays)
     wrong_shape[first] = wrong_shape[first][:1].copy()
-    bad(wire_encode("weights", {"version": 4, "warmup_steps": 0}, wrong_shape))
+    bad(wire_encode("weights", {"version": 4, "warmup_steps": 0, "learner_run": 9, "retired": []}, wrong_shape))
     wrong_dtype = dict(arrays)
     wrong_dtype["pi_head.bias"] = np.zeros(arrays["pi_head.bias"].shape, np.uint8)
-    bad(wire_encode("weights", {"version": 4, "warmup_steps": 0}, wrong_dtype))
+    bad(wire_encode("weights", {"version": 4, "warmup_steps": 0, "learner_run": 9, "retired": []}, wrong_dtype))
     nan = dict(arrays)
     nan["v_ext.weight"] = arrays["v_ext.weight"].copy()
     nan["v_ext.weight"][0, 0] = np.nan
-    bad(wire_encode("weights", {"version": 4, "warmup_steps": 0}, nan))
+    bad(wire_encode("weights", {"version": 4, "warmup_steps": 0, "learner_run": 9, "retired": []}, nan))
     # weights of a network for other frame sizes / action counts
     bad(weights_message(PolicyNet(num_actions=6, height=NET_HW, width=NET_HW))[0])
     bad(weights_message(PolicyNet(num_actions=18, frame_stack=3, height=NET_HW, width=NET_HW))[0])
