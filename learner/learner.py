@@ -249,6 +249,7 @@ class Learner:
                     break
                 last_row = self.step_on_batch(*got)
                 self.publish_weights()
+                self.idle()  # a busy learner may never wait: restart dead actors here too
                 self.logger.log_update(last_row)
                 self.logger.progress(last_row, self.total_steps)
                 if self.version % self.cfg.checkpoint_every == 0:
