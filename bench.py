@@ -251,13 +251,9 @@ def bench_e2e(cfg: Config, n: int, device: str, seconds: float, lag: int, cfg_di
     watchdog = threading.Timer(seconds * 4 + 300, lambda: setattr(learner, "stop_requested", True))
     watchdog.start()
     sup.start()
-    threads = torch.get_num_threads()
-    if device == "cpu":  # as launch.py does: actors and learner share the cores
-        torch.set_num_threads(max(1, (os.cpu_count() or 2) - n))
     try:
         learner.train()
     finally:
-        torch.set_num_threads(threads)
         watchdog.cancel()
         sup.stop()
     if len(marks) < 3:

@@ -124,7 +124,6 @@ def check_address(addr: str, flag: str) -> None:
 
 
 def run_learner(args: argparse.Namespace, cfg: Config, resume: dict | None, local: bool) -> int:
-    import torch
     import zmq
 
     from common.transport import connect_address, free_tcp_address
@@ -142,8 +141,6 @@ def run_learner(args: argparse.Namespace, cfg: Config, resume: dict | None, loca
         if n > cfg.NumWorkers:
             raise UsageError(f"--actors {n}: more actors than envs (NumWorkers={cfg.NumWorkers})")
         supervisor = actor_supervisor(run_dir / "config.yaml", connect_address(bind), list(range(n)), n, [], True)
-        if device == "cpu":  # actors and learner share the cores
-            torch.set_num_threads(max(1, (os.cpu_count() or 2) - n))
     total = args.total_steps if args.total_steps is not None else cfg.total_agent_steps
     try:
         learner = Learner(cfg, run_dir, device, bind=bind, total_steps=total, supervisor=supervisor, resume=resume)

@@ -49,7 +49,8 @@ class Config:
     EpochSteps: int = _f(4, "PPO epochs over each batch.")
     SavePath: str = _f("", "Legacy checkpoint path of the report; ignored unless no --run-dir is given "
                            "(then its directory becomes the run dir).")
-    NumEpochs: int = _f(10000, "Number of learner updates; default total agent steps = NumEpochs*NumWorkers*RolloutSteps.")
+    NumEpochs: int = _f(10000, "Number of learner updates; default total agent steps = "
+                               "NumEpochs*NumWorkers*RolloutSteps.")
     RNDUpdateProportion: float = _f(0.25, "Fraction of each minibatch the RND predictor is trained on.")
     PPOEntropyCoeff: float = _f(0.001, "Entropy bonus coefficient.")
     PPORewardEps: float = _f(0.1, "PPO clip range epsilon.")
@@ -68,7 +69,8 @@ class Config:
     seed: int = _f(0, "Seed of learner and actors (actor i uses seed + 1000*i).")
     checkpoint_every: int = _f(100, "Write a checkpoint every this many updates (and at exit).")
     keep_checkpoints: int = _f(3, "How many numbered checkpoints to keep besides latest.pt.")
-    wire_compression: str = _f("auto", "Segment compression: none, zstd, or auto (zstd unless the learner address is loopback or ipc).")
+    wire_compression: str = _f("auto", "Segment compression: none, zstd, or auto (zstd unless the learner "
+                                       "address is loopback or ipc).")
     actor_timeout_s: float = _f(60.0, "An actor that hears nothing from its learner this long exits.")
     learner_precision: str = _f("auto", "Policy network math on the learner: fp32, bf16 (autocast), or auto "
                                         "(bf16 on CUDA, fp32 on CPU). The RND networks always run in fp32.")

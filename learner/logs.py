@@ -25,7 +25,8 @@ METRICS: dict[str, str] = {
     "int_reward_raw_mean": "rnd", "reward_rms_std": "rnd", "obs_rms_mean": "rnd",
     "policy_lag_mean": "perf", "policy_lag_max": "perf", "steps_per_second": "perf",
     "wait_data_s": "perf", "learn_s": "perf",
-    "actor_infer_s": "perf", "actor_env_s": "perf", "actor_wait_s": "perf", "actor_send_s": "perf", "rejected_messages": "perf", "dropped_stale_segments": "perf",
+    "actor_infer_s": "perf", "actor_env_s": "perf", "actor_wait_s": "perf", "actor_send_s": "perf",
+    "rejected_messages": "perf", "dropped_stale_segments": "perf",
     "actor_restarts": "perf",
 }
 

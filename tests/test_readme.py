@@ -13,3 +13,10 @@ def test_readme_opens_with_the_two_setup_commands() -> None:
 
 def test_readme_lists_every_config_key() -> None:
     assert docs_table() in README
+
+
+def test_readme_names_every_metric() -> None:
+    from learner.logs import METRICS
+
+    missing = [m for m in METRICS if m not in README]
+    assert not missing, missing
