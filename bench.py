@@ -73,20 +73,21 @@ def bench_ale(cfg: Config, seconds: float) -> float:
 
 
 def bench_infer(cfg: Config, batch: int, seconds: float) -> float:
-    """The actor's policy forward + sampling on one CPU thread at the actor's batch size."""
+    """The actor's own policy step (forward + sampling) on one CPU thread at the actor's batch size."""
+    from actors.rollout import sample_actions
     from common.networks import NUM_ACTIONS, PolicyNet
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         policy = PolicyNet(NUM_ACTIONS, cfg.FrameStack, cfg.ImageHeight, cfg.ImageWidth).eval()
-        obs = torch.randint(0, 255, (batch, cfg.FrameStack, cfg.ImageHeight, cfg.ImageWidth), dtype=torch.uint8)
+        obs = np.random.default_rng(0).integers(0, 255, (batch, cfg.FrameStack, cfg.ImageHeight, cfg.ImageWidth),
+                                                dtype=np.uint8)
+        gen = torch.Generator().manual_seed(0)
         n, t0 = 0, time.perf_counter()
-        with torch.no_grad():
-            while time.perf_counter() - t0 < seconds or n == 0:
-                logp = torch.log_softmax(policy(obs).logits, -1)
-                torch.multinomial(logp.exp(), 1)
-                n += batch
+        while time.perf_counter() - t0 < seconds or n == 0:
+            sample_actions(policy, obs, gen)
+            n += batch
         return n / (time.perf_counter() - t0)
     finally:
         torch.set_num_threads(threads)
@@ -340,9 +341,9 @@ def main(argv: list[str] | None = None) -> int:
                else f"cpu ({platform.processor() or platform.machine()})", "cpu_count": os.cpu_count(),
                "actors": n, "envs": cfg.NumWorkers, "envs_per_actor": envs_per_actor, "seconds": args.seconds}
     s = args.seconds
-    r["ale_steps_per_s_per_core"] = bench_ale(cfg, s)
-    r["infer_samples_per_s_per_core"] = bench_infer(cfg, envs_per_actor, s)
-    r["actor_ceiling_steps_per_s"] = 1 / (1 / r["ale_steps_per_s_per_core"] + 1 / r["infer_samples_per_s_per_core"])
+    # the single-core limits are measured right before and right after the one real actor, and averaged:
+    # on a shared machine the speed of a core drifts by 10-20% from minute to minute
+    ale, infer = [bench_ale(cfg, s / 2)], [bench_infer(cfg, envs_per_actor, s / 2)]
     wb = wire_bytes(cfg)
     r["wire_bytes_per_step"], r["wire_bytes_per_step_zstd"] = wb["none"], wb["zstd"]
     phases = {}
@@ -350,6 +351,12 @@ def main(argv: list[str] | None = None) -> int:
         tmpd = Path(tmp)
         one = bench_actors(load_config(None, {**cfg.to_dict(), "NumWorkers": envs_per_actor}), 1, s, tmpd)
         r["actor_steps_per_s_per_process"], phases["actor"] = one["steps_per_s"], one["phases"]
+        ale.append(bench_ale(cfg, s / 2))
+        infer.append(bench_infer(cfg, envs_per_actor, s / 2))
+        r["ale_steps_per_s_per_core"], r["infer_samples_per_s_per_core"] = float(np.mean(ale)), float(np.mean(infer))
+        r["actor_ceiling_steps_per_s"] = 1 / (1 / r["ale_steps_per_s_per_core"]
+                                              + 1 / r["infer_samples_per_s_per_core"])
+        r["single_core_spread"] = {"ale": ale, "infer": infer}
         all_ = bench_actors(cfg, n, s, tmpd)
         r["actors_total_steps_per_s"], phases["actors_total"] = all_["steps_per_s"], all_["phases"]
         if "learner" not in skip:

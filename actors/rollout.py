@@ -29,6 +29,14 @@ def env_split(num_envs: int, num_actors: int, actor_id: int) -> list[int]:
     return list(range(start, start + base + (actor_id < extra)))
 
 
+@torch.inference_mode()  # cheaper than no_grad: no version counters, no views tracked
+def sample_actions(policy: PolicyNet, obs: np.ndarray, gen: torch.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """The actor's policy step: uint8 obs [K, S, H, W] -> (actions [K], their log-probs [K])."""
+    logp_all = torch.log_softmax(policy(torch.from_numpy(obs)).logits, -1)
+    a = torch.multinomial(logp_all.exp(), 1, generator=gen)
+    return a.squeeze(1).numpy(), logp_all.gather(1, a).squeeze(1).numpy()
+
+
 class RolloutCollector:
     """Steps ``envs`` with ``policy``; buffers are preallocated once from ``spec``."""
 
@@ -47,14 +55,10 @@ class RolloutCollector:
             env.reset(seed=seed + s)
         self.timings = Timings()  # phases "infer" and "env"; the actor reports and resets them
 
-    @torch.no_grad()
     def _act(self, obs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        logits = self.policy(torch.from_numpy(obs)).logits
-        logp_all = torch.log_softmax(logits, -1)
-        a = torch.multinomial(logp_all.exp(), 1, generator=self.gen)
-        return a.squeeze(1).numpy(), logp_all.gather(1, a).squeeze(1).numpy()
+        return sample_actions(self.policy, obs, self.gen)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def _value_ext(self, obs: np.ndarray) -> np.ndarray:
         return self.policy(torch.from_numpy(obs)).value_ext.numpy()
 
