@@ -337,7 +337,9 @@ def main(argv: list[str] | None = None) -> int:
     n = args.actors or default_actors(cfg)
     skip = set(filter(None, args.skip.split(",")))
     envs_per_actor = -(-cfg.NumWorkers // n)
-    r: dict = {"config": str(args.config), "device": torch.cuda.get_device_name(device) if "cuda" in device
+    shown = Path(args.config).resolve()
+    shown = shown.relative_to(REPO) if shown.is_relative_to(REPO) else shown
+    r: dict = {"config": str(shown), "device": torch.cuda.get_device_name(device) if "cuda" in device
                else f"cpu ({platform.processor() or platform.machine()})", "cpu_count": os.cpu_count(),
                "actors": n, "envs": cfg.NumWorkers, "envs_per_actor": envs_per_actor, "seconds": args.seconds}
     s = args.seconds
