@@ -1,0 +1,47 @@
+"""GPU paths of the learner: skipped cleanly where there is no CUDA device (CI never has one)."""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+
+from common.config import load_config
+from learner.agent import RNDAgent
+from learner.batch import assemble
+from learner.serial import SerialRunner
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _segments_and_state(tmp_path: Path):
+    cfg = load_config(REPO / "configs" / "smoke.yaml", {"NumWorkers": 2, "RolloutSteps": 32, "BatchSize": 32})
+    runner = SerialRunner(cfg, tmp_path, num_actors=1)
+    runner.run(1)
+    runner.collect()
+    return cfg, list(runner.learner.pending), runner.learner.agent.state_dict()
+
+
+@pytest.mark.parametrize("precision", ["fp32", "auto"])
+def test_cuda_scores_match_the_cpu(tmp_path: Path, precision: str) -> None:
+    """The same batch scored on the GPU (fp32 with TF32, or bf16 autocast) and on the CPU in fp32."""
+    cfg, segments, state = _segments_and_state(tmp_path)
+    out = {}
+    for device, prec in (("cpu", "fp32"), ("cuda:0", precision)):
+        agent = RNDAgent(load_config(None, {**cfg.to_dict(), "learner_precision": prec}), 18, device)
+        agent.load_state_dict(copy.deepcopy(state))
+        batch = assemble(copy.deepcopy(segments), cfg.FrameStack, pin=device != "cpu").to(device)
+        out[device] = [t.cpu() for t in agent.score(batch)]
+    tol = 0.05 if precision == "auto" else 5e-3
+    for a, b in zip(out["cpu"], out["cuda:0"]):
+        torch.testing.assert_close(a, b, atol=tol, rtol=tol)
+
+
+def test_cuda_update_runs_and_stays_finite(tmp_path: Path) -> None:
+    cfg, segments, state = _segments_and_state(tmp_path)
+    agent = RNDAgent(cfg, 18, "cuda:0")
+    agent.load_state_dict(state)
+    metrics = agent.update(assemble(segments, cfg.FrameStack, pin=True).to("cuda:0"))
+    assert all(torch.isfinite(torch.tensor(v)) for k, v in metrics.items() if not k.startswith("explained_var"))
