@@ -177,6 +177,7 @@ def run_actor(cfg: Config, actor_id: int, num_actors: int, learner_addr: str, in
         if weights.warmup_steps:
             for frames in collector.warmup(weights.warmup_steps):
                 send("warmup", {}, {"frames": frames})
+                weights.poll()  # a stop may come during a long warm-up
         last_split: dict[str, float] = {}
         timings = collector.timings  # one phase table: infer, env (collector), wait, send (here)
         while True:
