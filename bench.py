@@ -167,7 +167,7 @@ def bench_actors(cfg: Config, n: int, seconds: float, cfg_dir: Path) -> dict:
     """N real actor processes (env + policy + packing + send) pushing into a sink."""
     from launch import actor_supervisor
 
-    cfg = load_config(None, {**cfg.to_dict(), "max_policy_lag": 1 << 30, "NumWorkers": cfg.NumWorkers})
+    cfg = load_config(None, {**cfg.to_dict(), "max_policy_lag": 1 << 30})
     path = cfg_dir / f"actors{n}.yaml"
     path.write_text(dump_yaml(cfg))
     sink = Sink(cfg)
@@ -269,16 +269,11 @@ def bench_e2e(cfg: Config, n: int, device: str, seconds: float, lag: int, cfg_di
 
 def wire_bytes(cfg: Config) -> dict:
     """Bytes per agent step of a real segment (real Montezuma frames), uncompressed and with zstd."""
-    from actors.actor import segment_spec
-    from actors.env import make_env
-    from actors.rollout import RolloutCollector
-    from common.networks import NUM_ACTIONS, PolicyNet
+    from actors.rollout import build_collector
     from common.wire import encode
 
     k = min(cfg.NumWorkers, 8)
-    envs = [make_env(cfg, seed=i) for i in range(k)]
-    policy = PolicyNet(NUM_ACTIONS, cfg.FrameStack, cfg.ImageHeight, cfg.ImageWidth).eval()
-    col = RolloutCollector(envs, list(range(k)), policy, segment_spec(cfg), seed=0)
+    col = build_collector(load_config(None, {**cfg.to_dict(), "NumWorkers": k}), 0, 1)
     arrays, episodes = col.collect()
     meta = {"actor": 0, "streams": list(range(k)), "version": 0, "run": 0, "seq": 0, "episodes": episodes}
     steps = cfg.RolloutSteps * k

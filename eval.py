@@ -16,6 +16,7 @@ sys.path.insert(0, str(REPO))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from actors.rollout import sample_actions  # noqa: E402
 from common.config import ConfigError, from_dict  # noqa: E402
 from learner.checkpoint import CheckpointError, load_checkpoint  # noqa: E402
 
@@ -70,9 +71,11 @@ def play_episode(env, policy, gen: torch.Generator, greedy: bool, video: VideoSi
     env.reset()
     video.add(env.render())
     while True:
-        with torch.no_grad():
-            logits = policy(torch.from_numpy(env.stack[None])).logits[0]
-        a = int(logits.argmax()) if greedy else int(torch.multinomial(torch.softmax(logits, -1), 1, generator=gen))
+        if greedy:
+            with torch.inference_mode():
+                a = int(policy(torch.from_numpy(env.stack[None])).logits[0].argmax())
+        else:
+            a = int(sample_actions(policy, env.stack[None], gen)[0][0])  # the actors' own sampling
         _, terminated, truncated = env.advance(a)
         video.add(env.render())
         if terminated or truncated:

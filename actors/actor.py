@@ -13,12 +13,11 @@ import time
 import torch
 import zmq
 
-from actors.env import make_env
-from actors.rollout import RolloutCollector, env_split
+from actors.rollout import build_collector
 from common.config import Config, shape_keys
 from common.networks import PolicyNet, policy_param_spec
 from common.transport import is_local, send_with_timeout, weights_address
-from common.wire import SegmentSpec, WireError, decode, encode, validate_heartbeat, validate_weights
+from common.wire import WireError, decode, encode, validate_heartbeat, validate_weights
 
 log = logging.getLogger("actor")
 
@@ -29,11 +28,6 @@ class ActorStop(Exception):
     def __init__(self, why: str, clean: bool = False):
         super().__init__(why)
         self.clean = clean
-
-
-def segment_spec(cfg: Config, num_actions: int = 18) -> SegmentSpec:
-    return SegmentSpec(cfg.RolloutSteps, cfg.FrameStack, cfg.ImageHeight, cfg.ImageWidth, num_actions,
-                       cfg.NumWorkers)
 
 
 class WeightsReceiver:
@@ -142,12 +136,8 @@ class WeightsReceiver:
 def run_actor(cfg: Config, actor_id: int, num_actors: int, learner_addr: str, incarnation: int = 0) -> int:
     """Actor main loop; returns a process exit code. One torch thread: actors are many, cores few."""
     torch.set_num_threads(1)
-    streams = env_split(cfg.NumWorkers, num_actors, actor_id)
-    seed = cfg.seed * 100_003 + 1_000_003 * incarnation
-    envs = [make_env(cfg, seed=seed + s) for s in streams]
-    policy = PolicyNet(envs[0].action_space.n, cfg.FrameStack, cfg.ImageHeight, cfg.ImageWidth).eval()
-    spec = segment_spec(cfg, envs[0].action_space.n)
-    collector = RolloutCollector(envs, streams, policy, spec, seed=seed + 7919 * (actor_id + 1))
+    collector = build_collector(cfg, actor_id, num_actors, incarnation)
+    streams, policy = collector.streams, collector.policy
     compression = cfg.wire_compression
     if compression == "auto":
         compression = "none" if is_local(learner_addr) else "zstd"

@@ -12,8 +12,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from actors.env import AtariEnv
-from common.networks import PolicyNet
+from actors.env import AtariEnv, make_env
+from common.config import Config
+from common.networks import NUM_ACTIONS, PolicyNet
 from common.timing import Timings
 from common.wire import SegmentSpec
 
@@ -109,3 +110,14 @@ class RolloutCollector:
                     truncated_obs.append((i, env.stack.copy()))
                 env.reset()
         return truncated_obs
+
+
+def build_collector(cfg: Config, actor_id: int, num_actors: int, incarnation: int = 0) -> RolloutCollector:
+    """Actor ``actor_id``'s envs (its share of the NumWorkers streams) and a fresh policy copy.
+    Env seeds follow the stream id and change with each restart (``incarnation``)."""
+    streams = env_split(cfg.NumWorkers, num_actors, actor_id)
+    seed = cfg.seed * 100_003 + 1_000_003 * incarnation
+    envs = [make_env(cfg, seed=seed + s) for s in streams]
+    policy = PolicyNet(NUM_ACTIONS, cfg.FrameStack, cfg.ImageHeight, cfg.ImageWidth).eval()
+    spec = SegmentSpec.from_config(cfg, NUM_ACTIONS)
+    return RolloutCollector(envs, streams, policy, spec, seed=seed + 7919 * (actor_id + 1))

@@ -24,7 +24,7 @@ def parse_tcp(addr: str) -> tuple[str, int]:
 
 def weights_address(addr: str) -> str:
     """The PUB address that goes with a learner's segment address."""
-    if addr.startswith("ipc://"):
+    if addr_is_ipc(addr):
         return addr + ".weights"
     host, port = parse_tcp(addr)
     return f"tcp://{host}:{port + 1}"

@@ -165,6 +165,11 @@ class SegmentSpec:
     num_actions: int
     num_streams: int
 
+    @classmethod
+    def from_config(cls, cfg: Any, num_actions: int) -> SegmentSpec:
+        """The shapes a config fixes; actors and learner both build theirs here."""
+        return cls(cfg.RolloutSteps, cfg.FrameStack, cfg.ImageHeight, cfg.ImageWidth, num_actions, cfg.NumWorkers)
+
     def max_message_bytes(self) -> int:
         """The largest segment or warm-up message this spec allows (all streams in one segment)."""
         return sum(math.prod(shape) * dtype.itemsize

@@ -56,8 +56,7 @@ class Learner:
         self.run_dir = Path(run_dir)
         self.total_steps = total_steps if total_steps is not None else cfg.total_agent_steps
         self.agent = RNDAgent(cfg, NUM_ACTIONS, device)
-        self.spec = SegmentSpec(cfg.RolloutSteps, cfg.FrameStack, cfg.ImageHeight, cfg.ImageWidth, NUM_ACTIONS,
-                                cfg.NumWorkers)
+        self.spec = SegmentSpec.from_config(cfg, NUM_ACTIONS)
         self.supervisor = supervisor
         self.counters: dict[str, int] = {"update": 0, "agent_steps": 0, "rejected_messages": 0,
                                          "dropped_stale_segments": 0, "episodes": 0, "warmup_frames": 0}

@@ -7,11 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from actors.actor import segment_spec
-from actors.env import make_env
-from actors.rollout import RolloutCollector, env_split
+from actors.rollout import build_collector
 from common.config import Config
-from common.networks import PolicyNet
 from common.wire import encode
 from learner.learner import Learner
 
@@ -22,18 +19,12 @@ class SerialRunner:
     def __init__(self, cfg: Config, run_dir: Path, num_actors: int = 1, tensorboard: bool = False):
         self.cfg = cfg
         self.learner = Learner(cfg, run_dir, "cpu", bind=None, tensorboard=tensorboard)
-        self.collectors, self.policies = [], []
-        for i in range(num_actors):
-            streams = env_split(cfg.NumWorkers, num_actors, i)
-            envs = [make_env(cfg, seed=cfg.seed * 100_003 + s) for s in streams]
-            policy = PolicyNet(envs[0].action_space.n, cfg.FrameStack, cfg.ImageHeight, cfg.ImageWidth).eval()
-            self.policies.append(policy)
-            self.collectors.append((i, RolloutCollector(envs, streams, policy, segment_spec(cfg), seed=i + 1)))
+        self.collectors = [(i, build_collector(cfg, i, num_actors)) for i in range(num_actors)]
         self.seq = 0
 
     def sync_weights(self) -> None:
-        for p in self.policies:
-            p.load_state_dict(self.learner.agent.policy.state_dict())
+        for _, col in self.collectors:
+            col.policy.load_state_dict(self.learner.agent.policy.state_dict())
 
     def warmup(self) -> None:
         for i, col in self.collectors:
