@@ -12,10 +12,13 @@ import argparse
 import json
 import os
 import platform
+import signal
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent
@@ -123,8 +126,10 @@ class Sink:
             self._weights = encode("weights", meta, arrays)
         self.pub.send_multipart(self._weights)
 
-    def measure(self, seconds: float, settle_segments: int) -> dict:
-        """Steps/s of segments arriving after the first ``settle_segments``; mean actor phases."""
+    def measure(self, seconds: float, settle_segments: int, skip_phases: int = 0) -> dict:
+        """Steps/s of segments arriving after the first ``settle_segments``; mean actor phases, except
+        those of the first ``skip_phases`` counted segments (an actor reports a segment's phases with
+        the next one)."""
         from common.wire import decode
 
         seen, steps, nbytes, t0, phases = 0, 0, 0, None, {}
@@ -145,13 +150,23 @@ class Sink:
                 steps += msg.arrays["actions"].size
                 nbytes += sum(len(f) for f in frames)
                 for k, v in msg.meta.get("timings", {}).items():
-                    phases.setdefault(k, []).append(v)
+                    if seen > settle_segments + skip_phases:
+                        phases.setdefault(k, []).append(v)
                 if time.perf_counter() - t0 >= seconds:
                     break
         if t0 is None or steps == 0:
             raise RuntimeError("the actors sent too little to measure; raise --seconds")
-        return {"steps_per_s": steps / (time.perf_counter() - t0), "bytes_per_step": nbytes / steps,
+        dt = time.perf_counter() - t0
+        return {"steps_per_s": steps / dt, "steps": steps, "seconds": dt, "bytes_per_step": nbytes / steps,
                 "phases": {k: float(np.mean(v)) for k, v in phases.items()}}
+
+    def drain(self) -> int:
+        """Drop what has arrived and not been read; returns how many messages."""
+        n = 0
+        while self.pull.poll(0):
+            self.pull.recv_multipart()
+            n += 1
+        return n
 
     def stop(self) -> None:
         from common.wire import encode
@@ -163,8 +178,9 @@ class Sink:
         self.pub.close(0)
 
 
-def bench_actors(cfg: Config, n: int, seconds: float, cfg_dir: Path) -> dict:
-    """N real actor processes (env + policy + packing + send) pushing into a sink."""
+@contextmanager
+def actors_into_sink(cfg: Config, n: int, cfg_dir: Path) -> Iterator[tuple[Sink, list]]:
+    """N real actor processes (env + policy + packing + send) pushing into a sink: (sink, their Popen)."""
     from launch import actor_supervisor
 
     cfg = load_config(None, {**cfg.to_dict(), "max_policy_lag": 1 << 30})
@@ -174,10 +190,48 @@ def bench_actors(cfg: Config, n: int, seconds: float, cfg_dir: Path) -> dict:
     sup = actor_supervisor(path, sink.addr, list(range(n)), n, [], restart_on_learner_gone=False)
     sup.start()
     try:
-        return sink.measure(seconds, settle_segments=n)
+        yield sink, [c.proc for c in sup.children]
     finally:
         sink.stop()
         sup.stop(grace_s=5)
+
+
+def bench_actors(cfg: Config, n: int, seconds: float, cfg_dir: Path) -> dict:
+    """N real actor processes pushing into a sink: steps/s of them all, and their mean phases."""
+    with actors_into_sink(cfg, n, cfg_dir) as (sink, _):
+        return sink.measure(seconds, settle_segments=n)
+
+
+def bench_actor_vs_ceiling(cfg: Config, seconds: float, cfg_dir: Path, rounds: int = 3) -> dict:
+    """One real actor process and the two single-core limits of its ceiling, in alternating windows.
+
+    The actor is paused (SIGSTOP) while the bare ALE loop and the bare policy step run, so each has a
+    core to itself, and all three see the same machine: on a shared VM the speed of a core drifts by
+    10-20% from minute to minute, which made a before/after measurement of the limits misjudge the
+    actor's ratio by as much. Each figure is the mean over ``rounds`` windows; the spread is kept.
+    """
+    k = cfg.NumWorkers
+    ale, infer, windows, steps, secs, phases = [], [], [], 0.0, 0.0, []
+    with actors_into_sink(cfg, 1, cfg_dir) as (sink, procs):
+        for i in range(rounds):
+            if i:
+                sink.drain()  # sent before the pause: not part of this window
+                for p in procs:
+                    os.kill(p.pid, signal.SIGCONT)
+            # the first segment to arrive was started before the pause, and the next one reports its phases
+            w = sink.measure(seconds / rounds, settle_segments=1, skip_phases=1 if i else 0)
+            for p in procs:
+                os.kill(p.pid, signal.SIGSTOP)
+            steps, secs = steps + w["steps"], secs + w["seconds"]
+            windows.append(w["steps_per_s"])
+            if w["phases"]:
+                phases.append(w["phases"])
+            ale.append(bench_ale(cfg, seconds / rounds / 2))
+            infer.append(bench_infer(cfg, k, seconds / rounds / 2))
+        for p in procs:
+            os.kill(p.pid, signal.SIGCONT)  # so that it can hear the stop message
+    return {"steps_per_s": steps / secs, "windows": windows, "ale": ale, "infer": infer,
+            "phases": {name: float(np.mean([ph[name] for ph in phases])) for name in phases[0]} if phases else {}}
 
 
 # ---- learner on synthetic batches -------------------------------------------------------------------------
@@ -338,22 +392,18 @@ def main(argv: list[str] | None = None) -> int:
                else f"cpu ({platform.processor() or platform.machine()})", "cpu_count": os.cpu_count(),
                "actors": n, "envs": cfg.NumWorkers, "envs_per_actor": envs_per_actor, "seconds": args.seconds}
     s = args.seconds
-    # the single-core limits are measured right before and right after the one real actor, and averaged:
-    # on a shared machine the speed of a core drifts by 10-20% from minute to minute
-    ale, infer = [bench_ale(cfg, s / 2)], [bench_infer(cfg, envs_per_actor, s / 2)]
     wb = wire_bytes(cfg)
     r["wire_bytes_per_step"], r["wire_bytes_per_step_zstd"] = wb["none"], wb["zstd"]
     phases = {}
     with tempfile.TemporaryDirectory(prefix="rnd-bench-") as tmp:
         tmpd = Path(tmp)
-        one = bench_actors(load_config(None, {**cfg.to_dict(), "NumWorkers": envs_per_actor}), 1, s, tmpd)
+        one = bench_actor_vs_ceiling(load_config(None, {**cfg.to_dict(), "NumWorkers": envs_per_actor}), s, tmpd)
         r["actor_steps_per_s_per_process"], phases["actor"] = one["steps_per_s"], one["phases"]
-        ale.append(bench_ale(cfg, s / 2))
-        infer.append(bench_infer(cfg, envs_per_actor, s / 2))
+        ale, infer = one["ale"], one["infer"]
         r["ale_steps_per_s_per_core"], r["infer_samples_per_s_per_core"] = float(np.mean(ale)), float(np.mean(infer))
         r["actor_ceiling_steps_per_s"] = 1 / (1 / r["ale_steps_per_s_per_core"]
                                               + 1 / r["infer_samples_per_s_per_core"])
-        r["single_core_spread"] = {"ale": ale, "infer": infer}
+        r["single_core_spread"] = {"ale": ale, "infer": infer, "actor": one["windows"]}
         all_ = bench_actors(cfg, n, s, tmpd)
         r["actors_total_steps_per_s"], phases["actors_total"] = all_["steps_per_s"], all_["phases"]
         if "learner" not in skip:

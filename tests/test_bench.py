@@ -22,6 +22,10 @@ def test_bench_short_cpu_run(tmp_path: Path) -> None:
     assert r["device"].startswith("cpu") and r["actors"] == 1 and r["envs"] == 4 and r["cpu_count"] >= 1
     ale, inf = r["ale_steps_per_s_per_core"], r["infer_samples_per_s_per_core"]
     assert abs(r["actor_ceiling_steps_per_s"] - 1 / (1 / ale + 1 / inf)) < 1e-6 * ale
+    spread = r["single_core_spread"]  # the actor and its two limits, measured in 3 alternating windows each
+    assert len(spread["ale"]) == len(spread["infer"]) == len(spread["actor"]) == 3
+    assert abs(ale - sum(spread["ale"]) / 3) < 1e-6 * ale
+    assert min(spread["actor"]) <= r["actor_steps_per_s_per_process"] <= max(spread["actor"])
     frames_per_step = (16 + 4) / 16  # smoke: T=16 new frames + the bootstrap frame + 3 context frames
     assert r["wire_bytes_per_step"] <= 84 * 84 * frames_per_step + 64
     assert r["wire_bytes_per_step_zstd"] < r["wire_bytes_per_step"]
