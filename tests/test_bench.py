@@ -44,3 +44,11 @@ def test_wire_bytes_per_step_with_the_paper_config() -> None:
     wb = wire_bytes(load_config(REPO / "configs" / "montezuma.yaml", {"NumWorkers": 2}))
     assert wb["none"] <= 8192
     assert wb["zstd"] < wb["none"]
+
+
+def test_bench_refuses_an_unknown_part_to_skip() -> None:
+    p = subprocess.run([sys.executable, "bench.py", "--config", "configs/smoke.yaml", "--skip", "learner,lerner"],
+                       cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2
+    assert p.stderr.strip().splitlines() == [
+        "bench: error: --skip: unknown part(s) lerner; choose from actors_total,e2e_async,e2e_sync,learner"]
