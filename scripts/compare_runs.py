@@ -1,0 +1,206 @@
+"""Compare training runs per agent step: episode return and rooms, binned over the common step range.
+
+    python scripts/compare_runs.py runs/sync runs/async --labels sync,async --bins 10 --markdown cmp.md
+
+Each RUN_DIR needs the ``metrics.csv`` and ``episodes.jsonl`` a training run writes (learner/logs.py).
+An episode is placed by the learner's agent step count when it was consumed; bins are (lo, hi] in agent
+steps, the first one also holding step 0. Bad input: one line on stderr and exit code 2.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+DASH = "–"
+
+
+class InputError(Exception):
+    """Bad command line or run directory; the CLI prints it as one line and exits 2."""
+
+
+@dataclass
+class Run:
+    label: str
+    metrics: dict[str, np.ndarray]  # CSV column -> (U,) float64 over updates, NaN for empty cells
+    steps: np.ndarray  # (N,) int64, agent steps when each episode was consumed
+    returns: np.ndarray  # (N,) float64, raw game score
+    rooms: list[frozenset[int] | None]  # N entries; None where the episode has no rooms (games without)
+
+
+@dataclass
+class Bin:
+    lo: float  # agent steps, exclusive (except for the first bin)
+    hi: float  # agent steps, inclusive
+    episodes: int
+    return_mean: float  # NaN when no episode ended in the bin
+    rooms_mean: float  # distinct rooms per episode; NaN when none
+    rooms_total: int | None  # distinct rooms seen by the run up to hi; None if no episode has rooms
+
+
+def load_metrics(path: Path) -> dict[str, np.ndarray]:
+    """metrics.csv -> column -> (U,) float64 array; empty cells become NaN."""
+    if not path.is_file():
+        raise InputError(f"{path}: no such file (not a run directory?)")
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    need = ("agent_steps", "time_s", "steps_per_second", "policy_lag_mean")
+    missing = [c for c in need if not rows or c not in rows[0]]
+    if not rows or missing:
+        raise InputError(f"{path}: no rows" if not rows else f"{path}: missing columns {missing}")
+    try:
+        return {c: np.array([float(r[c]) if r[c] not in ("", None) else math.nan for r in rows])
+                for c in rows[0] if c is not None}
+    except ValueError as e:
+        raise InputError(f"{path}: non-numeric cell ({e})") from None
+
+
+def load_episodes(path: Path) -> tuple[np.ndarray, np.ndarray, list[frozenset[int] | None]]:
+    """episodes.jsonl -> (steps (N,) int64, returns (N,) float64, rooms per episode)."""
+    if not path.is_file():
+        raise InputError(f"{path}: no such file (not a run directory?)")
+    steps, rets, rooms = [], [], []
+    with open(path) as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                e = json.loads(line)
+                s, r, rm = int(e["agent_steps"]), float(e["return"]), e.get("rooms")
+                rm = None if rm is None else frozenset(int(x) for x in rm)
+            except (ValueError, KeyError, TypeError, AttributeError) as err:
+                raise InputError(f"{path}:{n}: malformed episode line ({type(err).__name__}: {err})") from None
+            steps.append(s)
+            rets.append(r)
+            rooms.append(rm)
+    return np.array(steps, dtype=np.int64), np.array(rets, dtype=np.float64), rooms
+
+
+def load_run(run_dir: Path, label: str) -> Run:
+    if not run_dir.is_dir():
+        raise InputError(f"{run_dir}: no such directory")
+    metrics = load_metrics(run_dir / "metrics.csv")
+    return Run(label, metrics, *load_episodes(run_dir / "episodes.jsonl"))
+
+
+def common_steps(runs: list[Run], max_steps: int | None = None) -> int:
+    """The agent steps every run reached (the smallest final count), capped at ``max_steps``."""
+    stop = min(int(np.nanmax(r.metrics["agent_steps"])) for r in runs)
+    return min(stop, max_steps) if max_steps is not None else stop
+
+
+def bin_index(steps: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """(N,) agent steps -> (N,) bin index into (lo, hi] bins; -1 outside [0, edges[-1]]."""
+    idx = np.searchsorted(edges, steps, side="left") - 1
+    idx[steps == edges[0]] = 0  # step 0 belongs to the first bin
+    idx[(steps < edges[0]) | (steps > edges[-1])] = -1
+    return idx
+
+
+def bin_run(run: Run, stop: int, bins: int) -> list[Bin]:
+    """Split [0, stop] agent steps into ``bins`` equal bins and summarise the run's episodes in each."""
+    edges = np.linspace(0.0, stop, bins + 1)
+    idx = bin_index(run.steps, edges)
+    has_rooms = any(r is not None for r in run.rooms)
+    seen: set[int] = set()
+    out = []
+    for b in range(bins):
+        sel = np.flatnonzero(idx == b)
+        counts = [len(run.rooms[i]) for i in sel if run.rooms[i] is not None]
+        for i in sel:
+            seen |= run.rooms[i] or frozenset()  # union, since rooms_visited_total counts distinct rooms
+        out.append(Bin(edges[b], edges[b + 1], len(sel),
+                       float(run.returns[sel].mean()) if len(sel) else math.nan,
+                       float(np.mean(counts)) if counts else math.nan, len(seen) if has_rooms else None))
+    return out
+
+
+def summarise(run: Run, bins: list[Bin], stop: int) -> dict[str, float]:
+    """Per-run numbers over the common range: rows with agent_steps <= stop, episodes in (0, stop]."""
+    m = run.metrics
+    used = m["agent_steps"] <= stop
+    last = np.flatnonzero(used)[-1] if used.any() else None
+
+    def mean(col: str) -> float:
+        v = m[col][used]
+        v = v[~np.isnan(v)]  # the first rows have no steps/s yet
+        return float(v.mean()) if len(v) else math.nan
+
+    late = (run.steps > 0.8 * stop) & (run.steps <= stop)  # episodes in the last 20% of the range
+    per_bin = [b.return_mean for b in bins if b.episodes]
+    rooms = bins[-1].rooms_total if bins else None
+    return {"agent_steps": float(m["agent_steps"][last]) if last is not None else math.nan,
+            "time_s": float(m["time_s"][last]) if last is not None else math.nan,
+            "steps_per_second": mean("steps_per_second"), "policy_lag_mean": mean("policy_lag_mean"),
+            "return_last20": float(run.returns[late].mean()) if late.any() else math.nan,
+            "rooms_total": math.nan if rooms is None else float(rooms),
+            "return_auc": float(np.mean(per_bin)) if per_bin else math.nan}
+
+
+def _f(v: float | None, fmt: str) -> str:
+    return DASH if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, fmt)
+
+
+def render(runs: list[Run], binned: list[list[Bin]], summaries: list[dict[str, float]]) -> str:
+    """Both markdown tables: bins x (episodes, return, rooms/ep, rooms total) per run, then the summary."""
+    head = ["agent steps"] + [f"{r.label} {c}" for r in runs for c in ("episodes", "return", "rooms/ep", "rooms")]
+    lines = ["## Return and rooms per agent step", "", "| " + " | ".join(head) + " |",
+             "|" + " ---: |" * len(head)]
+    for i, b in enumerate(binned[0]):
+        cells = [f"{round(b.lo)}–{round(b.hi)}"]
+        for bins in binned:
+            c = bins[i]
+            cells += [str(c.episodes), _f(c.return_mean, ".1f"), _f(c.rooms_mean, ".2f"), _f(c.rooms_total, "d")]
+        lines.append("| " + " | ".join(cells) + " |")
+    cols = [("agent_steps", ".0f"), ("time_s", ".1f"), ("steps_per_second", ".1f"), ("policy_lag_mean", ".2f"),
+            ("return_last20", ".1f"), ("rooms_total", ".0f"), ("return_auc", ".1f")]
+    names = ["agent steps", "wall time (s)", "steps/s", "policy lag", "return (last 20%)", "rooms",
+             "mean binned return"]
+    lines += ["", "## Summary", "", "| run | " + " | ".join(names) + " |", "| --- |" + " ---: |" * len(names)]
+    for r, s in zip(runs, summaries):
+        lines.append(f"| {r.label} | " + " | ".join(_f(s[k], fmt) for k, fmt in cols) + " |")
+    return "\n".join(lines) + "\n"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line on stderr, not usage + error
+        raise InputError(message)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = _Parser(description=__doc__.split("\n", 1)[0])
+    p.add_argument("run_dirs", nargs="*", type=Path, metavar="RUN_DIR")
+    p.add_argument("--labels", help="comma-separated, one per run (default: the directory names)")
+    p.add_argument("--bins", type=int, default=10)
+    p.add_argument("--max-steps", type=int, help="cap of the compared agent-step range")
+    p.add_argument("--markdown", type=Path, metavar="OUT.md", help="also write the tables here")
+    try:
+        a = p.parse_args(argv)
+        if not a.run_dirs:
+            raise InputError("give at least one RUN_DIR")
+        labels = a.labels.split(",") if a.labels else [d.resolve().name for d in a.run_dirs]
+        if len(labels) != len(a.run_dirs):
+            raise InputError(f"--labels has {len(labels)} names for {len(a.run_dirs)} runs")
+        if a.bins < 1 or (a.max_steps is not None and a.max_steps < 1):
+            raise InputError("--bins and --max-steps must be >= 1")
+        runs = [load_run(d, lab) for d, lab in zip(a.run_dirs, labels)]
+        stop = common_steps(runs, a.max_steps)
+        binned = [bin_run(r, stop, a.bins) for r in runs]
+        text = render(runs, binned, [summarise(r, b, stop) for r, b in zip(runs, binned)])
+        if a.markdown is not None:
+            a.markdown.write_text(text)
+    except (InputError, OSError) as e:
+        print(f"compare_runs: error: {e}", file=sys.stderr)
+        return 2
+    print(text, end="")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
