@@ -14,6 +14,7 @@ import torch
 from common.config import Config
 from common.networks import PolicyNet, PolicyOutput, RNDModel
 from common.normalize import RewardForwardFilter, RunningMeanStd
+from common.ppo import clipped_surrogate
 from common.returns import extrinsic_stream, gae
 from common.vtrace import vtrace
 from learner.batch import Batch
@@ -27,6 +28,7 @@ class Targets(NamedTuple):
     advantages: torch.Tensor  # [N] combined, maybe standardised
     vs_ext: torch.Tensor  # [N]
     vs_int: torch.Tensor  # [N]
+    logp_ref: torch.Tensor  # [N] the PPO ratio's reference: pi_0 (start of update) under V-trace, else mu
 
 
 @dataclass
@@ -168,6 +170,9 @@ class RNDAgent:
         adv = cfg.ExtCoeff * adv_ext + cfg.IntCoeff * adv_int
         if cfg.normalize_advantages:
             adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+        # V-trace's advantages carry rho = min(rho_bar, pi_0/mu): the ratio is then taken against pi_0,
+        # not mu, or each sample would be importance-weighted twice (common/ppo.py)
+        logp_ref = target_logp if cfg.UseVTraceCorrection else batch.behaviour_logp
         stats = BatchStats(
             ext_reward_per_rollout=float(batch.rewards.sum() / batch.B),
             int_reward_per_rollout=float(int_rew.sum() / batch.B),
@@ -176,19 +181,17 @@ class RNDAgent:
             explained_var_int=explained_variance(v_int[:-1], vs_int),
             reward_rms_std=float(self.reward_rms.std),
         )
-        return Targets(adv.reshape(-1), vs_ext.reshape(-1), vs_int.reshape(-1)), stats
+        return Targets(adv.reshape(-1), vs_ext.reshape(-1), vs_int.reshape(-1), logp_ref.reshape(-1)), stats
 
     # ---- the update -------------------------------------------------------------------------
     def minibatch_loss(self, batch: Batch, idx: torch.Tensor, tg: Targets) -> tuple[torch.Tensor, dict]:
-        """PPO clipped surrogate + both value losses - entropy + RND predictor loss on one minibatch."""
+        """PPO clipped surrogate (ratio against ``tg.logp_ref``) + both value losses - entropy + RND
+        predictor loss on one minibatch of sample indices ``idx`` [M]."""
         cfg = self.cfg
         out = self.run_policy(batch.obs(idx))
         logp_all = torch.log_softmax(out.logits, -1)
         logp = logp_all.gather(1, batch.actions.reshape(-1)[idx, None]).squeeze(1)
-        log_ratio = logp - batch.behaviour_logp.reshape(-1)[idx]
-        ratio = torch.exp(log_ratio)
-        adv = tg.advantages[idx]
-        pg_loss = -torch.min(ratio * adv, ratio.clamp(1 - cfg.PPORewardEps, 1 + cfg.PPORewardEps) * adv).mean()
+        pg_loss, ratio, log_ratio = clipped_surrogate(logp, tg.logp_ref[idx], tg.advantages[idx], cfg.PPORewardEps)
         v_loss = 0.5 * ((out.value_ext - tg.vs_ext[idx]).pow(2).mean()
                         + (out.value_int - tg.vs_int[idx]).pow(2).mean())
         entropy = -(logp_all.exp() * logp_all).sum(-1).mean()

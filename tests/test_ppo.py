@@ -1,0 +1,111 @@
+"""PPO's clipped surrogate against a slow reference (Schulman et al. 2017, eq. 7), and the learner's
+choice of the ratio's reference policy: under V-trace the surrogate's gradient at the start of an
+update must be IMPALA's policy gradient, rho_s grad log pi(a_s) A_s (Espeholt et al. 2018, eq. 4),
+with one importance weight per sample, not two."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from common.config import load_config
+from common.networks import NUM_ACTIONS
+from common.ppo import clipped_surrogate
+from learner.agent import RNDAgent
+from learner.batch import Segment, assemble
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def surrogate_reference(logp, logp_ref, adv, eps):
+    """Python floats: (loss, d loss / d logp_i). L = -(1/N) sum_i min(r_i A_i, clip(r_i) A_i), r_i = e^(logp_i -
+    logp_ref_i); the derivative is -(1/N) r_i A_i where the unclipped term is the smaller one, else 0."""
+    n = len(logp)
+    loss, grad = 0.0, []
+    for lp, lr, a in zip(logp, logp_ref, adv):
+        r = np.exp(lp - lr)
+        unclipped, clipped = r * a, min(max(r, 1 - eps), 1 + eps) * a
+        loss -= min(unclipped, clipped) / n
+        grad.append(-r * a / n if unclipped <= clipped else 0.0)
+    return loss, grad
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("eps", [0.1, 0.2])
+def test_clipped_surrogate_matches_reference(seed: int, eps: float) -> None:
+    g = torch.Generator().manual_seed(seed)
+    n = 64  # ratios spread over [e^-0.5, e^0.5]: every branch (clipped above/below, A of either sign) occurs
+    logp_ref = -torch.rand(n, generator=g, dtype=torch.float64) * 3
+    logp = (logp_ref + (torch.rand(n, generator=g, dtype=torch.float64) - 0.5)).requires_grad_(True)
+    adv = torch.randn(n, generator=g, dtype=torch.float64)
+    out = clipped_surrogate(logp, logp_ref, adv, eps)
+    out.loss.backward()
+    ref_loss, ref_grad = surrogate_reference(logp.tolist(), logp_ref.tolist(), adv.tolist(), eps)
+    assert out.loss.item() == pytest.approx(ref_loss, abs=1e-12)
+    torch.testing.assert_close(logp.grad, torch.tensor(ref_grad, dtype=torch.float64), rtol=1e-10, atol=1e-12)
+    r = out.ratio.detach()
+    assert ((r > 1 + eps) & (adv > 0)).any() and ((r < 1 - eps) & (adv < 0)).any()  # clipping was exercised
+    assert (logp.grad == 0).any()
+
+
+def test_clipped_surrogate_refuses_mismatched_shapes() -> None:
+    with pytest.raises(ValueError, match="must all be"):
+        clipped_surrogate(torch.zeros(4), torch.zeros(3), torch.zeros(4), 0.1)
+
+
+# ---- the learner's ratio reference ------------------------------------------------------------------------
+def make_agent_and_batch(vtrace: bool) -> tuple[RNDAgent, object]:
+    """A small agent whose loss is the surrogate alone (no value, entropy; RND touches only the predictor),
+    and a batch whose behaviour log-probs are far from the learner's policy (an actor one update behind)."""
+    t, k, h, w, s = 8, 3, 42, 42, 4
+    cfg = load_config(REPO / "configs" / "smoke.yaml",
+                      {"NumWorkers": k, "RolloutSteps": t, "ImageHeight": h, "ImageWidth": w, "BatchSize": t * k,
+                       "UseVTraceCorrection": vtrace, "normalize_advantages": False, "value_coeff": 0.0,
+                       "PPOEntropyCoeff": 0.0, "vtrace_rho_bar": 1.0})
+    agent = RNDAgent(cfg, NUM_ACTIONS, "cpu")
+    rng = np.random.default_rng(0)
+    arrays = {
+        "frames": rng.integers(0, 255, (t + 1, k, h, w), dtype=np.uint8),
+        "context": rng.integers(0, 255, (s - 1, k, h, w), dtype=np.uint8),
+        "actions": rng.integers(0, NUM_ACTIONS, (t, k), dtype=np.uint8),
+        "behaviour_logp": np.log(rng.uniform(0.01, 0.2, (t, k))).astype(np.float32),  # pi_0 is near 1/18
+        "rewards": (rng.random((t, k)) < 0.3).astype(np.float32),
+        "terminated": np.zeros((t, k), np.uint8), "truncated": np.zeros((t, k), np.uint8),
+        "trunc_value": np.zeros((t, k), np.float32),
+    }
+    return agent, assemble([Segment(0, 0, list(range(k)), arrays, [])], s, False)
+
+
+def policy_grads(agent: RNDAgent, loss: torch.Tensor) -> list[torch.Tensor]:
+    params = list(agent.policy.parameters())
+    return [g if g is not None else torch.zeros_like(p)
+            for g, p in zip(torch.autograd.grad(loss, params, allow_unused=True), params)]
+
+
+@pytest.mark.parametrize("vtrace", [True, False])
+def test_surrogate_gradient_at_update_start(vtrace: bool) -> None:
+    """V-trace: the gradient at theta_0 is -(1/N) sum_i A_i grad log pi(a_i), A_i = rho_i (...) already holding
+    the one importance weight, and no sample is clipped. GAE: PPO's -(1/N) sum_i (pi_0/mu)_i A_i grad log pi(a_i)
+    over the samples whose ratio pi_0/mu is not already clipped."""
+    agent, batch = make_agent_and_batch(vtrace)
+    tg, _ = agent.compute_targets(batch)
+    target_logp, _, _ = agent.score(batch)
+    mu_logp = batch.behaviour_logp.reshape(-1)
+    torch.testing.assert_close(tg.logp_ref, target_logp.reshape(-1) if vtrace else mu_logp)
+    assert (target_logp.reshape(-1) - mu_logp).abs().max() > 0.5  # mu is far from pi_0: the two forms differ
+
+    n = batch.T * batch.B
+    idx = torch.arange(n)
+    loss, _ = agent.minibatch_loss(batch, idx, tg)
+    got = policy_grads(agent, loss)
+
+    logp = torch.log_softmax(agent.run_policy(batch.obs(idx)).logits, -1).gather(1, batch.actions.reshape(-1, 1))
+    ratio = torch.ones(n) if vtrace else torch.exp(target_logp.reshape(-1) - mu_logp)
+    eps, adv = agent.cfg.PPORewardEps, tg.advantages
+    active = ratio * adv <= ratio.clamp(1 - eps, 1 + eps) * adv  # PPO drops samples clipped already at theta_0
+    want = policy_grads(agent, -(active * ratio * adv * logp.squeeze(1)).sum() / n)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-7)
+    assert sum(float(w.abs().sum()) for w in want) > 0
