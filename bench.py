@@ -203,6 +203,13 @@ def bench_actors(cfg: Config, n: int, seconds: float, cfg_dir: Path) -> dict:
         return sink.measure(seconds, settle_segments=n)
 
 
+def signal_all(procs: list, sig: int) -> None:
+    """Send ``sig`` to each child that is still running."""
+    for p in procs:
+        if p.poll() is None:
+            os.kill(p.pid, sig)
+
+
 def bench_actor_vs_ceiling(cfg: Config, seconds: float, cfg_dir: Path, rounds: int = 3) -> dict:
     """One real actor process and the two single-core limits of its ceiling, in alternating windows.
 
@@ -214,23 +221,22 @@ def bench_actor_vs_ceiling(cfg: Config, seconds: float, cfg_dir: Path, rounds: i
     k = cfg.NumWorkers
     ale, infer, windows, steps, secs, phases = [], [], [], 0.0, 0.0, []
     with actors_into_sink(cfg, 1, cfg_dir) as (sink, procs):
-        for i in range(rounds):
-            if i:
-                sink.drain()  # sent before the pause: not part of this window
-                for p in procs:
-                    os.kill(p.pid, signal.SIGCONT)
-            # the first segment to arrive was started before the pause, and the next one reports its phases
-            w = sink.measure(seconds / rounds, settle_segments=1, skip_phases=1 if i else 0)
-            for p in procs:
-                os.kill(p.pid, signal.SIGSTOP)
-            steps, secs = steps + w["steps"], secs + w["seconds"]
-            windows.append(w["steps_per_s"])
-            if w["phases"]:
-                phases.append(w["phases"])
-            ale.append(bench_ale(cfg, seconds / rounds / 2))
-            infer.append(bench_infer(cfg, k, seconds / rounds / 2))
-        for p in procs:
-            os.kill(p.pid, signal.SIGCONT)  # so that it can hear the stop message
+        try:
+            for i in range(rounds):
+                if i:
+                    sink.drain()  # sent before the pause: not part of this window
+                    signal_all(procs, signal.SIGCONT)
+                # the first segment to arrive was started before the pause; the next one reports its phases
+                w = sink.measure(seconds / rounds, settle_segments=1, skip_phases=1 if i else 0)
+                signal_all(procs, signal.SIGSTOP)
+                steps, secs = steps + w["steps"], secs + w["seconds"]
+                windows.append(w["steps_per_s"])
+                if w["phases"]:
+                    phases.append(w["phases"])
+                ale.append(bench_ale(cfg, seconds / rounds / 2))
+                infer.append(bench_infer(cfg, k, seconds / rounds / 2))
+        finally:
+            signal_all(procs, signal.SIGCONT)  # a stopped actor could not hear the stop message
     return {"steps_per_s": steps / secs, "windows": windows, "ale": ale, "infer": infer,
             "phases": {name: float(np.mean([ph[name] for ph in phases])) for name in phases[0]} if phases else {}}
 
