@@ -179,20 +179,30 @@ class Sink:
         self.pub.close(0)
 
 
+def signal_all(procs: list, sig: int) -> None:
+    """Send ``sig`` to each child that is still running."""
+    for p in procs:
+        if p.poll() is None:
+            os.kill(p.pid, sig)
+
+
 @contextmanager
 def actors_into_sink(cfg: Config, n: int, cfg_dir: Path) -> Iterator[tuple[Sink, list]]:
     """N real actor processes (env + policy + packing + send) pushing into a sink: (sink, their Popen)."""
     from launch import actor_supervisor
 
-    cfg = load_config(None, {**cfg.to_dict(), "max_policy_lag": 1 << 30})
+    # no lag bound (the sink retires nothing), and no timeout while bench_actor_vs_ceiling holds them paused
+    cfg = load_config(None, {**cfg.to_dict(), "max_policy_lag": 1 << 30, "actor_timeout_s": 86400.0})
     path = cfg_dir / f"actors{n}.yaml"
     path.write_text(dump_yaml(cfg))
     sink = Sink(cfg)
     sup = actor_supervisor(path, sink.addr, list(range(n)), n, [], restart_on_learner_gone=False)
     sup.start()
+    procs = [c.proc for c in sup.children]
     try:
-        yield sink, [c.proc for c in sup.children]
+        yield sink, procs
     finally:
+        signal_all(procs, signal.SIGCONT)  # a paused actor could not hear the stop message
         sink.stop()
         sup.stop(grace_s=5)
 
@@ -201,13 +211,6 @@ def bench_actors(cfg: Config, n: int, seconds: float, cfg_dir: Path) -> dict:
     """N real actor processes pushing into a sink: steps/s of them all, and their mean phases."""
     with actors_into_sink(cfg, n, cfg_dir) as (sink, _):
         return sink.measure(seconds, settle_segments=n)
-
-
-def signal_all(procs: list, sig: int) -> None:
-    """Send ``sig`` to each child that is still running."""
-    for p in procs:
-        if p.poll() is None:
-            os.kill(p.pid, sig)
 
 
 def bench_actor_vs_ceiling(cfg: Config, seconds: float, cfg_dir: Path, rounds: int = 3) -> dict:
@@ -236,7 +239,7 @@ def bench_actor_vs_ceiling(cfg: Config, seconds: float, cfg_dir: Path, rounds: i
                 ale.append(bench_ale(cfg, seconds / rounds / 2))
                 infer.append(bench_infer(cfg, k, seconds / rounds / 2))
         finally:
-            signal_all(procs, signal.SIGCONT)  # a stopped actor could not hear the stop message
+            signal_all(procs, signal.SIGCONT)
     return {"steps_per_s": steps / secs, "windows": windows, "ale": ale, "infer": infer,
             "phases": {name: float(np.mean([ph[name] for ph in phases])) for name in phases[0]} if phases else {}}
 
@@ -378,6 +381,8 @@ def print_table(r: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    # a TERM (timeout, a job's time limit) runs the clean-ups: actors paused mid-measurement are resumed and stopped
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         cfg = load_config(args.config, args.overrides)
     except ConfigError as e:

@@ -66,19 +66,24 @@ def load_episodes(path: Path) -> tuple[np.ndarray, np.ndarray, list[frozenset[in
     if not path.is_file():
         raise InputError(f"{path}: no such file (not a run directory?)")
     steps, rets, rooms = [], [], []
-    with open(path) as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
+    lines = path.read_text().splitlines()
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            e = json.loads(line)
+            s, r, rm = int(e["agent_steps"]), float(e["return"]), e.get("rooms")
+            if rm is not None and not isinstance(rm, list):
+                raise TypeError(f"rooms must be a list, got {type(rm).__name__}")
+            rm = None if rm is None else frozenset(int(x) for x in rm)
+        except (ValueError, KeyError, TypeError, AttributeError) as err:
+            if n == len(lines) and isinstance(err, json.JSONDecodeError):  # a run killed mid-write: keep the rest
+                print(f"compare_runs: warning: {path}:{n}: skipped a truncated last line", file=sys.stderr)
                 continue
-            try:
-                e = json.loads(line)
-                s, r, rm = int(e["agent_steps"]), float(e["return"]), e.get("rooms")
-                rm = None if rm is None else frozenset(int(x) for x in rm)
-            except (ValueError, KeyError, TypeError, AttributeError) as err:
-                raise InputError(f"{path}:{n}: malformed episode line ({type(err).__name__}: {err})") from None
-            steps.append(s)
-            rets.append(r)
-            rooms.append(rm)
+            raise InputError(f"{path}:{n}: malformed episode line ({type(err).__name__}: {err})") from None
+        steps.append(s)
+        rets.append(r)
+        rooms.append(rm)
     return np.array(steps, dtype=np.int64), np.array(rets, dtype=np.float64), rooms
 
 
@@ -86,6 +91,8 @@ def load_run(run_dir: Path, label: str) -> Run:
     if not run_dir.is_dir():
         raise InputError(f"{run_dir}: no such directory")
     metrics = load_metrics(run_dir / "metrics.csv")
+    if np.isnan(metrics["agent_steps"]).all():
+        raise InputError(f"{run_dir / 'metrics.csv'}: no agent_steps in any row")
     return Run(label, metrics, *load_episodes(run_dir / "episodes.jsonl"))
 
 
@@ -129,15 +136,23 @@ def summarise(run: Run, bins: list[Bin], stop: int) -> dict[str, float]:
 
     def mean(col: str) -> float:
         v = m[col][used]
-        v = v[~np.isnan(v)]  # the first rows have no steps/s yet
+        v = v[~np.isnan(v)]
         return float(v.mean()) if len(v) else math.nan
+
+    def wall_rate() -> float:
+        """Agent steps per wall second from the first used row to the last (not a mean of per-update rates)."""
+        rows = np.flatnonzero(used)
+        if len(rows) < 2:
+            return math.nan
+        dt = m["time_s"][rows[-1]] - m["time_s"][rows[0]]
+        return float((m["agent_steps"][rows[-1]] - m["agent_steps"][rows[0]]) / dt) if dt > 0 else math.nan
 
     late = (run.steps > 0.8 * stop) & (run.steps <= stop)  # episodes in the last 20% of the range
     per_bin = [b.return_mean for b in bins if b.episodes]
     rooms = bins[-1].rooms_total if bins else None
     return {"agent_steps": float(m["agent_steps"][last]) if last is not None else math.nan,
             "time_s": float(m["time_s"][last]) if last is not None else math.nan,
-            "steps_per_second": mean("steps_per_second"), "policy_lag_mean": mean("policy_lag_mean"),
+            "steps_per_second": wall_rate(), "policy_lag_mean": mean("policy_lag_mean"),
             "return_last20": float(run.returns[late].mean()) if late.any() else math.nan,
             "rooms_total": math.nan if rooms is None else float(rooms),
             "return_auc": float(np.mean(per_bin)) if per_bin else math.nan}

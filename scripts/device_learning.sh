@@ -4,7 +4,9 @@
 # for MINUTES of wall time each; then the table of return and rooms against agent steps, over the steps
 # both runs reached (scripts/compare_runs.py). Side by side, both see the same machine for the same time.
 # Usage (device tool): carry [".whl"] (from scripts/fetch_device_wheels.sh), command
-#   "bash scripts/device_learning.sh [MINUTES] [ACTORS_EACH]"      (defaults: 8 minutes, 7 actors each)
+#   "bash scripts/device_learning.sh [MINUTES] [ACTORS_EACH]"      (defaults: 7 minutes, 7 actors each)
+# With the install and the clean stop it ends within MINUTES + 1.5 of the 10 a device command may take;
+# with the machine's start, one call uses most of a session's 15 device minutes.
 # Everything that comes back is under $OUT: learning.md, each run's metrics.csv, episodes.jsonl and log.
 # A dry run on a CPU machine where the packages are installed (the wheels are then not used):
 #   CONFIG=configs/smoke.yaml GPU=-1 OUT=/tmp/out bash scripts/device_learning.sh 1 1
@@ -15,11 +17,12 @@ if ! python3 -c "import ale_py, gymnasium, zmq, zstandard" 2>/dev/null; then
     && export PYTHONPATH=/tmp/site:$PWD || exit 1
 fi
 out=${OUT:-/tmp/out}; mkdir -p "$out"
-minutes=${1:-8}; actors=${2:-7}
+minutes=${1:-7}; actors=${2:-7}
 runs=/tmp/learning_runs; rm -rf "$runs"
 for lag in 0 1; do
-  # SIGTERM makes launch.py checkpoint and stop its actors; -k kills it if that hangs
-  PYTHONUNBUFFERED=1 timeout -s TERM -k 60 "${minutes}m" python3 launch.py --config "${CONFIG:-configs/montezuma.yaml}" \
+  # SIGTERM makes launch.py finish its update, checkpoint and stop its actors; -k kills it if that hangs.
+  # --foreground: one TERM to launch.py only (a second one would interrupt its clean stop)
+  PYTHONUNBUFFERED=1 timeout --foreground -s TERM -k 30 "${minutes}m" python3 launch.py --config "${CONFIG:-configs/montezuma.yaml}" \
     --actors "$actors" --learner-gpu "${GPU:-0}" \
     --run-dir "$runs/lag$lag" max_policy_lag=$lag >"$out/lag${lag}_launch.log" 2>&1 &
 done

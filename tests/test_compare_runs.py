@@ -74,10 +74,10 @@ def test_bins_and_summary_exact(runs: tuple[Path, Path]) -> None:
 
     sa, sb = cr.summarise(a, ba, stop), cr.summarise(b, bb, stop)
     # steps/s is 110..190 on rows 2..10 (row 1 empty); b's rows past 1000 steps are not used
-    assert sa == pytest.approx({"agent_steps": 1000, "time_s": 10.0, "steps_per_second": 150.0,
+    assert sa == pytest.approx({"agent_steps": 1000, "time_s": 10.0, "steps_per_second": 100.0,
                                 "policy_lag_mean": 0.0, "return_last20": 400.0, "rooms_total": 5,
                                 "return_auc": (50 + 100 + 400) / 3})
-    assert sb == pytest.approx({"agent_steps": 1000, "time_s": 10.0, "steps_per_second": 150.0,
+    assert sb == pytest.approx({"agent_steps": 1000, "time_s": 10.0, "steps_per_second": 100.0,
                                 "policy_lag_mean": 1.0, "return_last20": 300.0, "rooms_total": 2,
                                 "return_auc": 100.0})
 
@@ -98,7 +98,7 @@ def test_render_marks_an_empty_bin_with_a_dash(runs: tuple[Path, Path]) -> None:
     text = cr.render([a], [bins], [cr.summarise(a, bins, 1000)])
     assert "| 250–500 | 0 | – | – | 2 |" in text
     assert "| 0–250 | 2 | 50.0 | 1.50 | 2 |" in text
-    assert "| sync | 1000 | 10.0 | 150.0 | 0.00 | 400.0 | 5 | 183.3 |" in text
+    assert "| sync | 1000 | 10.0 | 100.0 | 0.00 | 400.0 | 5 | 183.3 |" in text
 
 
 def test_cli_prints_both_tables_and_writes_markdown(runs: tuple[Path, Path], tmp_path: Path) -> None:
@@ -107,7 +107,7 @@ def test_cli_prints_both_tables_and_writes_markdown(runs: tuple[Path, Path], tmp
     assert p.returncode == 0, p.stderr
     assert "## Return and rooms per agent step" in p.stdout and "## Summary" in p.stdout
     assert "| 500–750 | 2 | 100.0 | 1.50 | 4 | 0 | – | – | 1 |" in p.stdout
-    assert "| async | 1000 | 10.0 | 150.0 | 1.00 | 300.0 | 2 | 100.0 |" in p.stdout
+    assert "| async | 1000 | 10.0 | 100.0 | 1.00 | 300.0 | 2 | 100.0 |" in p.stdout
     assert out.read_text() == p.stdout
 
 
@@ -121,8 +121,14 @@ def assert_one_line_error(p: subprocess.CompletedProcess, *needles: str) -> None
 
 def test_cli_refuses_bad_input_in_one_line(runs: tuple[Path, Path], tmp_path: Path) -> None:
     with open(runs[1] / "episodes.jsonl", "a") as f:
-        f.write('{"return": 1.0, "agent_steps": \n')  # truncated: line 5
+        f.write('{"return": 1.0, "agent_steps": \n')  # truncated, the last line: a run killed mid-write
+    p = cli(str(runs[0]), str(runs[1]))
+    assert p.returncode == 0 and p.stderr.strip().endswith("episodes.jsonl:5: skipped a truncated last line")
+    with open(runs[1] / "episodes.jsonl", "a") as f:
+        f.write('{"return": 1.0, "agent_steps": 1100, "rooms": [1]}\n')  # now line 5 is malformed, not last
     assert_one_line_error(cli(str(runs[0]), str(runs[1])), "episodes.jsonl:5", "malformed")
+    (runs[1] / "episodes.jsonl").write_text('{"return": 1.0, "agent_steps": 10, "rooms": "12"}\n{}\n')
+    assert_one_line_error(cli(str(runs[0]), str(runs[1])), "episodes.jsonl:1", "rooms must be a list")
     assert_one_line_error(cli(str(runs[0]), str(tmp_path / "nope")), "nope", "no such directory")
     (tmp_path / "empty").mkdir()
     assert_one_line_error(cli(str(tmp_path / "empty")), "metrics.csv")

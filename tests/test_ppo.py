@@ -84,28 +84,42 @@ def policy_grads(agent: RNDAgent, loss: torch.Tensor) -> list[torch.Tensor]:
             for g, p in zip(torch.autograd.grad(loss, params, allow_unused=True), params)]
 
 
+@pytest.mark.parametrize("perturb", [0.0, 0.05])
 @pytest.mark.parametrize("vtrace", [True, False])
-def test_surrogate_gradient_at_update_start(vtrace: bool) -> None:
-    """V-trace: the gradient at theta_0 is -(1/N) sum_i A_i grad log pi(a_i), A_i = rho_i (...) already holding
-    the one importance weight, and no sample is clipped. GAE: PPO's -(1/N) sum_i (pi_0/mu)_i A_i grad log pi(a_i)
-    over the samples whose ratio pi_0/mu is not already clipped."""
+def test_surrogate_gradient_and_clipping(vtrace: bool, perturb: float) -> None:
+    """At theta_0 (perturb 0), V-trace: the gradient is -(1/N) sum_i A_i grad log pi(a_i), A_i = rho_i (...) already
+    holding the one importance weight, and no sample is clipped. GAE: PPO's -(1/N) sum_i (pi_0/mu)_i A_i grad log
+    pi(a_i) over the samples whose ratio pi_0/mu is not already clipped. After the policy has moved (perturb > 0),
+    the ratio is pi_theta / pi_0 (V-trace) or pi_theta / mu (GAE): the clip fraction and the gradient follow it."""
     agent, batch = make_agent_and_batch(vtrace)
     tg, _ = agent.compute_targets(batch)
     target_logp, _, _ = agent.score(batch)
     mu_logp = batch.behaviour_logp.reshape(-1)
-    torch.testing.assert_close(tg.logp_ref, target_logp.reshape(-1) if vtrace else mu_logp)
+    ref = target_logp.reshape(-1) if vtrace else mu_logp
+    torch.testing.assert_close(tg.logp_ref, ref)
     assert (target_logp.reshape(-1) - mu_logp).abs().max() > 0.5  # mu is far from pi_0: the two forms differ
+    if perturb:
+        with torch.no_grad():  # the policy moves after the targets were computed, as in later minibatches
+            g = torch.Generator().manual_seed(1)
+            agent.policy.pi_head.weight.add_(torch.randn(agent.policy.pi_head.weight.shape, generator=g) * perturb)
 
     n = batch.T * batch.B
     idx = torch.arange(n)
-    loss, _ = agent.minibatch_loss(batch, idx, tg)
+    loss, info = agent.minibatch_loss(batch, idx, tg)
     got = policy_grads(agent, loss)
 
     logp = torch.log_softmax(agent.run_policy(batch.obs(idx)).logits, -1).gather(1, batch.actions.reshape(-1, 1))
-    ratio = torch.ones(n) if vtrace else torch.exp(target_logp.reshape(-1) - mu_logp)
+    logp = logp.squeeze(1)
+    ratio = torch.exp(logp.detach() - ref)
     eps, adv = agent.cfg.PPORewardEps, tg.advantages
-    active = ratio * adv <= ratio.clamp(1 - eps, 1 + eps) * adv  # PPO drops samples clipped already at theta_0
-    want = policy_grads(agent, -(active * ratio * adv * logp.squeeze(1)).sum() / n)
-    for g, w in zip(got, want):
-        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-7)
+    clipped = (ratio - 1).abs() > eps
+    assert float(info["clip_fraction"]) == pytest.approx(float(clipped.float().mean()), abs=1e-6)
+    if vtrace and not perturb:
+        assert not clipped.any()
+    elif vtrace:
+        assert 0 < clipped.float().mean() < 1  # the clipping branches were exercised
+    active = ratio * adv <= ratio.clamp(1 - eps, 1 + eps) * adv  # where the min picks the unclipped term
+    want = policy_grads(agent, -(active * ratio * adv * logp).sum() / n)
+    for g_, w in zip(got, want):
+        torch.testing.assert_close(g_, w, rtol=1e-4, atol=1e-7)
     assert sum(float(w.abs().sum()) for w in want) > 0
