@@ -229,6 +229,9 @@ def bench_actor_vs_ceiling(cfg: Config, seconds: float, cfg_dir: Path, rounds: i
                 if i:
                     sink.drain()  # sent before the pause: not part of this window
                     signal_all(procs, signal.SIGCONT)
+                    # a segment send() had handed to ZeroMQ just before the pause is flushed only now
+                    time.sleep(0.3)
+                    sink.drain()
                 # the first segment to arrive was started before the pause; the next one reports its phases
                 w = sink.measure(seconds / rounds, settle_segments=1, skip_phases=1 if i else 0)
                 signal_all(procs, signal.SIGSTOP)
