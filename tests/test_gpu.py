@@ -45,3 +45,19 @@ def test_cuda_update_runs_and_stays_finite(tmp_path: Path) -> None:
     agent.load_state_dict(state)
     metrics = agent.update(assemble(segments, cfg.FrameStack, pin=True).to("cuda:0"))
     assert all(torch.isfinite(torch.tensor(v)) for k, v in metrics.items() if not k.startswith("explained_var"))
+
+
+def test_cuda_ratio_is_one_at_the_start_of_an_update(tmp_path: Path) -> None:
+    """Under V-trace PPO's ratio is pi_theta / pi_0 with pi_0 from score() (whole-batch chunks), pi_theta from
+    minibatches of another size: under bf16 autocast and cuDNN autotuning the two forward passes must still
+    agree closely enough that nothing is clipped before the policy has moved."""
+    cfg, segments, state = _segments_and_state(tmp_path)
+    agent = RNDAgent(load_config(None, {**cfg.to_dict(), "learner_precision": "auto"}), 18, "cuda:0")
+    agent.load_state_dict(state)
+    batch = assemble(segments, cfg.FrameStack, pin=True).to("cuda:0")
+    tg, _ = agent.compute_targets(batch)
+    n = batch.T * batch.B
+    for idx in torch.randperm(n, device="cuda:0").tensor_split(max(1, n // cfg.BatchSize)):
+        _, info = agent.minibatch_loss(batch, idx, tg)
+        assert float(info["clip_fraction"]) == 0.0
+        assert float(info["approx_kl"]) < 1e-4
