@@ -223,26 +223,23 @@ def bench_actor_vs_ceiling(cfg: Config, seconds: float, cfg_dir: Path, rounds: i
     """
     k = cfg.NumWorkers
     ale, infer, windows, steps, secs, phases = [], [], [], 0.0, 0.0, []
-    with actors_into_sink(cfg, 1, cfg_dir) as (sink, procs):
-        try:
-            for i in range(rounds):
-                if i:
-                    sink.drain()  # sent before the pause: not part of this window
-                    signal_all(procs, signal.SIGCONT)
-                    # a segment send() had handed to ZeroMQ just before the pause is flushed only now
-                    time.sleep(0.3)
-                    sink.drain()
-                # the first segment to arrive was started before the pause; the next one reports its phases
-                w = sink.measure(seconds / rounds, settle_segments=1, skip_phases=1 if i else 0)
-                signal_all(procs, signal.SIGSTOP)
-                steps, secs = steps + w["steps"], secs + w["seconds"]
-                windows.append(w["steps_per_s"])
-                if w["phases"]:
-                    phases.append(w["phases"])
-                ale.append(bench_ale(cfg, seconds / rounds / 2))
-                infer.append(bench_infer(cfg, k, seconds / rounds / 2))
-        finally:
-            signal_all(procs, signal.SIGCONT)
+    with actors_into_sink(cfg, 1, cfg_dir) as (sink, procs):  # it resumes them on the way out
+        for i in range(rounds):
+            if i:
+                sink.drain()  # sent before the pause: not part of this window
+                signal_all(procs, signal.SIGCONT)
+                # a segment send() had handed to ZeroMQ just before the pause is flushed only now
+                time.sleep(0.3)
+                sink.drain()
+            # the first segment to arrive was started before the pause; the next one reports its phases
+            w = sink.measure(seconds / rounds, settle_segments=1, skip_phases=1 if i else 0)
+            signal_all(procs, signal.SIGSTOP)
+            steps, secs = steps + w["steps"], secs + w["seconds"]
+            windows.append(w["steps_per_s"])
+            if w["phases"]:
+                phases.append(w["phases"])
+            ale.append(bench_ale(cfg, seconds / rounds / 2))
+            infer.append(bench_infer(cfg, k, seconds / rounds / 2))
     return {"steps_per_s": steps / secs, "windows": windows, "ale": ale, "infer": infer,
             "phases": {name: float(np.mean([ph[name] for ph in phases])) for name in phases[0]} if phases else {}}
 

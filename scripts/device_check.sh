@@ -3,8 +3,7 @@
 # Usage (device tool): carry [".whl"], command "bash scripts/device_check.sh [ACTORS] [SECONDS]".
 set -uo pipefail
 cd "$(dirname "$0")/.."
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-  && export PYTHONPATH=/tmp/site:$PWD || exit 1
+source scripts/device_env.sh
 out=${OUT:-/tmp/out}; mkdir -p "$out"
 nvidia-smi --query-gpu=name,memory.total --format=csv | tee "$out/gpu.txt"
 python3 -m pytest -q -m gpu tests 2>&1 | tee "$out/gpu_tests.log"

@@ -12,10 +12,7 @@
 #   CONFIG=configs/smoke.yaml GPU=-1 OUT=/tmp/out bash scripts/device_learning.sh 1 1
 set -uo pipefail
 cd "$(dirname "$0")/.."
-if ! python3 -c "import ale_py, gymnasium, zmq, zstandard" 2>/dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    && export PYTHONPATH=/tmp/site:$PWD || exit 1
-fi
+source scripts/device_env.sh
 out=${OUT:-/tmp/out}; mkdir -p "$out"
 minutes=${1:-7}; actors=${2:-7}
 runs=/tmp/learning_runs; rm -rf "$runs"

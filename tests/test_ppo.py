@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 import torch
 
+from bench import synthetic_segments
 from common.config import load_config
 from common.networks import NUM_ACTIONS
 from common.ppo import clipped_surrogate
 from learner.agent import RNDAgent
-from learner.batch import Segment, assemble
+from learner.batch import assemble
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -66,16 +67,11 @@ def make_agent_and_batch(vtrace: bool) -> tuple[RNDAgent, object]:
                        "PPOEntropyCoeff": 0.0, "vtrace_rho_bar": 1.0})
     agent = RNDAgent(cfg, NUM_ACTIONS, "cpu")
     rng = np.random.default_rng(0)
-    arrays = {
-        "frames": rng.integers(0, 255, (t + 1, k, h, w), dtype=np.uint8),
-        "context": rng.integers(0, 255, (s - 1, k, h, w), dtype=np.uint8),
-        "actions": rng.integers(0, NUM_ACTIONS, (t, k), dtype=np.uint8),
-        "behaviour_logp": np.log(rng.uniform(0.01, 0.2, (t, k))).astype(np.float32),  # pi_0 is near 1/18
-        "rewards": (rng.random((t, k)) < 0.3).astype(np.float32),
-        "terminated": np.zeros((t, k), np.uint8), "truncated": np.zeros((t, k), np.uint8),
-        "trunc_value": np.zeros((t, k), np.float32),
-    }
-    return agent, assemble([Segment(0, 0, list(range(k)), arrays, [])], s, False)
+    segments = synthetic_segments(cfg, rng)
+    arrays = segments[0].arrays
+    arrays["behaviour_logp"][:] = np.log(rng.uniform(0.01, 0.2, (t, k)))  # pi_0 is near 1/18
+    arrays["rewards"][:] = rng.random((t, k)) < 0.3  # denser than bench's, for advantages of both signs
+    return agent, assemble(segments, s, False)
 
 
 def policy_grads(agent: RNDAgent, loss: torch.Tensor) -> list[torch.Tensor]:
