@@ -411,6 +411,11 @@ def main(argv: list[str] | None = None) -> int:
     wb = wire_bytes(cfg)
     r["wire_bytes_per_step"], r["wire_bytes_per_step_zstd"] = wb["none"], wb["zstd"]
     phases = {}
+
+    def save_partial() -> None:  # after each part: a bench stopped by a time limit keeps what it measured
+        if args.json:
+            Path(args.json).write_text(json.dumps({**r, "phases": phases, "partial": True}, indent=2))
+
     with tempfile.TemporaryDirectory(prefix="rnd-bench-") as tmp:
         tmpd = Path(tmp)
         one = bench_actor_vs_ceiling(load_config(None, {**cfg.to_dict(), "NumWorkers": envs_per_actor}), s, tmpd)
@@ -420,12 +425,15 @@ def main(argv: list[str] | None = None) -> int:
         r["actor_ceiling_steps_per_s"] = 1 / (1 / r["ale_steps_per_s_per_core"]
                                               + 1 / r["infer_samples_per_s_per_core"])
         r["single_core_spread"] = {"ale": ale, "infer": infer, "actor": one["windows"]}
+        save_partial()
         if "actors_total" not in skip:
             all_ = bench_actors(cfg, n, s, tmpd)
             r["actors_total_steps_per_s"], phases["actors_total"] = all_["steps_per_s"], all_["phases"]
+            save_partial()
         if "learner" not in skip:
             lr = bench_learner(cfg, device, s)
             r["learner_steps_per_s"], phases["learner"] = lr["steps_per_s"], lr["phases"]
+            save_partial()
         for lag, key in ((0, "e2e_sync"), (1, "e2e_async")):
             if key in skip:
                 continue
@@ -433,6 +441,7 @@ def main(argv: list[str] | None = None) -> int:
             r[f"{key}_steps_per_s"], phases[key] = e["steps_per_s"], e["phases"]
             if lag == 1:
                 r["policy_lag_mean"] = e["policy_lag_mean"]
+            save_partial()
     r["phases"] = phases
     r["targets"] = targets(r, "cuda" in device)
     print_table(r)

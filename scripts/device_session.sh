@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# The whole GPU check of issue 3 in one device call that ends within BUDGET seconds (default 570):
+#   1. the GPU-marked tests; if they fail it stops there, to leave device time for a fix and a second call;
+#   2. bench.py --actors ACTORS --learner-gpu 0 --seconds SECONDS;
+#   3. the learner alone under fp32, bf16 autocast and bf16 + torch.compile (scripts/profile/learner_variants.py);
+#   4. the sync and async Montezuma runs side by side (scripts/device_learning.sh), ACTORS/2 actors each, for
+#      the time left.
+# A device call brings back at most 8 files, so everything goes into one archive, $OUT/device_session.tgz,
+# rewritten after each step: a call stopped at its time limit still returns the steps it finished.
+# Usage (device tool): carry [".whl"] (scripts/fetch_device_wheels.sh), timeout_s >= BUDGET + 20, command
+#   "bash scripts/device_session.sh [BUDGET] [ACTORS] [SECONDS]"          (defaults: 570 15 20)
+# A dry run on the CPU (CONFIG and GPU are passed on to device_learning.sh too):
+#   CONFIG=configs/smoke.yaml GPU=-1 OUT=/tmp/out bash scripts/device_session.sh 400 1 3
+set -uo pipefail
+cd "$(dirname "$0")/.."
+config=${CONFIG:-configs/montezuma.yaml}; t0=$(date +%s); budget=${1:-570}; actors=${2:-15}; secs=${3:-20}
+final=${OUT:-/tmp/out}; work=/tmp/device_session; rm -rf "$work"; mkdir -p "$work" "$final"
+pack() { tar czf "$final/device_session.tgz" -C "$work" .; echo "[$(( $(date +%s) - t0 )) s] $1"; }
+left() { echo $(( budget - ($(date +%s) - t0) )); }
+source scripts/device_env.sh
+{ nvidia-smi; lscpu | grep -i "model name"; nproc; git log -1 --format=%H 2>/dev/null
+  python3 -c "import torch, ale_py, numpy; print('torch', torch.__version__, 'ale_py', ale_py.__version__, 'numpy', numpy.__version__)"
+} >"$work/machine.txt" 2>&1
+timeout -k 10 150 python3 -m pytest -q -m gpu tests >"$work/gpu_tests.log" 2>&1; rc=$?
+pack "gpu tests rc=$rc"; tail -3 "$work/gpu_tests.log"
+if [ $rc -ne 0 ]; then tail -60 "$work/gpu_tests.log"; exit 1; fi
+PYTHONUNBUFFERED=1 timeout -s TERM -k 20 $(( $(left) - 200 )) python3 bench.py --config "$config" --actors "$actors" \
+  --learner-gpu "${GPU:-0}" --seconds "$secs" --json "$work/bench_gpu.json" 2>&1 | grep -v "Sending Reset" >"$work/bench.log"
+pack "bench"; tail -25 "$work/bench.log"
+PYTHONUNBUFFERED=1 timeout -s TERM -k 10 120 python3 scripts/profile/learner_variants.py --config "$config" --seconds 8 \
+  --json "$work/learner_variants.json" >"$work/learner_variants.log" 2>&1
+pack "learner variants"; cat "$work/learner_variants.log" | tail -4
+minutes=$(python3 -c "print(round(($(left) - 60) / 60, 2))")
+if python3 -c "import sys; sys.exit(0 if $minutes >= 1.5 else 1)"; then
+  OUT="$work/learning" bash scripts/device_learning.sh "$minutes" $(( actors > 1 ? actors / 2 : 1 )) >"$work/learning.log" 2>&1
+  pack "learning ($minutes min)"; cat "$work/learning/learning.md" 2>/dev/null | tail -30
+else
+  echo "no time left for the learning runs ($minutes min)"
+fi
