@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run on the development machine before a GPU device call: downloads, into .whl/ (git-ignored), the
 # Python 3.12 x86_64 wheels the device image lacks (ale-py, gymnasium and their needs, pyzmq, zstandard).
-# Then: device run with carry [".whl"] and command "bash scripts/device_check.sh".
+# Then: device run with carry [".whl"] and command "bash scripts/device_session.sh" (see its header).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p .whl
