@@ -67,3 +67,22 @@ def per_call(f, n=3000):
 print("resize alone, us: cv2 %.0f | exact NumPy %.0f (same output on 200 frames: %s)"
       % (per_call(lambda: cv2.resize(mx, (84, 84), interpolation=cv2.INTER_AREA)), per_call(lambda: numpy_area(mx)), same))
 print("cv2", cv2.__version__, "threads", cv2.getNumThreads())
+
+# cv2 with one thread instead of its default, in the full loop (3 alternating pairs)
+default, by_threads = cv2.getNumThreads(), {}
+for _ in range(3):
+    for nt in (default, 1):
+        cv2.setNumThreads(nt); by_threads.setdefault(nt, []).append(loop(3))
+cv2.setNumThreads(default)
+print("full step, CPU us: cv2 threads %d %s | threads 1 %s" % (default, [round(v) for v in by_threads[default]],
+                                                             [round(v) for v in by_threads[1]]))
+# 4 frames resized at once as the channels of one image (OpenCV's INTER_AREA takes at most 4), and the
+# transpose into that layout
+frames = np.stack([mx] * 4)
+hwc = np.ascontiguousarray(frames.transpose(1, 2, 0))
+assert np.array_equal(cv2.resize(hwc, (84, 84), interpolation=cv2.INTER_AREA).transpose(2, 0, 1),
+                      np.stack([cv2.resize(f, (84, 84), interpolation=cv2.INTER_AREA) for f in frames]))
+print("per frame, us: 4 separate resizes %.0f | one 4-channel resize %.0f | the transpose to 4 channels %.0f" % (
+    per_call(lambda: [cv2.resize(f, (84, 84), interpolation=cv2.INTER_AREA) for f in frames], 1000) / 4,
+    per_call(lambda: cv2.resize(hwc, (84, 84), interpolation=cv2.INTER_AREA), 1000) / 4,
+    per_call(lambda: np.ascontiguousarray(frames.transpose(1, 2, 0)), 1000) / 4))
