@@ -24,12 +24,13 @@ source scripts/device_env.sh
 timeout -k 10 150 python3 -m pytest -q -m gpu tests >"$work/gpu_tests.log" 2>&1; rc=$?
 pack "gpu tests rc=$rc"; tail -3 "$work/gpu_tests.log"
 if [ $rc -ne 0 ]; then tail -60 "$work/gpu_tests.log"; exit 1; fi
+# the bench may take all but 200 s: the variants (120 s at most) and the learning step decide with what is left
 PYTHONUNBUFFERED=1 timeout -s TERM -k 20 $(( $(left) - 200 )) python3 bench.py --config "$config" --actors "$actors" \
   --learner-gpu "${GPU:-0}" --seconds "$secs" --json "$work/bench_gpu.json" 2>&1 | grep -v "Sending Reset" >"$work/bench.log"
 pack "bench"; tail -25 "$work/bench.log"
 PYTHONUNBUFFERED=1 timeout -s TERM -k 10 120 python3 scripts/profile/learner_variants.py --config "$config" --seconds 8 \
   --json "$work/learner_variants.json" >"$work/learner_variants.log" 2>&1
-pack "learner variants"; cat "$work/learner_variants.log" | tail -4
+pack "learner variants"; tail -4 "$work/learner_variants.log"
 minutes=$(python3 -c "print(round(($(left) - 60) / 60, 2))")
 if python3 -c "import sys; sys.exit(0 if $minutes >= 1.5 else 1)"; then
   OUT="$work/learning" bash scripts/device_learning.sh "$minutes" $(( actors > 1 ? actors / 2 : 1 )) >"$work/learning.log" 2>&1
