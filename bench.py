@@ -77,17 +77,20 @@ def bench_ale(cfg: Config, seconds: float) -> float:
 
 
 def bench_infer(cfg: Config, batch: int, seconds: float) -> float:
-    """The actor's own policy step (forward + sampling) on one CPU thread at the actor's batch size."""
-    from actors.rollout import sample_actions
+    """The actor's own policy step (forward + sampling) at the actor's batch size, on one CPU thread and on
+    ``actor_device`` (a GPU's figure includes the copies to and from it)."""
+    from actors.rollout import check_actor_device, sample_actions
     from common.networks import NUM_ACTIONS, PolicyNet
 
+    device = check_actor_device(cfg.actor_device)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        policy = PolicyNet(NUM_ACTIONS, cfg.FrameStack, cfg.ImageHeight, cfg.ImageWidth).eval()
+        policy = PolicyNet(NUM_ACTIONS, cfg.FrameStack, cfg.ImageHeight, cfg.ImageWidth).eval().to(device)
         obs = np.random.default_rng(0).integers(0, 255, (batch, cfg.FrameStack, cfg.ImageHeight, cfg.ImageWidth),
                                                 dtype=np.uint8)
-        gen = torch.Generator().manual_seed(0)
+        gen = torch.Generator(device=device).manual_seed(0)
+        sample_actions(policy, obs, gen)  # a GPU's first call pays for its kernels' set-up
         n, t0 = 0, time.perf_counter()
         while time.perf_counter() - t0 < seconds or n == 0:
             sample_actions(policy, obs, gen)
@@ -370,7 +373,7 @@ def targets(r: dict, learner_has_gpu: bool) -> dict:
 
 def print_table(r: dict) -> None:
     print(f"\nbench on {r['device']} | {r['cpu_count']} cores | {r['actors']} actors | {r['envs']} envs | "
-          f"config {r['config']}")
+          f"actor policy on {r['actor_device']} | config {r['config']}")
     for k, v in r.items():
         if isinstance(v, float):
             print(f"  {k:<34} {v:>12,.1f}")
@@ -388,11 +391,13 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"bench: error: {e}", file=sys.stderr)
         return 2
+    from actors.rollout import check_actor_device
     from launch import UsageError, default_actors, resolve_device
 
     try:
         device = resolve_device(args.learner_gpu)
-    except UsageError as e:
+        check_actor_device(cfg.actor_device)
+    except (UsageError, ConfigError) as e:
         print(f"bench: error: {e}", file=sys.stderr)
         return 2
     n = args.actors or default_actors(cfg)
@@ -406,7 +411,8 @@ def main(argv: list[str] | None = None) -> int:
     shown = shown.relative_to(REPO) if shown.is_relative_to(REPO) else shown
     r: dict = {"config": str(shown), "device": torch.cuda.get_device_name(device) if "cuda" in device
                else f"cpu ({platform.processor() or platform.machine()})", "cpu_count": os.cpu_count(),
-               "actors": n, "envs": cfg.NumWorkers, "envs_per_actor": envs_per_actor, "seconds": args.seconds}
+               "actors": n, "envs": cfg.NumWorkers, "envs_per_actor": envs_per_actor, "seconds": args.seconds,
+               "actor_device": cfg.actor_device}
     s = args.seconds
     wb = wire_bytes(cfg)
     r["wire_bytes_per_step"], r["wire_bytes_per_step_zstd"] = wb["none"], wb["zstd"]

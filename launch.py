@@ -130,6 +130,10 @@ def run_learner(args: argparse.Namespace, cfg: Config, resume: dict | None, loca
     from learner.learner import Learner
 
     device = resolve_device(args.learner_gpu)
+    if local:
+        from actors.rollout import check_actor_device
+
+        check_actor_device(cfg.actor_device)  # before any actor starts: one error line, not N crashed actors
     run_dir = resolve_run_dir(args, cfg)
     make_run_dir(run_dir)
     (run_dir / "config.yaml").write_text(dump_yaml(cfg))
@@ -174,6 +178,9 @@ def run_actors(args: argparse.Namespace, cfg: Config) -> int:
     if not args.learner:
         raise UsageError("--role actors needs --learner tcp://HOST:PORT (the learner's --bind address)")
     check_address(args.learner, "--learner")
+    from actors.rollout import check_actor_device
+
+    check_actor_device(cfg.actor_device)  # before any actor starts: one error line, not N crashed actors
     n = args.actors or default_actors(cfg)
     total = args.total_actors or n
     if args.actor_offset < 0 or args.actor_offset + n > total:

@@ -1,4 +1,5 @@
-"""Rollout collection for one actor: K envs stepped with a CPU policy copy. No sockets here.
+"""Rollout collection for one actor: K envs stepped on the CPU with a policy copy on ``actor_device``
+(the CPU by default). No sockets here.
 
 A segment holds T agent steps of K env streams in the wire layout (``common.wire.SegmentSpec``):
 only the newest frame of each observation is kept (the learner rebuilds the stacks), plus the
@@ -13,7 +14,7 @@ import numpy as np
 import torch
 
 from actors.env import AtariEnv, make_env
-from common.config import Config
+from common.config import Config, ConfigError
 from common.networks import NUM_ACTIONS, PolicyNet
 from common.timing import Timings
 from common.wire import SegmentSpec
@@ -32,21 +33,23 @@ def env_split(num_envs: int, num_actors: int, actor_id: int) -> list[int]:
 
 @torch.inference_mode()  # cheaper than no_grad: no version counters, no views tracked
 def sample_actions(policy: PolicyNet, obs: np.ndarray, gen: torch.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """The actor's policy step: uint8 obs [K, S, H, W] -> (actions [K], their log-probs [K])."""
-    logp_all = torch.log_softmax(policy(torch.from_numpy(obs)).logits, -1)
+    """The actor's policy step: uint8 obs [K, S, H, W] -> (actions [K], their log-probs [K]), on the CPU.
+
+    It runs where ``gen`` lives, which is where the policy lives; on the CPU the moves are no-ops."""
+    logp_all = torch.log_softmax(policy(torch.from_numpy(obs).to(gen.device)).logits, -1)
     a = torch.multinomial(logp_all.exp(), 1, generator=gen)
-    return a.squeeze(1).numpy(), logp_all.gather(1, a).squeeze(1).numpy()
+    return a.squeeze(1).cpu().numpy(), logp_all.gather(1, a).squeeze(1).cpu().numpy()
 
 
 class RolloutCollector:
     """Steps ``envs`` with ``policy``; buffers are preallocated once from ``spec``."""
 
     def __init__(self, envs: list[AtariEnv], stream_ids: list[int], policy: PolicyNet, spec: SegmentSpec,
-                 seed: int = 0):
+                 seed: int = 0, device: str = "cpu"):
         if len(envs) != len(stream_ids):
             raise ValueError("one stream id per env")
         self.envs, self.streams, self.policy, self.spec = envs, list(stream_ids), policy, spec
-        self.gen = torch.Generator().manual_seed(seed)
+        self.gen = torch.Generator(device=device).manual_seed(seed)  # on the policy's device
         self.rng = np.random.default_rng(seed)
         k = len(envs)
         self.buffers = {n: np.zeros(shape, dtype) for n, (dtype, shape) in spec.segment_arrays(k).items()}
@@ -61,7 +64,7 @@ class RolloutCollector:
 
     @torch.inference_mode()
     def _value_ext(self, obs: np.ndarray) -> np.ndarray:
-        return self.policy(torch.from_numpy(obs)).value_ext.numpy()
+        return self.policy(torch.from_numpy(obs).to(self.gen.device)).value_ext.cpu().numpy()
 
     def warmup(self, steps: int) -> Iterator[np.ndarray]:
         """Random-action steps for the observation normaliser: yields frames [n <= T, K, H, W]."""
@@ -113,11 +116,25 @@ class RolloutCollector:
 
 
 def build_collector(cfg: Config, actor_id: int, num_actors: int, incarnation: int = 0) -> RolloutCollector:
-    """Actor ``actor_id``'s envs (its share of the NumWorkers streams) and a fresh policy copy.
-    Env seeds follow the stream id and change with each restart (``incarnation``)."""
+    """Actor ``actor_id``'s envs (its share of the NumWorkers streams) and a fresh policy copy on
+    ``cfg.actor_device``. Env seeds follow the stream id and change with each restart (``incarnation``).
+    Raises ConfigError when that device is not here."""
+    device = check_actor_device(cfg.actor_device)
     streams = env_split(cfg.NumWorkers, num_actors, actor_id)
     seed = cfg.seed * 100_003 + 1_000_003 * incarnation
     envs = [make_env(cfg, seed=seed + s) for s in streams]
-    policy = PolicyNet(NUM_ACTIONS, cfg.FrameStack, cfg.ImageHeight, cfg.ImageWidth).eval()
+    policy = PolicyNet(NUM_ACTIONS, cfg.FrameStack, cfg.ImageHeight, cfg.ImageWidth).eval().to(device)
     spec = SegmentSpec.from_config(cfg, NUM_ACTIONS)
-    return RolloutCollector(envs, streams, policy, spec, seed=seed + 7919 * (actor_id + 1))
+    return RolloutCollector(envs, streams, policy, spec, seed=seed + 7919 * (actor_id + 1), device=device)
+
+
+def check_actor_device(device: str) -> str:
+    """``device`` (a verified ``actor_device``) if this machine has it; ConfigError otherwise."""
+    if device == "cpu":
+        return device
+    if not torch.cuda.is_available():
+        raise ConfigError(f"config key actor_device: {device} but no CUDA device is available here; use cpu")
+    index = int(device.partition(":")[2] or 0)
+    if index >= torch.cuda.device_count():
+        raise ConfigError(f"config key actor_device: {device} but only {torch.cuda.device_count()} CUDA device(s)")
+    return device

@@ -75,6 +75,8 @@ class Config:
     learner_precision: str = _f("auto", "Policy network math on the learner: fp32, bf16 (autocast), or auto "
                                         "(bf16 on CUDA, fp32 on CPU). The RND networks always run in fp32.")
     learner_compile: bool = _f(False, "torch.compile the learner's networks (slow first update, faster after).")
+    actor_device: str = _f("cpu", "Where actors run their policy step: cpu, or cuda / cuda:N when the actors' "
+                                  "machine has a GPU (the envs always step on the CPU).")
 
     # ---------------------------------------------------------------
     @property
@@ -121,6 +123,8 @@ def verify(cfg: Config) -> Config:
         raise ConfigError(f"config key learner_precision: must be auto, fp32 or bf16, got {cfg.learner_precision!r}")
     if cfg.wire_compression not in ("none", "zstd", "auto"):
         raise ConfigError(f"config key wire_compression: must be none, zstd or auto, got {cfg.wire_compression!r}")
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", cfg.actor_device):
+        raise ConfigError(f"config key actor_device: must be cpu, cuda or cuda:N, got {cfg.actor_device!r}")
     if cfg.FrameSkip < 2:
         raise ConfigError("config key FrameSkip: must be >= 2 (the max is taken over the last two frames)")
     if cfg.ImageHeight < 36 or cfg.ImageWidth < 36:

@@ -2,8 +2,9 @@
 # The whole GPU check of issue 3 in one device call that ends within BUDGET seconds (default 570):
 #   1. the GPU-marked tests; if they fail it stops there, to leave device time for a fix and a second call;
 #   2. bench.py --actors ACTORS --learner-gpu 0 --seconds SECONDS;
-#   3. the learner alone under fp32, bf16 autocast and bf16 + torch.compile (scripts/profile/learner_variants.py);
-#   4. the sync and async Montezuma runs side by side (scripts/device_learning.sh), ACTORS/2 actors each, for
+#   3. the same with the actors' policy step on the GPU (actor_device=cuda), the actor parts and e2e_async only;
+#   4. the learner alone under fp32, bf16 autocast and bf16 + torch.compile (scripts/profile/learner_variants.py);
+#   5. the sync and async Montezuma runs side by side (scripts/device_learning.sh), ACTORS/2 actors each, for
 #      the time left.
 # A device call brings back at most 8 files, so everything goes into one archive, $OUT/device_session.tgz,
 # rewritten after each step: a call stopped at its time limit still returns the steps it finished.
@@ -17,6 +18,8 @@ config=${CONFIG:-configs/montezuma.yaml}; t0=$(date +%s); budget=${1:-570}; acto
 final=${OUT:-/tmp/out}; work=/tmp/device_session; rm -rf "$work"; mkdir -p "$work" "$final"
 pack() { tar czf "$final/device_session.tgz" -C "$work" .; echo "[$(( $(date +%s) - t0 )) s] $1"; }
 left() { echo $(( budget - ($(date +%s) - t0) )); }
+# seconds a step may take: what is left but RESERVE, at most MAX, at least 1 (timeout 0 would mean no limit)
+secs_left_but() { local s=$(( $(left) - $1 )) max=${2:-86400}; (( s > max )) && s=$max; (( s < 1 )) && s=1; echo $s; }
 source scripts/device_env.sh
 { nvidia-smi; lscpu | grep -i "model name"; nproc; git log -1 --format=%H 2>/dev/null
   python3 -c "import torch, ale_py, numpy; print('torch', torch.__version__, 'ale_py', ale_py.__version__, 'numpy', numpy.__version__)"
@@ -24,11 +27,20 @@ source scripts/device_env.sh
 timeout -k 10 150 python3 -m pytest -q -m gpu tests >"$work/gpu_tests.log" 2>&1; rc=$?
 pack "gpu tests rc=$rc"; tail -3 "$work/gpu_tests.log"
 if [ $rc -ne 0 ]; then tail -60 "$work/gpu_tests.log"; exit 1; fi
-# the bench may take all but 200 s: the variants (120 s at most) and the learning step decide with what is left
-PYTHONUNBUFFERED=1 timeout -s TERM -k 20 $(( $(left) - 200 )) python3 bench.py --config "$config" --actors "$actors" \
+# the bench may take all but 320 s on a GPU (200 s in a CPU dry run, which has no GPU-actor bench): the GPU-actor
+# bench (150 s at most), the variants (120 s at most) and the learning step decide with what is left
+reserve=$(( ${GPU:-0} >= 0 ? 320 : 200 ))
+PYTHONUNBUFFERED=1 timeout -s TERM -k 20 $(secs_left_but $reserve) python3 bench.py --config "$config" --actors "$actors" \
   --learner-gpu "${GPU:-0}" --seconds "$secs" --json "$work/bench_gpu.json" 2>&1 | grep -v "Sending Reset" >"$work/bench.log"
 pack "bench"; tail -25 "$work/bench.log"
-PYTHONUNBUFFERED=1 timeout -s TERM -k 10 120 python3 scripts/profile/learner_variants.py --config "$config" --seconds 8 \
+if [ "${GPU:-0}" -ge 0 ]; then  # a CPU dry run has no GPU to put the actors' policy on
+  PYTHONUNBUFFERED=1 timeout -s TERM -k 20 $(secs_left_but 170 150) python3 bench.py \
+    --config "$config" --actors "$actors" --learner-gpu "${GPU:-0}" --seconds "$(( secs * 3 / 4 ))" \
+    --skip learner,e2e_sync --json "$work/bench_gpu_actor_cuda.json" actor_device=cuda 2>&1 \
+    | grep -v "Sending Reset" >"$work/bench_actor_cuda.log"
+  pack "bench, actors' policy on the GPU"; tail -16 "$work/bench_actor_cuda.log"
+fi
+PYTHONUNBUFFERED=1 timeout -s TERM -k 10 $(secs_left_but 40 120) python3 scripts/profile/learner_variants.py --config "$config" --seconds 8 \
   --json "$work/learner_variants.json" >"$work/learner_variants.log" 2>&1
 pack "learner variants"; tail -4 "$work/learner_variants.log"
 minutes=$(python3 -c "print(round(($(left) - 60) / 60, 2))")

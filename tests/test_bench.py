@@ -20,6 +20,7 @@ def test_bench_short_cpu_run(tmp_path: Path) -> None:
     for k in KEYS:
         assert isinstance(r[k], float) and r[k] > 0, k
     assert r["device"].startswith("cpu") and r["actors"] == 1 and r["envs"] == 4 and r["cpu_count"] >= 1
+    assert r["actor_device"] == "cpu"
     ale, inf = r["ale_steps_per_s_per_core"], r["infer_samples_per_s_per_core"]
     assert abs(r["actor_ceiling_steps_per_s"] - 1 / (1 / ale + 1 / inf)) < 1e-6 * ale
     spread = r["single_core_spread"]  # the actor and its two limits, measured in 3 alternating windows each

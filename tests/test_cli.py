@@ -71,6 +71,20 @@ def test_gpu_requested_without_cuda(tmp_path: Path) -> None:
     assert_one_line_error(p, "--learner-gpu 0", "--learner-gpu -1")
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_actor_device_without_cuda(tmp_path: Path) -> None:
+    """Refused before the run dir or any actor exists, in both roles that start actors, and by bench.py."""
+    run_dir = tmp_path / "r"
+    p = run("launch.py", "--config", "configs/smoke.yaml", "--learner-gpu", "-1", "--run-dir", str(run_dir),
+            "actor_device=cuda")
+    assert_one_line_error(p, "actor_device", "no CUDA device")
+    assert not run_dir.exists()
+    p = run("launch.py", "--config", "configs/smoke.yaml", "--role", "actors", "--learner", "tcp://127.0.0.1:5555",
+            "actor_device=cuda:0")
+    assert_one_line_error(p, "actor_device", "no CUDA device")
+    assert_one_line_error(run("bench.py", "--config", "configs/smoke.yaml", "actor_device=cuda"), "actor_device")
+
+
 def test_bad_addresses_and_actor_counts(tmp_path: Path) -> None:
     assert_one_line_error(run("launch.py", "--config", "configs/smoke.yaml", "--role", "actors"), "--learner")
     assert_one_line_error(run("launch.py", "--config", "configs/smoke.yaml", "--role", "actors", "--learner",

@@ -193,6 +193,7 @@ def test_wrong_type_refused(key, value, tmp_path):
     ("PPOAdvLambda", 2.0), ("RNDUpdateProportion", 0.0), ("RNDUpdateProportion", 1.01),
     ("FrameSkip", 1), ("ImageHeight", 35), ("ImageWidth", 20), ("wire_compression", "lz4"),
     ("EnvName", "Montezuma Revenge!"), ("EnvName", ""), ("actor_timeout_s", 0.0),
+    ("actor_device", "gpu"), ("actor_device", "cuda:"), ("actor_device", "cuda:x"), ("actor_device", " cpu"),
 ])
 def test_out_of_range_refused(key, value):
     refused(from_dict, {key: value}, key=key)
@@ -200,7 +201,8 @@ def test_out_of_range_refused(key, value):
 
 @pytest.mark.parametrize("key,value", [("StickyActionProb", 0.0), ("StickyActionProb", 1.0), ("PPOAdvLambda", 0.0),
                                        ("ExtRewardDiscount", 1.0), ("RNDUpdateProportion", 1.0), ("NumInitSteps", 0),
-                                       ("max_policy_lag", 0), ("ImageHeight", 36), ("FrameSkip", 2)])
+                                       ("max_policy_lag", 0), ("ImageHeight", 36), ("FrameSkip", 2),
+                                       ("actor_device", "cuda"), ("actor_device", "cuda:1")])
 def test_range_edges_accepted(key, value):
     assert getattr(from_dict({key: value}), key) == value
 

@@ -61,3 +61,24 @@ def test_cuda_ratio_is_one_at_the_start_of_an_update(tmp_path: Path) -> None:
         _, info = agent.minibatch_loss(batch, idx, tg)
         assert float(info["clip_fraction"]) == 0.0
         assert float(info["approx_kl"]) < 1e-4
+
+
+def test_actor_policy_step_on_cuda(tmp_path: Path) -> None:
+    """actor_device: cuda: a collector with its policy on the GPU fills a valid segment, loads CPU weights as
+    the weights message gives them, and its recorded log-probs are the CPU policy's (within TF32 rounding)."""
+    from actors.rollout import build_collector, sample_actions
+
+    cfg = load_config(REPO / "configs" / "smoke.yaml", {"NumWorkers": 3, "actor_device": "cuda"})
+    col = build_collector(cfg, 0, 1)
+    cpu_policy = copy.deepcopy(col.policy).cpu()
+    torch.nn.init.normal_(cpu_policy.pi_head.weight, std=0.5)  # a policy far from uniform
+    col.policy.load_state_dict({k: torch.from_numpy(v.numpy().copy()) for k, v in cpu_policy.state_dict().items()})
+    assert next(col.policy.parameters()).is_cuda
+    obs = col.obs.copy()
+    actions, logp = sample_actions(col.policy, obs, col.gen)
+    assert actions.dtype.kind == "i" and ((0 <= actions) & (actions < 18)).all()
+    with torch.inference_mode():
+        want = torch.log_softmax(cpu_policy(torch.from_numpy(obs)).logits, -1)[torch.arange(3), torch.from_numpy(actions)]
+    torch.testing.assert_close(torch.from_numpy(logp), want, atol=1e-2, rtol=1e-2)
+    arrays, _ = col.collect()
+    assert arrays["actions"].shape == (cfg.RolloutSteps, 3) and (arrays["behaviour_logp"] <= 0).all()
