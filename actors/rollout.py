@@ -36,7 +36,7 @@ def sample_actions(policy: PolicyNet, obs: np.ndarray, gen: torch.Generator) -> 
     """The actor's policy step: uint8 obs [K, S, H, W] -> (actions [K], their log-probs [K]), on the CPU.
 
     It runs where ``gen`` lives, which is where the policy lives; on the CPU the moves are no-ops."""
-    logp_all = torch.log_softmax(policy(torch.from_numpy(obs).to(gen.device)).logits, -1)
+    logp_all = torch.log_softmax(policy.logits(torch.from_numpy(obs).to(gen.device)), -1)
     a = torch.multinomial(logp_all.exp(), 1, generator=gen)
     return a.squeeze(1).cpu().numpy(), logp_all.gather(1, a).squeeze(1).cpu().numpy()
 

@@ -68,13 +68,21 @@ class PolicyNet(nn.Module):
 
     def features(self, obs: torch.Tensor) -> torch.Tensor:
         """uint8 [B, C, H, W] -> [B, 448]: the convs and the shared fully connected layers."""
-        return self.trunk(obs.float() * (1.0 / 255.0))
+        return self.trunk(obs.float().mul_(1.0 / 255.0))  # in place: one fewer [B, C, H, W] float tensor
+
+    def logits(self, obs: torch.Tensor) -> torch.Tensor:
+        """uint8 [B, C, H, W] -> logits [B, A], the same as ``forward(obs).logits``. What an actor samples
+        from: it skips the value heads, which only the learner needs (8% of the step at a batch of 9)."""
+        return self._policy_head(self.features(obs))
 
     def heads(self, x: torch.Tensor) -> PolicyOutput:
         """[B, 448] -> logits and both values (the learner runs these in fp32 even under bf16 autocast)."""
-        pi = x + torch.relu(self.pi_extra(x))
         v = x + torch.relu(self.v_extra(x))
-        return PolicyOutput(self.pi_head(pi), self.v_ext(v).squeeze(-1), self.v_int(v).squeeze(-1))
+        return PolicyOutput(self._policy_head(x), self.v_ext(v).squeeze(-1), self.v_int(v).squeeze(-1))
+
+    def _policy_head(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, 448] -> logits [B, A]: the residual policy layer and the logits."""
+        return self.pi_head(x + torch.relu(self.pi_extra(x)))
 
 
 class RNDTarget(nn.Module):

@@ -60,6 +60,17 @@ def test_policy_output_shapes(policy):
     assert all(torch.isfinite(x).all() for x in out)
 
 
+def test_actor_logits_are_the_forward_logits(policy):
+    """The actor's value-free path gives exactly the logits of the full forward pass, with a policy far from
+    uniform (the heads' small init would hide a missing residual branch)."""
+    policy = copy.deepcopy(policy)
+    torch.nn.init.normal_(policy.pi_head.weight, std=0.5)
+    torch.nn.init.normal_(policy.pi_extra.weight, std=0.5)
+    obs = torch.randint(0, 256, (5, 4, 84, 84), dtype=torch.uint8)
+    assert torch.equal(policy.logits(obs), policy(obs).logits)
+    assert policy(obs).logits.std() > 0.1
+
+
 def test_policy_batch_of_one(policy):
     out = policy(torch.zeros(1, 4, 84, 84, dtype=torch.uint8))
     assert out.logits.shape == (1, 18) and out.value_ext.shape == (1,) and out.value_int.shape == (1,)
