@@ -123,7 +123,7 @@ def verify(cfg: Config) -> Config:
         raise ConfigError(f"config key learner_precision: must be auto, fp32 or bf16, got {cfg.learner_precision!r}")
     if cfg.wire_compression not in ("none", "zstd", "auto"):
         raise ConfigError(f"config key wire_compression: must be none, zstd or auto, got {cfg.wire_compression!r}")
-    if not re.fullmatch(r"cpu|cuda(:\d+)?", cfg.actor_device):
+    if not re.fullmatch(r"cpu|cuda(:(0|[1-9][0-9]*))?", cfg.actor_device):  # what torch.device accepts
         raise ConfigError(f"config key actor_device: must be cpu, cuda or cuda:N, got {cfg.actor_device!r}")
     if cfg.FrameSkip < 2:
         raise ConfigError("config key FrameSkip: must be >= 2 (the max is taken over the last two frames)")

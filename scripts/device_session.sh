@@ -27,14 +27,14 @@ source scripts/device_env.sh
 timeout -k 10 150 python3 -m pytest -q -m gpu tests >"$work/gpu_tests.log" 2>&1; rc=$?
 pack "gpu tests rc=$rc"; tail -3 "$work/gpu_tests.log"
 if [ $rc -ne 0 ]; then tail -60 "$work/gpu_tests.log"; exit 1; fi
-# the bench may take all but 320 s on a GPU (200 s in a CPU dry run, which has no GPU-actor bench): the GPU-actor
-# bench (150 s at most), the variants (120 s at most) and the learning step decide with what is left
-reserve=$(( ${GPU:-0} >= 0 ? 320 : 200 ))
+# the bench may take all but 280 s on a GPU (200 s in a CPU dry run, which has no GPU-actor bench): the GPU-actor
+# bench (120 s at most), the variants (120 s at most) and the learning step decide with what is left
+reserve=$(( ${GPU:-0} >= 0 ? 280 : 200 ))
 PYTHONUNBUFFERED=1 timeout -s TERM -k 20 $(secs_left_but $reserve) python3 bench.py --config "$config" --actors "$actors" \
   --learner-gpu "${GPU:-0}" --seconds "$secs" --json "$work/bench_gpu.json" 2>&1 | grep -v "Sending Reset" >"$work/bench.log"
 pack "bench"; tail -25 "$work/bench.log"
 if [ "${GPU:-0}" -ge 0 ]; then  # a CPU dry run has no GPU to put the actors' policy on
-  PYTHONUNBUFFERED=1 timeout -s TERM -k 20 $(secs_left_but 170 150) python3 bench.py \
+  PYTHONUNBUFFERED=1 timeout -s TERM -k 20 $(secs_left_but 160 120) python3 bench.py \
     --config "$config" --actors "$actors" --learner-gpu "${GPU:-0}" --seconds "$(( secs * 3 / 4 ))" \
     --skip learner,e2e_sync --json "$work/bench_gpu_actor_cuda.json" actor_device=cuda 2>&1 \
     | grep -v "Sending Reset" >"$work/bench_actor_cuda.log"

@@ -194,6 +194,7 @@ def test_wrong_type_refused(key, value, tmp_path):
     ("FrameSkip", 1), ("ImageHeight", 35), ("ImageWidth", 20), ("wire_compression", "lz4"),
     ("EnvName", "Montezuma Revenge!"), ("EnvName", ""), ("actor_timeout_s", 0.0),
     ("actor_device", "gpu"), ("actor_device", "cuda:"), ("actor_device", "cuda:x"), ("actor_device", " cpu"),
+    ("actor_device", "cuda:01"), ("actor_device", "cuda:\u0661"),
 ])
 def test_out_of_range_refused(key, value):
     refused(from_dict, {key: value}, key=key)

@@ -68,17 +68,24 @@ def test_actor_policy_step_on_cuda(tmp_path: Path) -> None:
     the weights message gives them, and its recorded log-probs are the CPU policy's (within TF32 rounding)."""
     from actors.rollout import build_collector, sample_actions
 
-    cfg = load_config(REPO / "configs" / "smoke.yaml", {"NumWorkers": 3, "actor_device": "cuda"})
+    # episodes cut at 7 steps: the bootstrap value at a time limit (_value_ext) runs on the GPU too
+    cfg = load_config(REPO / "configs" / "smoke.yaml", {"NumWorkers": 3, "actor_device": "cuda:0",
+                                                        "MaxStepsPerEpisode": 7})
     col = build_collector(cfg, 0, 1)
     cpu_policy = copy.deepcopy(col.policy).cpu()
     torch.nn.init.normal_(cpu_policy.pi_head.weight, std=0.5)  # a policy far from uniform
     col.policy.load_state_dict({k: torch.from_numpy(v.numpy().copy()) for k, v in cpu_policy.state_dict().items()})
     assert next(col.policy.parameters()).is_cuda
     obs = col.obs.copy()
+    col.gen.manual_seed(5)
     actions, logp = sample_actions(col.policy, obs, col.gen)
+    col.gen.manual_seed(5)
+    assert (sample_actions(col.policy, obs, col.gen)[0] == actions).all()  # it samples with the collector's gen
     assert actions.dtype.kind == "i" and ((0 <= actions) & (actions < 18)).all()
     with torch.inference_mode():
         want = torch.log_softmax(cpu_policy(torch.from_numpy(obs)).logits, -1)[torch.arange(3), torch.from_numpy(actions)]
     torch.testing.assert_close(torch.from_numpy(logp), want, atol=1e-2, rtol=1e-2)
     arrays, _ = col.collect()
     assert arrays["actions"].shape == (cfg.RolloutSteps, 3) and (arrays["behaviour_logp"] <= 0).all()
+    cut = arrays["truncated"].astype(bool)
+    assert cut.any() and (arrays["trunc_value"][cut] != 0).all()
