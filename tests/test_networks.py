@@ -67,7 +67,7 @@ def test_actor_logits_are_the_forward_logits(policy):
     torch.nn.init.normal_(policy.pi_head.weight, std=0.5)
     torch.nn.init.normal_(policy.pi_extra.weight, std=0.5)
     obs = torch.randint(0, 256, (5, 4, 84, 84), dtype=torch.uint8)
-    x = policy.trunk(obs.float() / 255)  # the paper's policy branch, written out: logits = W(x + relu(W'x))
+    x = policy.trunk(obs.float() * (1.0 / 255.0))  # the paper's policy branch, written out: logits = W(x + relu(W'x))
     want = policy.pi_head(x + torch.relu(policy.pi_extra(x)))
     torch.testing.assert_close(policy.logits(obs), want, rtol=1e-5, atol=1e-5)
     assert torch.equal(policy.logits(obs), policy(obs).logits)
