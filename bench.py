@@ -3,6 +3,7 @@
 
   python bench.py                                        # configs/montezuma.yaml, one actor per spare core
   python bench.py --config configs/smoke.yaml --actors 1 --learner-gpu -1 --seconds 10 --json bench.json
+  python bench.py --actors 15 --learner-gpu 0 actor_device=cuda    # the actors' policy step on the GPU too
 
 All figures are agent steps per second unless named (1 agent step = FrameSkip emulator frames).
 """
