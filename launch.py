@@ -130,10 +130,6 @@ def run_learner(args: argparse.Namespace, cfg: Config, resume: dict | None, loca
     from learner.learner import Learner
 
     device = resolve_device(args.learner_gpu)
-    if local:
-        from actors.rollout import check_actor_device
-
-        check_actor_device(cfg.actor_device)  # before any actor starts: one error line, not N crashed actors
     run_dir = resolve_run_dir(args, cfg)
     make_run_dir(run_dir)
     (run_dir / "config.yaml").write_text(dump_yaml(cfg))
@@ -178,9 +174,6 @@ def run_actors(args: argparse.Namespace, cfg: Config) -> int:
     if not args.learner:
         raise UsageError("--role actors needs --learner tcp://HOST:PORT (the learner's --bind address)")
     check_address(args.learner, "--learner")
-    from actors.rollout import check_actor_device
-
-    check_actor_device(cfg.actor_device)  # before any actor starts: one error line, not N crashed actors
     n = args.actors or default_actors(cfg)
     total = args.total_actors or n
     if args.actor_offset < 0 or args.actor_offset + n > total:
@@ -226,6 +219,10 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.actors is not None and args.actors < 1:
             raise UsageError(f"--actors {args.actors}: must be >= 1")
+        if args.role != "learner":  # this machine starts actors: one error line here, not N crashed actors
+            from actors.rollout import check_actor_device
+
+            check_actor_device(cfg.actor_device)
         if args.role == "actors":
             return run_actors(args, cfg)
         return run_learner(args, cfg, resume, local=args.role == "local")

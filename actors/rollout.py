@@ -33,7 +33,7 @@ def env_split(num_envs: int, num_actors: int, actor_id: int) -> list[int]:
 
 @torch.inference_mode()  # cheaper than no_grad: no version counters, no views tracked
 def sample_actions(policy: PolicyNet, obs: np.ndarray, gen: torch.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """The actor's policy step: uint8 obs [K, S, H, W] -> (actions [K], their log-probs [K]), on the CPU.
+    """The actor's policy step: uint8 obs [K, S, H, W] -> (actions [K], their log-probs [K]) as CPU arrays.
 
     It runs where ``gen`` lives, which is where the policy lives; on the CPU the moves are no-ops."""
     logp_all = torch.log_softmax(policy.logits(torch.from_numpy(obs).to(gen.device)), -1)
@@ -45,11 +45,11 @@ class RolloutCollector:
     """Steps ``envs`` with ``policy``; buffers are preallocated once from ``spec``."""
 
     def __init__(self, envs: list[AtariEnv], stream_ids: list[int], policy: PolicyNet, spec: SegmentSpec,
-                 seed: int = 0, device: str = "cpu"):
+                 seed: int = 0):
         if len(envs) != len(stream_ids):
             raise ValueError("one stream id per env")
         self.envs, self.streams, self.policy, self.spec = envs, list(stream_ids), policy, spec
-        self.gen = torch.Generator(device=device).manual_seed(seed)  # on the policy's device
+        self.gen = torch.Generator(device=next(policy.parameters()).device).manual_seed(seed)  # where the policy is
         self.rng = np.random.default_rng(seed)
         k = len(envs)
         self.buffers = {n: np.zeros(shape, dtype) for n, (dtype, shape) in spec.segment_arrays(k).items()}
@@ -125,7 +125,7 @@ def build_collector(cfg: Config, actor_id: int, num_actors: int, incarnation: in
     envs = [make_env(cfg, seed=seed + s) for s in streams]
     policy = PolicyNet(NUM_ACTIONS, cfg.FrameStack, cfg.ImageHeight, cfg.ImageWidth).eval().to(device)
     spec = SegmentSpec.from_config(cfg, NUM_ACTIONS)
-    return RolloutCollector(envs, streams, policy, spec, seed=seed + 7919 * (actor_id + 1), device=device)
+    return RolloutCollector(envs, streams, policy, spec, seed=seed + 7919 * (actor_id + 1))
 
 
 def check_actor_device(device: str) -> str:
