@@ -16,6 +16,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 config=${CONFIG:-configs/montezuma.yaml}; t0=$(date +%s); budget=${1:-570}; actors=${2:-15}; secs=${3:-20}
+gpu=${GPU:-0}  # -1: a CPU dry run
 final=${OUT:-/tmp/out}; work=/tmp/device_session; rm -rf "$work"; mkdir -p "$work" "$final"
 pack() { tar czf "$final/device_session.tgz" -C "$work" .; echo "[$(( $(date +%s) - t0 )) s] $1"; }
 left() { echo $(( budget - ($(date +%s) - t0) )); }
@@ -34,13 +35,13 @@ if [ $rc -ne 0 ]; then tail -60 "$work/gpu_tests.log"; exit 1; fi
 if [ $actor_rc -ne 0 ]; then tail -40 "$work/gpu_actor_test.log"; fi
 # the bench may take all but 280 s on a GPU (200 s in a CPU dry run, which has no GPU-actor bench): the GPU-actor
 # bench (120 s at most), the variants (120 s at most) and the learning step decide with what is left
-reserve=$(( ${GPU:-0} >= 0 ? 280 : 200 ))
+reserve=$(( gpu >= 0 ? 280 : 200 ))
 PYTHONUNBUFFERED=1 timeout -s TERM -k 20 $(secs_left_but $reserve) python3 bench.py --config "$config" --actors "$actors" \
-  --learner-gpu "${GPU:-0}" --seconds "$secs" --json "$work/bench_gpu.json" 2>&1 | grep -v "Sending Reset" >"$work/bench.log"
+  --learner-gpu "$gpu" --seconds "$secs" --json "$work/bench_gpu.json" 2>&1 | grep -v "Sending Reset" >"$work/bench.log"
 pack "bench"; tail -25 "$work/bench.log"
-if [ "${GPU:-0}" -ge 0 ] && [ $actor_rc -eq 0 ]; then  # a CPU dry run has no GPU to put the actors' policy on
+if [ "$gpu" -ge 0 ] && [ $actor_rc -eq 0 ]; then  # a CPU dry run has no GPU to put the actors' policy on
   PYTHONUNBUFFERED=1 timeout -s TERM -k 20 $(secs_left_but 160 120) python3 bench.py \
-    --config "$config" --actors "$actors" --learner-gpu "${GPU:-0}" --seconds "$(( secs * 3 / 4 ))" \
+    --config "$config" --actors "$actors" --learner-gpu "$gpu" --seconds "$(( secs * 3 / 4 ))" \
     --skip learner,e2e_sync --json "$work/bench_gpu_actor_cuda.json" actor_device=cuda 2>&1 \
     | grep -v "Sending Reset" >"$work/bench_actor_cuda.log"
   pack "bench, actors' policy on the GPU"; tail -16 "$work/bench_actor_cuda.log"
