@@ -72,7 +72,7 @@ class PolicyNet(nn.Module):
 
     def logits(self, obs: torch.Tensor) -> torch.Tensor:
         """uint8 [B, C, H, W] -> logits [B, A], the same as ``forward(obs).logits``. What an actor samples
-        from: it skips the value heads, which only the learner needs (8% of the step at a batch of 9)."""
+        from: it skips the value heads, which only the learner needs (6% of the step at a batch of 9)."""
         return self._policy_head(self.features(obs))
 
     def heads(self, x: torch.Tensor) -> PolicyOutput:
