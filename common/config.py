@@ -73,7 +73,8 @@ class Config:
                                        "address is loopback or ipc).")
     actor_timeout_s: float = _f(60.0, "An actor that hears nothing from its learner this long exits.")
     learner_precision: str = _f("auto", "Policy network math on the learner: fp32, bf16 (autocast), or auto "
-                                        "(bf16 on CUDA, fp32 on CPU). The RND networks always run in fp32.")
+                                        "(bf16 on CUDA, fp32 on CPU). The RND networks always run in fp32 (on CUDA with "
+                                        "TF32 matmuls and convolutions).")
     learner_compile: bool = _f(False, "torch.compile the learner's networks (slow first update, faster after).")
     actor_device: str = _f("cpu", "Where actors run their policy step: cpu, or cuda / cuda:N when the actors' "
                                   "machine has a GPU (the envs always step on the CPU).")
