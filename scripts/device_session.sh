@@ -46,7 +46,7 @@ if [ "$gpu" -ge 0 ] && [ $actor_rc -eq 0 ]; then  # a CPU dry run has no GPU to 
     | grep -v "Sending Reset" >"$work/bench_actor_cuda.log"
   pack "bench, actors' policy on the GPU"; tail -16 "$work/bench_actor_cuda.log"
 fi
-PYTHONUNBUFFERED=1 timeout -s TERM -k 10 $(secs_left_but 40 120) python3 scripts/profile/learner_variants.py --config "$config" --seconds 8 \
+PYTHONUNBUFFERED=1 timeout -s TERM -k 10 $(secs_left_but 40 120) python3 scripts/profile/learner_variants.py --config "$config" --seconds 6 \
   --json "$work/learner_variants.json" >"$work/learner_variants.log" 2>&1
 pack "learner variants"; tail -4 "$work/learner_variants.log"
 minutes=$(python3 -c "print(round(($(left) - 60) / 60, 2))")
