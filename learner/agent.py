@@ -71,7 +71,7 @@ class RNDAgent:
         self.amp_dtype = amp_dtype(cfg.learner_precision, self.device)
         # TF32 for the fp32 parts (the heads, RND): inputs rounded to 10 mantissa bits, fp32 accumulation.
         # Emulated, it moved RND's per-frame error by at most 0.43% and kept the frames' novelty ranking
-        # (Spearman 1.00000) with the predictor's error down 139-fold; bf16 moved it 8-12x as much
+        # (Spearman 1.00000) with the predictor's error down 139-fold; bf16 moved it 5-12x as much
         # (scripts/profile/tf32_rnd.py, docs/benchmarks.md). cuDNN picks the fastest conv algorithms.
         if self.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True
