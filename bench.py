@@ -77,19 +77,27 @@ def bench_ale(cfg: Config, seconds: float) -> float:
     return steps / (time.perf_counter() - t0)
 
 
+def policy_step_inputs(cfg: Config, batch: int, device: str = "cpu"):
+    """A fresh actor policy (eval mode, on ``device``) and a fixed random uint8 obs batch [batch, S, H, W]
+    (seed 0): what every policy-step measurement feeds it (bench_infer, scripts/profile/)."""
+    from common.networks import NUM_ACTIONS, PolicyNet
+
+    policy = PolicyNet(NUM_ACTIONS, cfg.FrameStack, cfg.ImageHeight, cfg.ImageWidth).eval().to(device)
+    obs = np.random.default_rng(0).integers(0, 255, (batch, cfg.FrameStack, cfg.ImageHeight, cfg.ImageWidth),
+                                            dtype=np.uint8)
+    return policy, obs
+
+
 def bench_infer(cfg: Config, batch: int, seconds: float) -> float:
     """The actor's own policy step (forward + sampling) at the actor's batch size, on one CPU thread and on
     ``actor_device`` (a GPU's figure includes the copies to and from it)."""
     from actors.rollout import check_actor_device, sample_actions
-    from common.networks import NUM_ACTIONS, PolicyNet
 
     device = check_actor_device(cfg.actor_device)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        policy = PolicyNet(NUM_ACTIONS, cfg.FrameStack, cfg.ImageHeight, cfg.ImageWidth).eval().to(device)
-        obs = np.random.default_rng(0).integers(0, 255, (batch, cfg.FrameStack, cfg.ImageHeight, cfg.ImageWidth),
-                                                dtype=np.uint8)
+        policy, obs = policy_step_inputs(cfg, batch, device)
         gen = torch.Generator(device=device).manual_seed(0)
         sample_actions(policy, obs, gen)  # a GPU's first call pays for its kernels' set-up
         n, t0 = 0, time.perf_counter()

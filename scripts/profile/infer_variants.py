@@ -7,6 +7,8 @@ import sys, time
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[2]))
 import torch, numpy as np
 torch.set_num_threads(1)
+from bench import policy_step_inputs
+from common.config import load_config
 from common.networks import PolicyNet
 from actors.rollout import sample_actions
 def rate(fn, obs, secs=2.0):
@@ -15,8 +17,7 @@ def rate(fn, obs, secs=2.0):
         fn(obs); n += obs.shape[0]
     return n/(time.perf_counter()-t0)
 for K in (4, 8, 16):
-    net = PolicyNet(18).eval()
-    obs = np.random.default_rng(0).integers(0,255,(K,4,84,84),dtype=np.uint8)
+    net, obs = policy_step_inputs(load_config(None), K)  # the paper's shapes, as bench.py's policy step
     g = torch.Generator().manual_seed(0)
     base = lambda o: sample_actions(net, o, g)
     net_cl = PolicyNet(18).eval().to(memory_format=torch.channels_last)

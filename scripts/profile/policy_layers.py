@@ -8,10 +8,11 @@ import sys, time
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[2]))
 import torch, numpy as np
 torch.set_num_threads(1)
-from common.networks import PolicyNet
+from bench import policy_step_inputs
+from common.config import load_config
 K = 9
-net = PolicyNet(18).eval()
-obs = torch.from_numpy(np.random.default_rng(0).integers(0, 255, (K, 4, 84, 84), dtype=np.uint8))
+net, obs = policy_step_inputs(load_config(None), K)  # the paper's shapes, as bench.py's policy step
+obs = torch.from_numpy(obs)
 
 def us(f, secs=0.4):
     f(); n, t0 = 0, time.perf_counter()
