@@ -110,8 +110,8 @@ class Learner:
         state = self.agent.policy.state_dict()
         # a snapshot: the I/O thread sends it later, while the next update changes the parameters
         arrays = {k: v.detach().to("cpu", torch.float32, copy=True).numpy() for k, v in state.items()}
-        meta = {"version": self.version, "warmup_steps": 0 if self.obs_rms_ready else self.cfg.NumInitSteps,
-                "shape_keys": shape_keys(self.cfg), **self.flow_meta()}
+        meta = {**self.flow_meta(), "warmup_steps": 0 if self.obs_rms_ready else self.cfg.NumInitSteps,
+                "shape_keys": shape_keys(self.cfg)}
         self.io.publish_weights(self.version, encode("weights", meta, arrays))
 
     def stop_actors(self) -> None:
@@ -148,10 +148,18 @@ class Learner:
                     runs.pop(next(iter(runs)))
 
     def flow_meta(self) -> dict:
-        """What actors need for their lag bound: this learner's run id and the retired seqs."""
+        """What actors need for their lag bound: this learner's run id, the retired seqs, and the
+        version they go with (the meta of every heartbeat; weights messages add their own fields).
+
+        The version is read with the retirements: a segment is retired after the update that consumed
+        it has moved the version on (``step_on_batch``), so a heartbeat that reports the retirement
+        also carries the new version, and an actor counts it only once it holds those weights. With
+        the last published version instead, a heartbeat sent between an update and its weights let an
+        actor start a segment with the old weights, one update too stale to be used."""
         with self._counter_lock:
             retired = [[a, r, q] for a, runs in self.retired.items() for r, q in runs.items()]
-        return {"learner_run": self.run_id, "retired": retired}
+            version = self.version
+        return {"version": version, "learner_run": self.run_id, "retired": retired}
 
     def accept_warmup(self, m: WarmupMoments) -> None:
         self.agent.obs_rms.update_from_moments(m.mean.to(self.agent.device), m.var.to(self.agent.device), m.count)
@@ -194,7 +202,7 @@ class Learner:
         self.counters["update"] += 1
         self.counters["agent_steps"] += batch.T * batch.B
         self._in_update = False
-        self.retire(segments)
+        self.retire(segments)  # after the version moved on: see flow_meta
         self._record_episodes(segments)
         return self._row(metrics, segments)
 

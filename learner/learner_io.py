@@ -79,7 +79,7 @@ class LearnerIO:
     def __init__(self, sock: zmq.Socket | None, pub: zmq.Socket | None, spec: SegmentSpec, num_envs: int,
                  frame_stack: int, max_lag: int, pin: bool, on_reject: Callable[[WireError], None],
                  on_stale: Callable[[list[Segment]], None], version: int = 0,
-                 heartbeat_meta: Callable[[], dict] = dict):
+                 heartbeat_meta: Callable[[], dict] | None = None):
         self.sock, self.pub = sock, pub
         self.spec, self.num_envs, self.frame_stack, self.max_lag = spec, num_envs, frame_stack, max_lag
         self.pin, self.on_reject, self.on_stale, self.heartbeat_meta = pin, on_reject, on_stale, heartbeat_meta
@@ -140,9 +140,14 @@ class LearnerIO:
         if self._weights is not None and now - self._last_weights > RESEND_WEIGHTS_S:
             self.pub.send_multipart(self._weights, copy=False)
             self._last_send = self._last_weights = now
-        if now - self._last_send > HEARTBEAT_S:
-            self.pub.send_multipart(encode("heartbeat", {"version": self._version, **self.heartbeat_meta()}, {}))
+        if self.heartbeat_meta is not None and now - self._last_send > HEARTBEAT_S:
+            self.pub.send_multipart(self.heartbeat_frames())
             self._last_send = now
+
+    def heartbeat_frames(self) -> list[bytes]:
+        """A heartbeat: the learner's ``heartbeat_meta()`` (version, learner_run, retired), read at
+        once. Not this thread's ``_version``: see ``Learner.flow_meta`` for why."""
+        return encode("heartbeat", self.heartbeat_meta(), {})
 
     def _drain(self) -> None:
         while True:
