@@ -91,15 +91,14 @@ def test_a_heartbeat_between_an_update_and_its_weights_keeps_the_lag_bound(tmp_p
     the old weights then started a segment with them, which arrived one update too stale and was
     dropped (1 segment of 1,000 in a 2M-step run of configs/montezuma_cpu_check.yaml)."""
     from actors.actor import WeightsReceiver
-    from tests.test_robustness import FakeSub
+    from tests.test_robustness import FakeSub, _weights
 
     cfg = small_cfg(max_policy_lag=1, NumWorkers=1)
     runner = SerialRunner(cfg, tmp_path, num_actors=1)
     learner, (_, col) = runner.learner, runner.collectors[0]
 
     def weights() -> list[bytes]:  # what publish_weights sends, without the I/O thread
-        arrays = {k: v.numpy() for k, v in learner.agent.policy.state_dict().items()}
-        return encode("weights", {**learner.flow_meta(), "warmup_steps": 0}, arrays)
+        return _weights(learner.agent.policy, **learner.flow_meta())
 
     rx = WeightsReceiver(FakeSub(), col.policy, timeout_s=60, actor_id=0, run_id=0)
     rx.sock.queue.append(weights())
