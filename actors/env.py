@@ -4,22 +4,35 @@ Machado et al. 2018 settings: sticky actions at the frame level (ALE's repeat_ac
 frame skip with the max over the last two frames, grayscale resized to 84x84 with INTER_AREA, a stack
 of the newest frames, the full 18-action set, no life-loss episodes, and an episode cap that is a
 *truncation* (``truncated=True``), not a game over.
-Env-specific facts stay here: Montezuma's current room is RAM byte 3 and travels as generic
-episode stats (``info["episode"]["rooms"]``); games without a known room address have none.
+Env-specific facts stay here: Montezuma's RAM holds the current room (byte 3), the player's x and
+y (bytes 42 and 43) and the level (byte 57), as Go-Explore reads them. They travel as generic
+episode stats: ``rooms`` (the rooms entered) and ``cells`` ([cell id, agent steps spent there] of
+each exploration cell, ``common/cells.py``); games without known addresses have neither.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import cv2
 import gymnasium as gym
 import numpy as np
 from ale_py import ALEInterface, LoggerMode, roms
 
+from common.cells import cell_id
 from common.config import Config, rom_name
 
-# RAM address of the current room, per game; games not listed simply report no rooms.
-ROOM_RAM_ADDRESS = {"montezuma_revenge": 3}
+
+class RamLayout(NamedTuple):
+    """RAM addresses of where the player is."""
+
+    room: int
+    x: int
+    y: int
+    level: int
+
+
+# per game; games not listed report no rooms and no cells
+RAM_LAYOUT = {"montezuma_revenge": RamLayout(room=3, x=42, y=43, level=57)}
 
 ALEInterface.setLoggerMode(LoggerMode.Error)
 
@@ -48,12 +61,13 @@ class AtariEnv(gym.Env):
         self._raw = np.zeros((2, sh, sw), dtype=np.uint8)
         self._max = np.zeros((sh, sw), dtype=np.uint8)
         self.stack = np.zeros((frame_stack, height, width), dtype=np.uint8)
-        self.room_address = ROOM_RAM_ADDRESS.get(game)
+        self.layout = RAM_LAYOUT.get(game)
         self.observation_space = gym.spaces.Box(0, 255, self.stack.shape, np.uint8)
         self.action_space = gym.spaces.Discrete(len(self.action_set))
         self._steps = 0
         self._return = 0.0
         self._rooms: set[int] = set()
+        self._cells: dict[int, int] = {}  # cell id -> agent steps of this episode that ended there
 
     # -- gymnasium API ---------------------------------------------------
     def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
@@ -65,7 +79,7 @@ class AtariEnv(gym.Env):
         self._raw[1] = self._raw[0]
         self.stack[:] = self._frame()
         self._steps, self._return = 0, 0.0
-        self._rooms = set()
+        self._rooms, self._cells = set(), {}
         return self.stack.copy(), self._info()
 
     def step(self, action: int) -> tuple[np.ndarray, float, bool, bool, dict]:
@@ -84,8 +98,8 @@ class AtariEnv(gym.Env):
         truncated = not terminated and self._steps >= self.max_episode_steps
         self.stack[:-1] = self.stack[1:]
         self.stack[-1] = self._frame()
-        if self.room_address is not None:
-            self._rooms.add(int(self.ale.getRAM()[self.room_address]))
+        if self.layout is not None:
+            self._note_position()
         return reward, terminated, truncated
 
     def render(self) -> np.ndarray:
@@ -115,8 +129,22 @@ class AtariEnv(gym.Env):
         np.maximum(self._raw[0], self._raw[1], out=self._max)
         return cv2.resize(self._max, self.size, interpolation=cv2.INTER_AREA)
 
+    def _note_position(self) -> None:
+        ram = self.ale.getRAM()
+        self._rooms.add(int(ram[self.layout.room]))
+        cid = self._cell(ram)
+        self._cells[cid] = self._cells.get(cid, 0) + 1
+
+    def _cell(self, ram: np.ndarray) -> int:
+        lay = self.layout
+        return cell_id(int(ram[lay.level]), int(ram[lay.room]), int(ram[lay.x]), int(ram[lay.y]))
+
     def current_room(self) -> int | None:
-        return None if self.room_address is None else int(self.ale.getRAM()[self.room_address])
+        return None if self.layout is None else int(self.ale.getRAM()[self.layout.room])
+
+    def current_cell(self) -> int | None:
+        """The cell id of the player's position now, or None for a game without a known layout."""
+        return None if self.layout is None else self._cell(self.ale.getRAM())
 
     def _info(self) -> dict[str, Any]:
         room = self.current_room()
@@ -126,10 +154,13 @@ class AtariEnv(gym.Env):
         return {"room": room, "rooms": self._rooms}
 
     def episode_stats(self) -> dict[str, Any]:
-        """Generic stats of the episode so far: return (raw score), length, and env-specific extras."""
+        """Generic stats of the episode so far: return (raw score), length, and env-specific extras:
+        ``rooms`` (sorted room numbers) and ``cells`` (sorted [cell id, steps] pairs; the steps add up
+        to the length, as each agent step counts the cell it ended in)."""
         stats: dict[str, Any] = {"return": float(self._return), "length": int(self._steps)}
-        if self.room_address is not None:
+        if self.layout is not None:
             stats["rooms"] = sorted(self._rooms)
+            stats["cells"] = [[c, n] for c, n in sorted(self._cells.items())]
         return stats
 
 

@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from common.cells import MAX_CELL, MAX_EPISODE_CELLS
+
 PROTOCOL_VERSION = 1
 KINDS = ("segment", "warmup", "weights", "heartbeat", "stop")
 MAX_HEADER_BYTES = 1 << 20
@@ -273,6 +275,17 @@ def _check_episodes(eps: Any, streams: set[int], t_max: int) -> None:
         rooms = e.get("rooms", [])
         _require(isinstance(rooms, list) and len(rooms) <= 256 and all(_is_int(x) for x in rooms),
                  "bad episode rooms")
+        _check_cells(e.get("cells", []), ln)
+
+
+def _check_cells(cells: Any, length: int) -> None:
+    """[[cell id, steps], ...]: at most MAX_EPISODE_CELLS, ids increasing, steps adding up to the length."""
+    _require(isinstance(cells, list), "episode cells is not a list")
+    _require(len(cells) <= MAX_EPISODE_CELLS, f"episode lists {len(cells)} cells, more than {MAX_EPISODE_CELLS}")
+    _require(all(isinstance(c, list) and len(c) == 2 and _is_int(c[0]) and 0 <= c[0] <= MAX_CELL
+                 and _is_int(c[1]) and c[1] > 0 for c in cells), "episode cells are not [cell id, steps] pairs")
+    _require(all(a[0] < b[0] for a, b in zip(cells, cells[1:])), "episode cell ids are not increasing")
+    _require(not cells or sum(c[1] for c in cells) == length, "episode cell steps do not add up to its length")
 
 
 def validate_warmup(msg: Message, spec: SegmentSpec) -> None:

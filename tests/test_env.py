@@ -1,4 +1,4 @@
-"""actors/env.py: the ALE env (frame skip + max, 84x84 INTER_AREA gray, stack, sticky actions, caps, rooms)."""
+"""actors/env.py: the ALE env (frame skip + max, 84x84 INTER_AREA gray, stack, sticky actions, caps, rooms, cells)."""
 from __future__ import annotations
 
 import cv2
@@ -7,6 +7,7 @@ import pytest
 from ale_py import ALEInterface, roms
 
 from actors.env import AtariEnv, make_env
+from common.cells import CELL_BUCKET, MAX_CELL, cell_id, cell_parts
 from common.config import Config
 
 GAME = "montezuma_revenge"
@@ -305,3 +306,53 @@ def test_advance_updates_stack_in_place_like_step():
             a_env.reset()
             b_env.reset()
     assert seen_trunc
+
+
+def _cell_from_ram(ram: np.ndarray) -> tuple[int, int, int, int]:
+    """(level, room, x bucket, y bucket) written out from Montezuma's RAM bytes 57, 3, 42, 43."""
+    return int(ram[57]), int(ram[3]), int(ram[42]) // 8, int(ram[43]) // 8
+
+
+def test_cells_from_ram_after_climbing_down_the_first_ladder():
+    env = AtariEnv(GAME, seed=0, sticky_prob=0.0, max_episode_steps=12)
+    env.reset()
+    assert _cell_from_ram(env.ale.getRAM()) == (0, 1, 77 // 8, 235 // 8)  # the start, on the top platform
+    expected: dict[tuple, int] = {}
+    xs, ys = [], []
+    for a in [0] * 5 + [5] * 7:  # stand, then DOWN: the ladder below the start
+        *_, trunc, info = env.step(a)
+        ram = env.ale.getRAM()
+        xs.append(int(ram[42]))
+        ys.append(int(ram[43]))
+        key = _cell_from_ram(ram)
+        expected[key] = expected.get(key, 0) + 1
+    assert trunc
+    assert xs == [77] * 12  # on the ladder x stays put ...
+    assert ys[:5] == [235] * 5 and all(b < a for a, b in zip(ys[4:], ys[5:]))  # ... while y falls
+    cells = info["episode"]["cells"]
+    got = {tuple(cell_parts(c)): n for c, n in cells}
+    assert got == expected
+    assert got[(0, 1, 9, 29)] == 5
+    assert {k[3] for k in got} >= {29, 27, 26, 25}  # four y buckets down the ladder
+    assert sum(n for _, n in cells) == info["episode"]["length"] == 12
+    assert [c for c, _ in cells] == sorted(c for c, _ in cells)
+
+
+def test_cells_reset_between_episodes():
+    env = AtariEnv(GAME, seed=0, sticky_prob=0.0, max_episode_steps=4)
+    env.reset()
+    for a in [5, 5, 5, 5]:
+        *_, info = env.step(a)
+    first = info["episode"]["cells"]
+    env.reset()
+    for _ in range(4):
+        *_, info = env.step(0)
+    assert info["episode"]["cells"] == [[cell_id(0, 1, 77, 235), 4]]
+    assert first != info["episode"]["cells"]
+
+
+def test_cell_ids_round_trip():
+    for level, room, x, y in [(0, 1, 77, 235), (2, 23, 0, 255), (255, 255, 255, 255), (0, 0, 0, 0)]:
+        c = cell_parts(cell_id(level, room, x, y))
+        assert c == (level, room, x // CELL_BUCKET, y // CELL_BUCKET)
+        assert 0 <= cell_id(level, room, x, y) <= MAX_CELL

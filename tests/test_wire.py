@@ -11,6 +11,7 @@ import pytest
 import zstandard
 
 from common import wire
+from common.cells import MAX_CELL, MAX_EPISODE_CELLS
 from common.networks import PolicyNet, policy_param_spec
 from common.wire import (MAX_HEADER_BYTES, PROTOCOL_VERSION, SegmentSpec, WireError, decode, encode, validate_segment,
                          validate_warmup, validate_weights)
@@ -560,6 +561,19 @@ BAD_EPISODES = {
     "rooms-null": [dict(GOOD_EP, rooms=None)],
     "rooms-too-many": [dict(GOOD_EP, rooms=list(range(257)))],
     "second-record-bad": [dict(GOOD_EP), dict(GOOD_EP, t=99)],
+    "cells-not-list": [dict(GOOD_EP, cells={"5": 37})],
+    "cells-not-pairs": [dict(GOOD_EP, cells=[[5, 30, 1], [6, 7]])],
+    "cells-id-negative": [dict(GOOD_EP, cells=[[-1, 37]])],
+    "cells-id-too-big": [dict(GOOD_EP, cells=[[MAX_CELL + 1, 37]])],
+    "cells-id-string": [dict(GOOD_EP, cells=[["5", 37]])],
+    "cells-steps-zero": [dict(GOOD_EP, cells=[[5, 37], [6, 0]])],
+    "cells-steps-float": [dict(GOOD_EP, cells=[[5, 37.0]])],
+    "cells-steps-bool": [dict(GOOD_EP, cells=[[5, True], [6, 36]])],
+    "cells-repeat": [dict(GOOD_EP, cells=[[5, 30], [5, 7]])],
+    "cells-unsorted": [dict(GOOD_EP, cells=[[6, 30], [5, 7]])],
+    "cells-steps-exceed-length": [dict(GOOD_EP, cells=[[5, 30], [6, 8]])],
+    "cells-too-many": [dict(GOOD_EP, length=MAX_EPISODE_CELLS + 1,
+                            cells=[[c, 1] for c in range(MAX_EPISODE_CELLS + 1)])],
 }
 
 
@@ -586,7 +600,9 @@ def test_bools_in_episode_records_refused(field, value):
 
 def test_good_episode_records_pass():
     eps = [dict(GOOD_EP), {"stream": 7, "t": 0, "return": -3, "length": 1}, dict(GOOD_EP, t=SPEC.rollout_steps - 1),
-           dict(GOOD_EP, rooms=list(range(256)))]
+           dict(GOOD_EP, rooms=list(range(256))), dict(GOOD_EP, cells=[[0, 1], [5, 30], [MAX_CELL, 6]]),
+           dict(GOOD_EP, cells=[]), dict(GOOD_EP, length=MAX_EPISODE_CELLS,
+                                         cells=[[c, 1] for c in range(MAX_EPISODE_CELLS)])]
     check_segment(segment_frames(meta=segment_meta(episodes=eps)))
 
 
