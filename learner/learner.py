@@ -1,7 +1,8 @@
 """The learner process: PULL segments -> validate -> batch -> update -> PUB weights; logs, checkpoints.
 
 It owns all learning state (networks, optimizer, normalisers, per-stream reward filters), so one
-checkpoint resumes everything. Game-specific facts never appear here: rooms arrive as episode stats.
+checkpoint resumes everything. Game-specific facts never appear here: rooms and exploration cells
+arrive as episode stats and are counted run-wide (``learner/exploration.py``).
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from learner.agent import RNDAgent
 from learner.batch import Batch, Segment, assemble
 from learner.learner_io import LearnerIO, WarmupMoments, route_message
 from learner.checkpoint import save_checkpoint
+from learner.exploration import ExplorationStats
 from learner.logs import RunLogger
 
 log = logging.getLogger("learner")
@@ -61,8 +63,8 @@ class Learner:
         self.counters: dict[str, int] = {"update": 0, "agent_steps": 0, "rejected_messages": 0,
                                          "dropped_stale_segments": 0, "episodes": 0, "warmup_frames": 0}
         self.obs_rms_ready = cfg.NumInitSteps == 0
-        self.rooms_seen: set[int] = set()
-        self.recent: deque[tuple[float, int, int]] = deque(maxlen=100)  # (return, length, rooms) of episodes
+        self.exploration = ExplorationStats()
+        self.recent: deque[tuple[float, int, int, int]] = deque(maxlen=100)  # (return, length, rooms, cells)
         self.rejected_by_reason: Counter[str] = Counter()
         self._counter_lock = threading.Lock()
         self.run_id = secrets.randbits(62)  # a new id per learner process: actors then forget old flow state
@@ -210,10 +212,12 @@ class Learner:
         records = []
         for seg in segments:
             for e in seg.episodes:
-                rooms = e.get("rooms")
-                self.rooms_seen.update(rooms or [])
-                self.recent.append((float(e["return"]), int(e["length"]), len(rooms or [])))
-                records.append({**e, "update": self.version, "agent_steps": self.counters["agent_steps"],
+                rooms, cells = self.exploration.add_episode(e)
+                self.recent.append((float(e["return"]), int(e["length"]), rooms, cells))
+                record = {k: v for k, v in e.items() if k != "cells"}  # the run-wide counts keep the cells
+                if "cells" in e:
+                    record["cells_visited"] = cells
+                records.append({**record, "update": self.version, "agent_steps": self.counters["agent_steps"],
                                 "actor": seg.actor, "policy_version": seg.version})
         self.counters["episodes"] += len(records)
         self.logger.log_episodes(records)
@@ -225,14 +229,16 @@ class Learner:
         (t0, s0), (t1, s1) = self._step_times[0], self._step_times[-1]
         sps = (s1 - s0) / (t1 - t0) if t1 > t0 else float("nan")
         split = self.timings.split()
-        recent = np.array(self.recent, dtype=np.float64).reshape(-1, 3)
+        recent = np.array(self.recent, dtype=np.float64).reshape(-1, 4)
         nan = float("nan")
         row = {"update": self.version, "agent_steps": self.counters["agent_steps"],
                "frames": self.counters["agent_steps"] * self.cfg.FrameSkip, "time_s": self.elapsed_s(),
                "episode_return_mean": recent[:, 0].mean() if len(recent) else nan,
                "episode_length_mean": recent[:, 1].mean() if len(recent) else nan,
                "rooms_per_episode_mean": recent[:, 2].mean() if len(recent) else nan,
-               "episodes": self.counters["episodes"], "rooms_visited_total": len(self.rooms_seen),
+               "cells_per_episode_mean": recent[:, 3].mean() if len(recent) else nan,
+               "episodes": self.counters["episodes"], "rooms_visited_total": self.exploration.rooms_visited,
+               "cells_visited_total": self.exploration.cells_visited,
                "obs_rms_mean": float(self.agent.obs_rms.mean.mean()),
                "policy_lag_mean": float(np.mean(lags)), "policy_lag_max": int(max(lags)),  # lag at consumption
                "steps_per_second": sps, "wait_data_s": split.get("wait_data", 0.0),
@@ -285,7 +291,8 @@ class Learner:
 
     def state(self) -> dict[str, Any]:
         return {"config": self.cfg.to_dict(), "agent": self.agent.state_dict(), "counters": dict(self.counters),
-                "obs_rms_ready": self.obs_rms_ready, "rooms_seen": sorted(self.rooms_seen),
+                "obs_rms_ready": self.obs_rms_ready, "rooms_seen": sorted(self.exploration.room_episodes),
+                "exploration": self.exploration.state(),
                 "recent_episodes": [list(r) for r in self.recent], "elapsed_s": self.elapsed_s(),
                 "actor_restarts": self.actor_restarts()}
 
@@ -293,8 +300,12 @@ class Learner:
         self.agent.load_state_dict(data["agent"])
         self.counters.update({k: int(v) for k, v in data["counters"].items()})
         self.obs_rms_ready = bool(data["obs_rms_ready"])
-        self.rooms_seen = set(int(r) for r in data["rooms_seen"])
-        self.recent.extend((float(a), int(b), int(c)) for a, b, c in data["recent_episodes"])
+        if "exploration" in data:
+            self.exploration.load(data["exploration"])
+        else:
+            self.exploration.load_rooms(data["rooms_seen"])
+        self.recent.extend((float(r[0]), int(r[1]), int(r[2]), int(r[3]) if len(r) > 3 else 0)
+                           for r in data["recent_episodes"])
         self.elapsed_before = float(data.get("elapsed_s", 0.0))
         self.restarts_before = int(data.get("actor_restarts", 0))
 
@@ -302,6 +313,8 @@ class Learner:
         """Checkpoint now, unless this very update was just saved."""
         if self._saved_version != self.version:
             self._saved_path = save_checkpoint(self.run_dir, self.state(), self.version, self.cfg.keep_checkpoints)
+            self.exploration.write_json(self.run_dir / "exploration.json", self.version,
+                                        self.counters["agent_steps"], self.counters["episodes"])
             self._saved_version = self.version
         return self._saved_path
 

@@ -18,7 +18,7 @@ METRICS: dict[str, str] = {
     "update": "charts", "agent_steps": "charts", "frames": "charts", "time_s": "perf",
     "ext_reward_per_rollout": "charts", "int_reward_per_rollout": "charts", "episode_return_mean": "charts",
     "episode_length_mean": "charts", "episodes": "charts", "rooms_visited_total": "charts",
-    "rooms_per_episode_mean": "charts",
+    "rooms_per_episode_mean": "charts", "cells_visited_total": "charts", "cells_per_episode_mean": "charts",
     "policy_loss": "losses", "value_loss": "losses", "entropy": "losses", "rnd_loss": "losses",
     "approx_kl": "losses", "clip_fraction": "losses", "explained_var_ext": "losses", "explained_var_int": "losses",
     "grad_norm": "losses",
@@ -103,7 +103,8 @@ class RunLogger:
         ret = row.get("episode_return_mean", float("nan"))
         line = (f"update {row['update']:>6} | steps {row['agent_steps']:>12,}/{total_steps:,} | "
                 f"{row['steps_per_second']:>8,.0f} steps/s | return {ret:8.1f} | "
-                f"rooms {row['rooms_visited_total']:>3} | lag {row['policy_lag_mean']:.2f}")
+                f"rooms {row['rooms_visited_total']:>3} | cells {row.get('cells_visited_total', 0):>4} | "
+                f"lag {row['policy_lag_mean']:.2f}")
         print("\r" + line if self._tty else line, end="" if self._tty else "\n", flush=True)
 
     def close(self) -> None:
