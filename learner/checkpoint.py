@@ -1,6 +1,7 @@
 """Checkpoints: atomic writes (temp file + rename) into RUN_DIR/checkpoints/, latest.pt always the newest.
 
-A checkpoint is a dict of tensors and plain Python values, loaded with ``weights_only=True``.
+A checkpoint is a dict of tensors and plain Python values, loaded with ``weights_only=True``, and
+only under a torch whose ``weights_only`` loader has no known holes (MIN_TORCH).
 """
 from __future__ import annotations
 
@@ -16,6 +17,9 @@ FORMAT = "fast-rnd-checkpoint"
 FORMAT_VERSION = 1
 ZIP_MAGIC = b"PK\x03\x04"  # torch.save writes a zip archive
 _NUMBERED = re.compile(r"^ckpt_(\d+)\.pt$")
+# torch.load(weights_only=True) could run code or corrupt memory on crafted files before 2.6
+# (CVE-2025-32434) and before 2.10 (CVE-2026-24747); checkpoints come from other people's runs.
+MIN_TORCH = (2, 10)
 
 
 class CheckpointError(ValueError):
@@ -67,8 +71,18 @@ def resolve_checkpoint(path: str | Path) -> Path:
     raise CheckpointError(f"no checkpoint at {path} (looked for the file, checkpoints/latest.pt, latest.pt)")
 
 
+def check_torch_version(version: str) -> None:
+    """Refuse to unpickle anything under a torch older than MIN_TORCH (or one whose version is unreadable)."""
+    m = re.match(r"^(\d+)\.(\d+)", version)
+    if m is None or (int(m[1]), int(m[2])) < MIN_TORCH:
+        floor = ".".join(map(str, MIN_TORCH))
+        raise CheckpointError(f"torch {version} is older than {floor}: its weights_only loader can run code from a "
+                              f"crafted checkpoint (CVE-2025-32434, CVE-2026-24747); install torch>={floor}")
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load and check a checkpoint; a truncated, foreign or unsafe file raises CheckpointError."""
+    check_torch_version(str(torch.__version__))
     file = resolve_checkpoint(path)
     with open(file, "rb") as f:
         if f.read(4) != ZIP_MAGIC:

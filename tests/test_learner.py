@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def small_cfg(**kw):
     base = {"NumWorkers": 2, "RolloutSteps": 8, "NumInitSteps": 4, "BatchSize": 8, "EpochSteps": 2,
-            "MaxStepsPerEpisode": 10, "ImageHeight": 42, "ImageWidth": 42, "NumEpochs": 100}
+            "MaxStepsPerEpisode": 10, "ImageHeight": 44, "ImageWidth": 44, "NumEpochs": 100}
     base.update(kw)
     return load_config(REPO / "configs" / "smoke.yaml", base)
 
@@ -225,3 +225,19 @@ def test_compiled_learner_matches_eager(tmp_path: Path) -> None:
         agent.update(assemble(copy.deepcopy(segments), cfg.FrameStack))  # backward through the compiled graph
     for a, b in zip(out[False], out[True]):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+def test_checkpoints_refused_under_a_torch_below_the_floor(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """weights_only loading had code-execution holes before torch 2.10: an older torch loads nothing."""
+    from learner.checkpoint import CheckpointError, check_torch_version
+
+    save_checkpoint(tmp_path, {"config": {}, "agent": {}, "counters": {"update": 1}}, 1, keep=1)
+    assert load_checkpoint(tmp_path)["counters"]["update"] == 1
+    for ok in ("2.10.0", "2.11.0+cu128", "2.13.0+cpu", "3.0.0"):
+        check_torch_version(ok)
+    monkeypatch.setattr(torch, "__version__", "2.9.1+cpu")
+    with pytest.raises(CheckpointError, match=r"torch 2\.9\.1\+cpu is older than 2\.10.*CVE-2026-24747"):
+        load_checkpoint(tmp_path)
+    for old in ("2.5.1", "1.13.1", "nightly"):
+        with pytest.raises(CheckpointError, match="torch>=2.10"):
+            check_torch_version(old)
