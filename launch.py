@@ -3,8 +3,9 @@
 
   python launch.py                                   # configs/montezuma.yaml, GPU 0 if any, 1 actor per spare core
   python launch.py --config configs/smoke.yaml --actors 2 --learner-gpu -1
-  python launch.py --role learner --bind tcp://0.0.0.0:5555 --learner-gpu 0      # server A
-  python launch.py --role actors --learner tcp://serverA:5555 --actors 16        # server B
+  python launch.py keys keys/                                                     # CURVE keys for two servers
+  python launch.py --role learner --bind tcp://0.0.0.0:5555 --keys keys/ --learner-gpu 0      # server A
+  python launch.py --role actors --learner tcp://serverA:5555 --keys keys/ --actors 16        # server B
   python launch.py --resume runs/montezuma-20261128-101500
   python launch.py --print-config LearningRate=3e-4
 """
@@ -22,6 +23,7 @@ REPO = Path(__file__).resolve().parent
 sys.path.insert(0, str(REPO))
 
 from common.config import Config, ConfigError, dump_yaml, from_dict, load_config, parse_overrides, rom_name  # noqa: E402
+from common.transport import KeysError  # noqa: E402
 from learner.checkpoint import CheckpointError  # noqa: E402
 
 DEFAULT_CONFIG = REPO / "configs" / "montezuma.yaml"
@@ -45,6 +47,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--learner", help="actors role: the learner's --bind address, tcp://HOST:PORT")
     p.add_argument("--actor-offset", type=int, default=0, help="actors role: id of this machine's first actor")
     p.add_argument("--total-actors", type=int, help="actors role: actors on all machines (default: --actors)")
+    p.add_argument("--keys", type=Path, metavar="DIR",
+                   help="CURVE keys from 'launch.py keys DIR': encrypt and authenticate both channels")
+    p.add_argument("--insecure", action="store_true",
+                   help="let a learner listen beyond loopback without keys (plaintext: a trusted network only)")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (highest precedence)")
     return p.parse_args(argv)
@@ -101,13 +107,15 @@ def make_run_dir(run_dir: Path) -> None:
 
 # ---- roles -------------------------------------------------------------------------------------------------
 def actor_supervisor(cfg_path: Path, learner_addr: str, ids: list[int], total: int, overrides: list[str],
-                     restart_on_learner_gone: bool):
+                     restart_on_learner_gone: bool, keys_dir: Path | None = None):
     from actors.supervisor import ActorSupervisor
+
+    keys = ["--keys", str(keys_dir.resolve())] if keys_dir is not None else []
 
     def cmd(actor_id: int, incarnation: int) -> list[str]:
         return [sys.executable, "-m", "actors.main", "--config", str(cfg_path), "--learner", learner_addr,
                 "--actor-id", str(actor_id), "--num-actors", str(total), "--incarnation", str(incarnation),
-                *overrides]
+                *keys, *overrides]
 
     return ActorSupervisor(cmd, ids, cwd=str(REPO), restart_on_learner_gone=restart_on_learner_gone)
 
@@ -123,27 +131,51 @@ def check_address(addr: str, flag: str) -> None:
         raise UsageError(f"{flag}: {e}") from None
 
 
+def learner_keys(args: argparse.Namespace, bind: str, local: bool):
+    """The learner's keys, or None where plaintext is allowed: on loopback or ipc, or with --insecure.
+    In local mode the actors' half of the folder is checked too: they start from the same one."""
+    from common.transport import load_actor_keys, load_learner_keys, needs_keys
+
+    if args.keys is not None and args.insecure:
+        raise UsageError("--keys and --insecure exclude each other")
+    if args.keys is not None:
+        keys = load_learner_keys(args.keys)
+        if local:
+            load_actor_keys(args.keys)
+        return keys
+    if needs_keys(bind) and not args.insecure:
+        raise UsageError(f"--bind {bind}: a learner reachable from other machines needs --keys DIR (made by "
+                         "'python launch.py keys DIR'), or --insecure for plaintext on a trusted network")
+    if needs_keys(bind):
+        print(f"launch: warning: --insecure: segments and weights cross the network in plaintext, and anyone who "
+              f"can reach {bind} can feed this learner", file=sys.stderr, flush=True)
+    return None
+
+
 def run_learner(args: argparse.Namespace, cfg: Config, resume: dict | None, local: bool) -> int:
     import zmq
 
     from common.transport import connect_address, free_tcp_address
     from learner.learner import Learner
 
+    bind = args.bind or (free_tcp_address() if local else DEFAULT_REMOTE_BIND)
+    check_address(bind, "--bind")
+    keys = learner_keys(args, bind, local)
     device = resolve_device(args.learner_gpu)
     run_dir = resolve_run_dir(args, cfg)
     make_run_dir(run_dir)
     (run_dir / "config.yaml").write_text(dump_yaml(cfg))
-    bind = args.bind or (free_tcp_address() if local else DEFAULT_REMOTE_BIND)
-    check_address(bind, "--bind")
     supervisor = None
     if local:
         n = args.actors or default_actors(cfg)
         if n > cfg.NumWorkers:
             raise UsageError(f"--actors {n}: more actors than envs (NumWorkers={cfg.NumWorkers})")
-        supervisor = actor_supervisor(run_dir / "config.yaml", connect_address(bind), list(range(n)), n, [], True)
+        supervisor = actor_supervisor(run_dir / "config.yaml", connect_address(bind), list(range(n)), n, [], True,
+                                      args.keys)
     total = args.total_steps if args.total_steps is not None else cfg.total_agent_steps
     try:
-        learner = Learner(cfg, run_dir, device, bind=bind, total_steps=total, supervisor=supervisor, resume=resume)
+        learner = Learner(cfg, run_dir, device, bind=bind, total_steps=total, supervisor=supervisor, resume=resume,
+                          keys=keys)
     except zmq.ZMQError as e:
         raise UsageError(f"--bind {bind}: {e} (is another learner using this port or port+1?)") from None
 
@@ -157,6 +189,7 @@ def run_learner(args: argparse.Namespace, cfg: Config, resume: dict | None, loca
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
     print(f"launch: run dir {run_dir} | learner on {device} | listening on {bind}"
+          + (" (CURVE)" if keys is not None else "")
           + (f" | {len(supervisor.actor_ids)} actors" if supervisor else ""), flush=True)
     if supervisor:
         supervisor.start()
@@ -180,6 +213,10 @@ def run_actors(args: argparse.Namespace, cfg: Config) -> int:
         raise UsageError(f"actors {args.actor_offset}..{args.actor_offset + n - 1} do not fit --total-actors {total}")
     if total > cfg.NumWorkers:
         raise UsageError(f"{total} actors for NumWorkers={cfg.NumWorkers} envs")
+    if args.keys is not None:
+        from common.transport import load_actor_keys
+
+        load_actor_keys(args.keys)  # one line here rather than one per actor
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="rnd-actors-") as tmp:
@@ -190,7 +227,7 @@ def run_actors(args: argparse.Namespace, cfg: Config) -> int:
 
 def supervise_actors(args: argparse.Namespace, cfg_file: Path, n: int, total: int) -> int:
     sup = actor_supervisor(cfg_file, args.learner, list(range(args.actor_offset, args.actor_offset + n)), total, [],
-                           restart_on_learner_gone=False)
+                           restart_on_learner_gone=False, keys_dir=args.keys)
     print(f"launch: {n} actors ({args.actor_offset}..{args.actor_offset + n - 1} of {total}) -> {args.learner}",
           flush=True)
     sup.start()
@@ -206,11 +243,44 @@ def supervise_actors(args: argparse.Namespace, cfg_file: Path, n: int, total: in
         time.sleep(0.5)
     sup.stop(grace_s=0.0 if stop["now"] else 5.0)
     print(f"launch: actors stopped ({sup.restarts} restarts)", flush=True)
+    if sup.refused:
+        from actors.supervisor import EXIT_REFUSED
+
+        return EXIT_REFUSED
+    return 0
+
+
+def run_keys(argv: list[str]) -> int:
+    """``launch.py keys DIR``: write the key pairs and say which files go to which machine."""
+    from common.transport import ACTOR_CERT, AUTHORIZED, LEARNER_CERT, create_keys
+
+    p = argparse.ArgumentParser(prog="launch.py keys", description="create CURVE keys for a learner and its actors")
+    p.add_argument("dir", type=Path, help="folder to write the keys into (created, mode 0700)")
+    key_dir = p.parse_args(argv).dir
+    for f in create_keys(key_dir):
+        print(f"launch: wrote {f}" + (" (mode 0600)" if f.name.endswith("_secret") else ""))
+    d = key_dir.resolve()
+    actor_files = " ".join(str(d / f) for f in (f"{LEARNER_CERT}.key", f"{ACTOR_CERT}.key", f"{ACTOR_CERT}.key_secret"))
+    print(f"""
+The learner's machine uses this folder as it is:
+    python3 launch.py --role learner --bind tcp://0.0.0.0:5555 --keys {d} ...
+Each actors' machine needs three of its files ({LEARNER_CERT}.key, {ACTOR_CERT}.key, {ACTOR_CERT}.key_secret), e.g.:
+    ssh serverB 'mkdir -m 700 -p {d}' && scp -p {actor_files} serverB:{d}/
+    python3 launch.py --role actors --learner tcp://serverA:5555 --keys {d} ...
+{LEARNER_CERT}.key_secret never leaves the learner's machine. The learner admits the public keys in
+{d / AUTHORIZED}/; to admit another actor key pair, copy its .key file there.""")
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["keys"]:
+        try:
+            return run_keys(argv[1:])
+        except KeysError as e:
+            print(f"launch: error: keys: {e}", file=sys.stderr)
+            return 2
     args = parse_args(argv)
     try:
         cfg, resume = resolve_config(args)
@@ -226,6 +296,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.role == "actors":
             return run_actors(args, cfg)
         return run_learner(args, cfg, resume, local=args.role == "local")
+    except KeysError as e:
+        print(f"launch: error: --keys: {e}", file=sys.stderr)
+        return 2
     except (ConfigError, UsageError, CheckpointError) as e:
         print(f"launch: error: {e}", file=sys.stderr)
         return 2

@@ -1,7 +1,8 @@
 """The actor process: collect segments with weights at most ``max_policy_lag`` updates old, push them.
 
-Sockets: PUSH segments to the learner's address, SUB to its weights channel (address + 1 port).
-The learner owns all learning state; an actor holds only envs and a policy copy.
+Sockets: PUSH segments to the learner's address, SUB to its weights channel (address + 1 port),
+both CURVE clients of the learner when the actor has keys. The learner owns all learning state; an
+actor holds only envs and a policy copy.
 """
 from __future__ import annotations
 
@@ -9,25 +10,29 @@ import logging
 import secrets
 import sys
 import time
+from pathlib import Path
 
 import torch
 import zmq
 
 from actors.rollout import build_collector
+from actors.supervisor import EXIT_LEARNER_GONE, EXIT_OK, EXIT_REFUSED
 from common.config import Config, shape_keys
 from common.networks import PolicyNet, policy_param_spec
-from common.transport import is_local, send_with_timeout, weights_address
+from common.transport import (ActorKeys, HandshakeWatch, KeysError, curve_client, is_local, load_actor_keys,
+                              send_with_timeout, weights_address)
 from common.wire import WireError, decode, encode, validate_heartbeat, validate_weights
 
 log = logging.getLogger("actor")
 
 
 class ActorStop(Exception):
-    """The learner said stop (``clean``), or went silent; the text says which."""
+    """The learner said stop (``clean``), went silent, or refused this actor; the text says which."""
 
-    def __init__(self, why: str, clean: bool = False):
+    def __init__(self, why: str, clean: bool = False, exit_code: int = EXIT_LEARNER_GONE):
         super().__init__(why)
         self.clean = clean
+        self.exit_code = EXIT_OK if clean else exit_code
 
 
 class WeightsReceiver:
@@ -40,8 +45,8 @@ class WeightsReceiver:
     """
 
     def __init__(self, sock: zmq.Socket, policy: PolicyNet, timeout_s: float, shape_keys: dict | None = None,
-                 actor_id: int = 0, run_id: int = 0):
-        self.sock, self.policy, self.timeout_s = sock, policy, timeout_s
+                 actor_id: int = 0, run_id: int = 0, watch: HandshakeWatch | None = None):
+        self.sock, self.policy, self.timeout_s, self.watch = sock, policy, timeout_s, watch
         self.shape_keys = shape_keys
         self.actor_id, self.run_id = actor_id, run_id
         self.param_spec = policy_param_spec(policy)
@@ -51,8 +56,10 @@ class WeightsReceiver:
         self.learner_run: int | None = None
         self.retired_floor = -1  # seqs sent before the learner restarted: the new learner will never report them
         self.sent_seq = -1  # newest seq this actor has sent
-        self.last_heard = time.monotonic()
+        self.last_heard = time.monotonic()  # the newest message that passed validation
         self.rejected = 0
+        self.refused_in_a_row = 0  # messages refused since the last valid one
+        self.last_refusal = ""
 
     def poll(self, wait_s: float = 0.0) -> None:
         """Drain what is queued (waiting up to ``wait_s`` for the first); load only the newest weights."""
@@ -61,7 +68,6 @@ class WeightsReceiver:
         while self.sock.poll(timeout_ms, zmq.POLLIN):
             timeout_ms = 0
             frames = self.sock.recv_multipart()
-            self.last_heard = time.monotonic()
             try:
                 msg = decode(frames)
                 if msg.kind == "stop":
@@ -69,13 +75,14 @@ class WeightsReceiver:
                 if msg.kind == "heartbeat":
                     validate_heartbeat(msg)
                     beats.append(msg)
+                    self._heard()
                     continue
                 self._check_shape_keys(msg.meta.get("shape_keys"))
                 validate_weights(msg, self.param_spec)
             except WireError as e:
-                self.rejected += 1
-                log.warning("dropped a bad message from the learner: %s", e)
+                self._refused(e)
                 continue
+            self._heard()
             if newest is None or msg.meta["version"] >= newest.meta["version"] or self._new_learner(msg):
                 newest = msg
         if newest is not None:
@@ -84,6 +91,18 @@ class WeightsReceiver:
             if beat.meta["learner_run"] == self.learner_run and beat.meta["version"] <= self.version:
                 self._note_retired(beat.meta["retired"])
         self.check_alive()
+
+    def _heard(self) -> None:
+        self.last_heard = time.monotonic()
+        self.refused_in_a_row = 0
+
+    def _refused(self, e: WireError) -> None:
+        """A message from the learner that fails validation: logged when the reason changes."""
+        self.rejected += 1
+        self.refused_in_a_row += 1
+        if str(e) != self.last_refusal:
+            log.warning("dropped a bad message from the learner: %s", e)
+        self.last_refusal = str(e)
 
     def _new_learner(self, msg) -> bool:
         return msg.meta["learner_run"] != self.learner_run
@@ -128,31 +147,36 @@ class WeightsReceiver:
             self.poll(wait_s=0.5)
 
     def check_alive(self) -> None:
+        """Stop on a refused handshake at once, and after ``timeout_s`` without a usable message."""
+        why = self.watch.refusal() if self.watch is not None else None
+        if why is not None:
+            raise ActorStop(f"the learner refused this actor's key: {why}", exit_code=EXIT_REFUSED)
         silent = time.monotonic() - self.last_heard
-        if silent > self.timeout_s:
-            raise ActorStop(f"no message from the learner for {silent:.0f} s (actor_timeout_s); giving up")
+        if silent <= self.timeout_s:
+            return
+        if self.refused_in_a_row:
+            raise ActorStop(f"refused every message from the learner for {silent:.0f} s ({self.refused_in_a_row} "
+                            f"messages; last: {self.last_refusal}); giving up")
+        raise ActorStop(f"no message from the learner for {silent:.0f} s (actor_timeout_s); giving up")
 
 
-def run_actor(cfg: Config, actor_id: int, num_actors: int, learner_addr: str, incarnation: int = 0) -> int:
+def run_actor(cfg: Config, actor_id: int, num_actors: int, learner_addr: str, incarnation: int = 0,
+              keys_dir: Path | None = None) -> int:
     """Actor main loop; returns a process exit code. One torch thread: actors are many, cores few."""
     torch.set_num_threads(1)
+    try:
+        keys = load_actor_keys(keys_dir) if keys_dir is not None else None
+    except KeysError as e:
+        print(f"actor {actor_id}: --keys: {e}", file=sys.stderr, flush=True)
+        return EXIT_REFUSED
+    push, sub, watch = connect_sockets(learner_addr, keys)  # the handshake runs while the envs are built
     collector = build_collector(cfg, actor_id, num_actors, incarnation)
     streams, policy = collector.streams, collector.policy
     compression = cfg.wire_compression
     if compression == "auto":
         compression = "none" if is_local(learner_addr) else "zstd"
-
-    ctx = zmq.Context.instance()
-    push = ctx.socket(zmq.PUSH)
-    push.setsockopt(zmq.SNDHWM, 4)
-    push.setsockopt(zmq.LINGER, 2000)
-    push.connect(learner_addr)
-    sub = ctx.socket(zmq.SUB)
-    sub.setsockopt(zmq.SUBSCRIBE, b"")
-    sub.setsockopt(zmq.LINGER, 0)
-    sub.connect(weights_address(learner_addr))
     run_id = secrets.randbits(62)  # tells this process's segments from an earlier incarnation's
-    weights = WeightsReceiver(sub, policy, cfg.actor_timeout_s, shape_keys(cfg), actor_id, run_id)
+    weights = WeightsReceiver(sub, policy, cfg.actor_timeout_s, shape_keys(cfg), actor_id, run_id, watch)
 
     def send(kind: str, meta: dict, arrays: dict) -> None:
         frames = encode(kind, {"actor": actor_id, "streams": streams, **meta}, arrays, compression)
@@ -184,10 +208,30 @@ def run_actor(cfg: Config, actor_id: int, num_actors: int, learner_addr: str, in
             last_split = timings.split()  # travels with the next segment
     except ActorStop as e:
         print(f"actor {actor_id}: {e}", file=sys.stderr, flush=True)
-        return 0 if e.clean else 3
+        return e.exit_code
     except KeyboardInterrupt:
-        return 0
+        return EXIT_OK
     finally:
+        watch.close()
         push.close(linger=0)
         sub.close()
+
+
+def connect_sockets(learner_addr: str, keys: ActorKeys | None) -> tuple[zmq.Socket, zmq.Socket, HandshakeWatch]:
+    """PUSH to the learner, SUB to its weights; CURVE clients with ``keys``. The watch is attached
+    before connecting so that no handshake event is missed."""
+    ctx = zmq.Context.instance()
+    push = ctx.socket(zmq.PUSH)
+    push.setsockopt(zmq.SNDHWM, 4)
+    push.setsockopt(zmq.LINGER, 2000)
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.SUBSCRIBE, b"")
+    sub.setsockopt(zmq.LINGER, 0)
+    if keys is not None:
+        curve_client(push, keys)
+        curve_client(sub, keys)
+    watch = HandshakeWatch([push, sub], has_keys=keys is not None)
+    push.connect(learner_addr)
+    sub.connect(weights_address(learner_addr))
+    return push, sub, watch
 

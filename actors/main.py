@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from actors.actor import run_actor
 from common.config import ConfigError, load_config
@@ -15,6 +16,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--actor-id", type=int, required=True)
     p.add_argument("--num-actors", type=int, required=True, help="actors across all machines")
     p.add_argument("--incarnation", type=int, default=0, help="restart count (changes env seeds)")
+    p.add_argument("--keys", type=Path, help="keys folder: actor.key_secret and learner.key (CURVE)")
     p.add_argument("overrides", nargs="*", help="key=value config overrides")
     a = p.parse_args(argv)
     try:
@@ -22,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"actor: {e}", file=sys.stderr)
         return 2
-    return run_actor(cfg, a.actor_id, a.num_actors, a.learner, a.incarnation)
+    return run_actor(cfg, a.actor_id, a.num_actors, a.learner, a.incarnation, a.keys)
 
 
 if __name__ == "__main__":

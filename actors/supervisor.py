@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 EXIT_OK = 0  # the learner said stop
 EXIT_LEARNER_GONE = 3  # the learner went silent past actor_timeout_s
+EXIT_REFUSED = 4  # the learner refused this actor's key (or its keys could not be read): a restart cannot help
 QUICK_DEATH_S = 5.0
 MAX_QUICK_DEATHS = 5
 
@@ -32,6 +33,7 @@ class ActorSupervisor:
     cwd: str | None = None
     restart_on_learner_gone: bool = True
     restarts: int = 0
+    refused: int = 0  # actors the learner refused
     children: list[_Child] = field(default_factory=list)
     stopping: bool = False
 
@@ -53,6 +55,10 @@ class ActorSupervisor:
             rc = c.proc.returncode
             if rc == EXIT_OK or (rc == EXIT_LEARNER_GONE and not self.restart_on_learner_gone):
                 c.done = True
+                continue
+            if rc == EXIT_REFUSED:  # the actor said why, in one line
+                c.done = True
+                self.refused += 1
                 continue
             c.quick_deaths = c.quick_deaths + 1 if time.monotonic() - c.started < QUICK_DEATH_S else 0
             if c.quick_deaths >= MAX_QUICK_DEATHS:

@@ -21,11 +21,11 @@ import zmq
 from common.config import Config, shape_keys
 from common.networks import NUM_ACTIONS
 from common.timing import Timings
-from common.transport import weights_address
+from common.transport import LearnerKeys, LearnerSockets, bind_learner
 from common.wire import SegmentSpec, WireError, encode
 from learner.agent import RNDAgent
 from learner.batch import Batch, Segment, assemble
-from learner.learner_io import LearnerIO, WarmupMoments, route_message
+from learner.learner_io import LearnerIO, WarmupMoments, max_frame_bytes, recv_queue, route_message
 from learner.checkpoint import save_checkpoint
 from learner.exploration import ExplorationStats
 from learner.logs import RunLogger
@@ -53,7 +53,7 @@ class Learner:
 
     def __init__(self, cfg: Config, run_dir: Path, device: torch.device | str = "cpu", bind: str | None = None,
                  total_steps: int | None = None, supervisor: Supervisor | None = None, resume: dict | None = None,
-                 tensorboard: bool = True):
+                 tensorboard: bool = True, keys: LearnerKeys | None = None):
         self.cfg = cfg
         self.run_dir = Path(run_dir)
         self.total_steps = total_steps if total_steps is not None else cfg.total_agent_steps
@@ -84,21 +84,17 @@ class Learner:
                                 tensorboard=tensorboard,
                                 purge_step=self.counters["agent_steps"] if resume is not None else None)
         self.ctx = zmq.Context.instance()
-        self.pull = self.pub = None
+        self.sockets: LearnerSockets | None = None
         self.io: LearnerIO | None = None
         if bind is not None:
-            self._bind(bind)
+            self._bind(bind, keys)
 
     # ---- sockets ---------------------------------------------------------------------------------
-    def _bind(self, addr: str) -> None:
-        self.pull = self.ctx.socket(zmq.PULL)
-        self.pull.setsockopt(zmq.RCVHWM, 64)
-        self.pull.bind(addr)
-        self.pub = self.ctx.socket(zmq.PUB)
-        self.pub.setsockopt(zmq.SNDHWM, 2)  # only the newest weights matter
-        self.pub.setsockopt(zmq.LINGER, 1000)
-        self.pub.bind(weights_address(addr))
-        self.io = LearnerIO(self.pull, self.pub, self.spec, self.cfg.NumWorkers, self.cfg.FrameStack,
+    def _bind(self, addr: str, keys: LearnerKeys | None) -> None:
+        """Sockets (CURVE with ``keys``), sized by the config: see learner_io's bounds."""
+        self.sockets = bind_learner(self.ctx, addr, keys, max_frame_bytes(self.spec),
+                                    recv_queue(self.cfg.max_policy_lag))
+        self.io = LearnerIO(self.sockets.pull, self.sockets.pub, self.spec, self.cfg.NumWorkers, self.cfg.FrameStack,
                             self.cfg.max_policy_lag, pin=self.agent.device.type == "cuda",
                             on_reject=self.reject, on_stale=self.count_stale, version=self.version,
                             heartbeat_meta=self.flow_meta)
@@ -322,7 +318,6 @@ class Learner:
         if self.io is not None:
             self.io.stop()  # the sockets belong to its thread until it has ended
         self.logger.close()
-        for s in (self.pull, self.pub):
-            if s is not None:
-                s.close()
+        if self.sockets is not None:
+            self.sockets.close()
 

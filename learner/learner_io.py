@@ -23,12 +23,26 @@ import torch
 import zmq
 
 from common.normalize import RunningMeanStd
-from common.wire import SegmentSpec, WireError, decode, encode, validate_segment, validate_warmup
+from common.wire import MAX_HEADER_BYTES, SegmentSpec, WireError, decode, encode, validate_segment, validate_warmup
 from learner.batch import Batch, Segment, assemble
 
 
 HEARTBEAT_S = 1.0
 RESEND_WEIGHTS_S = 5.0
+
+
+def max_frame_bytes(spec: SegmentSpec) -> int:
+    """ZMQ_MAXMSGSIZE of the segment socket: ZeroMQ checks it per frame, and no frame of a valid
+    message exceeds the header cap or the largest segment this spec allows, zstd's worst-case
+    growth of incompressible data (under 1/256) included with room to spare."""
+    arrays = spec.max_message_bytes()
+    return max(MAX_HEADER_BYTES, arrays + (arrays >> 7) + 4096)
+
+
+def recv_queue(max_lag: int) -> int:
+    """RCVHWM of the segment socket, in whole messages per connected peer: an actor never has more
+    than ``max_lag + 1`` segments unretired, so one more slot only matters to a peer that floods."""
+    return max_lag + 2
 
 
 @dataclass

@@ -73,8 +73,12 @@ def test_local_train_eval_resume(tmp_path: Path) -> None:
     assert "episode 2: checkpoint update 3" in e.stdout
     assert (tmp_path / "play.mp4").stat().st_size > 1000
 
-    r = run(["launch.py", "--resume", str(run_dir), "--actors", "2", "--learner-gpu", "-1", "--total-steps", "320"])
+    keys = tmp_path / "keys"  # local mode with keys: both channels CURVE on loopback
+    assert run(["launch.py", "keys", str(keys)]).returncode == 0
+    r = run(["launch.py", "--resume", str(run_dir), "--actors", "2", "--learner-gpu", "-1", "--total-steps", "320",
+             "--keys", str(keys)])
     assert r.returncode == 0, r.stderr
+    assert "(CURVE)" in r.stdout
     rows = read_metrics(run_dir)
     assert [int(x["update"]) for x in rows] == [1, 2, 3, 4, 5]
     assert int(rows[-1]["agent_steps"]) == 320
