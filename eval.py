@@ -96,10 +96,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from actors.env import make_env
     from common.networks import NUM_ACTIONS, PolicyNet
+    from learner.agent import load_network
 
     torch.set_num_threads(1)
     policy = PolicyNet(NUM_ACTIONS, cfg.FrameStack, cfg.ImageHeight, cfg.ImageWidth).eval()
-    policy.load_state_dict(data["agent"]["policy"])
+    try:
+        load_network(policy, data["agent"]["policy"], "policy")
+    except CheckpointError as e:
+        print(f"eval: error: {e}", file=sys.stderr)
+        return 2
     env = make_env(cfg, seed=args.seed, sticky=not args.no_sticky)
     env.reset(seed=args.seed)
     gen = torch.Generator().manual_seed(args.seed)

@@ -37,7 +37,8 @@ class Config:
     # --- rollouts ---
     NumWorkers: int = _f(128, "Total number of env streams across all actors.")
     RolloutSteps: int = _f(128, "Agent steps per env in one segment; a batch is NumWorkers x RolloutSteps.")
-    NumInitSteps: int = _f(1024, "Random-action steps per env used to warm up the observation normaliser.")
+    NumInitSteps: int = _f(1024, "Random-action steps per env used to warm up the observation normaliser "
+                                 "(the report's value; the paper's code takes 50 x 128 = 6400).")
     # --- RL ---
     ExtRewardDiscount: float = _f(0.999, "Discount of the extrinsic stream (cut at game over).")
     IntRewardDiscount: float = _f(0.99, "Discount of the intrinsic stream (never cut).")
@@ -63,10 +64,18 @@ class Config:
     max_policy_lag: int = _f(1, "Most updates an actor's weights may lag; 0 = synchronous baseline.")
     vtrace_rho_bar: float = _f(1.0, "V-trace truncation rho_bar of the importance weights.")
     vtrace_c_bar: float = _f(1.0, "V-trace truncation c_bar of the traces.")
+    vtrace_advantage: str = _f("gae", "V-trace's policy advantage: gae, rho_s (r_s + gamma_s V(x_{s+1}) - V(x_s) + "
+                                      "gamma_s lambda (v_{s+1} - V(x_{s+1}))), equal to GAE(lambda), the paper's "
+                                      "code's advantage, when the actors' policy is the learner's; or impala, "
+                                      "rho_s (r_s + gamma_s v_{s+1} - V(x_s)), equal to GAE(lambda) at lambda = 1 only.")
     value_coeff: float = _f(1.0, "Weight of the (ext + int) value loss.")
-    normalize_advantages: bool = _f(True, "Standardise the combined advantage per batch (as the paper's code).")
+    normalize_advantages: bool = _f(False, "Standardise the combined advantage per batch; the paper's code does not "
+                                           "(it feeds `IntCoeff*A_int + ExtCoeff*A_ext` to PPO as is).")
     obs_clip: float = _f(5.0, "Clip of the normalised RND observation.")
-    seed: int = _f(0, "Seed of learner and actors (actor i uses seed + 1000*i).")
+    seed: int = _f(0, "Seed of learner and actors. The learner initialises its networks from seed and draws "
+                      "minibatches and the predictor's sample mask from seed + 1; actor i in its k-th restart "
+                      "samples actions from `seed*100003 + 1000003*k + 7919*(i+1)` and seeds env stream s "
+                      "with that + s.")
     checkpoint_every: int = _f(100, "Write a checkpoint every this many updates (and at exit).")
     keep_checkpoints: int = _f(3, "How many numbered checkpoints to keep besides latest.pt.")
     wire_compression: str = _f("auto", "Segment compression: none, zstd, or auto (zstd unless the learner "
@@ -88,6 +97,9 @@ class Config:
         return dataclasses.asdict(self)
 
 
+# The smallest frame side the policy's convs (8/4, 4/2, 4/1) map to at least one pixel; the RND convs
+# (8/4, 4/2, 3/1) need 36. Kept here so that config stays free of torch; tests check it against the networks.
+MIN_FRAME_SIZE = 44
 _POSITIVE_INT = ("MaxStepsPerEpisode", "ImageHeight", "ImageWidth", "NumWorkers", "RolloutSteps", "BatchSize",
                  "EpochSteps", "NumEpochs", "FrameSkip", "FrameStack", "checkpoint_every", "keep_checkpoints")
 _NON_NEGATIVE = ("NumInitSteps", "ExtCoeff", "IntCoeff", "PPOEntropyCoeff", "max_policy_lag", "value_coeff", "seed")
@@ -120,6 +132,8 @@ def verify(cfg: Config) -> Config:
         raise ConfigError(f"config key RNDUpdateProportion: must be in (0, 1], got {cfg.RNDUpdateProportion!r}")
     if cfg.UseTPU:
         raise ConfigError("config key UseTPU: TPUs are not supported; set UseTPU: False")
+    if cfg.vtrace_advantage not in ("gae", "impala"):
+        raise ConfigError(f"config key vtrace_advantage: must be gae or impala, got {cfg.vtrace_advantage!r}")
     if cfg.learner_precision not in ("auto", "fp32", "bf16"):
         raise ConfigError(f"config key learner_precision: must be auto, fp32 or bf16, got {cfg.learner_precision!r}")
     if cfg.wire_compression not in ("none", "zstd", "auto"):
@@ -128,8 +142,9 @@ def verify(cfg: Config) -> Config:
         raise ConfigError(f"config key actor_device: must be cpu, cuda or cuda:N, got {cfg.actor_device!r}")
     if cfg.FrameSkip < 2:
         raise ConfigError("config key FrameSkip: must be >= 2 (the max is taken over the last two frames)")
-    if cfg.ImageHeight < 36 or cfg.ImageWidth < 36:
-        raise ConfigError("config key ImageHeight/ImageWidth: the paper's conv stack needs at least 36x36")
+    if cfg.ImageHeight < MIN_FRAME_SIZE or cfg.ImageWidth < MIN_FRAME_SIZE:
+        raise ConfigError(f"config key ImageHeight/ImageWidth: the paper's policy convs need at least "
+                          f"{MIN_FRAME_SIZE}x{MIN_FRAME_SIZE}")
     try:
         rom_name(cfg.EnvName)
     except ValueError as e:

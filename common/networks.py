@@ -1,19 +1,27 @@
-"""The paper's networks (Burda et al. 2018, arXiv 1810.12894, appendix A.4 and the released code).
+"""The paper's networks (Burda et al. 2018, arXiv 1810.12894, appendix A.4), as its released code builds
+them (``policies/cnn_policy_param_matched.py``: ``apply_policy`` and ``define_self_prediction_rew``).
 
-Policy: conv 32x8x8/4, 64x4x4/2, 64x3x3/1 (ReLU), fc 256, fc 448, then a residual fc 448 per head:
-policy logits, extrinsic value, intrinsic value. RND target: the same convs (LeakyReLU), linear 512,
-frozen. Predictor: the same convs (LeakyReLU), 512, 512, 512. Orthogonal init throughout.
+Policy: conv 32x8x8/4, 64x4x4/2, 64x4x4/1 (ReLU), fc 256, fc 448 (ReLU): the shared features x. Two
+residual branches of one fc 448 each (ReLU) read x: the policy's, x + relu(W_pi x) -> logits, and the
+values', x + relu(W_v x) -> extrinsic value and intrinsic value (two linear outputs of one branch).
+RND target: conv 32x8x8/4, 64x4x4/2, 64x3x3/1 (LeakyReLU), linear 512, frozen. Predictor: the same
+convs (LeakyReLU), fc 512, fc 512 (ReLU), linear 512. LeakyReLU's negative slope is 0.2, TensorFlow's
+default for ``tf.nn.leaky_relu``, which the release calls without one. Orthogonal init throughout, zero biases.
 """
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import torch
 from torch import nn
 
 
 NUM_ACTIONS = 18  # the full ALE action set, for every game
+LEAKY_SLOPE = 0.2  # tf.nn.leaky_relu's default alpha
+# (kernel, stride) of the three convs; out channels 32, 64, 64 in both
+POLICY_CONVS = ((8, 4), (4, 2), (4, 1))
+RND_CONVS = ((8, 4), (4, 2), (3, 1))
 
 
 class PolicyOutput(NamedTuple):
@@ -22,19 +30,30 @@ class PolicyOutput(NamedTuple):
     value_int: torch.Tensor  # [B]
 
 
-def _conv_stack(in_ch: int, act: type[nn.Module]) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(in_ch, 32, 8, stride=4), act(),
-        nn.Conv2d(32, 64, 4, stride=2), act(),
-        nn.Conv2d(64, 64, 3, stride=1), act(),
-        nn.Flatten(),
-    )
+def _conv_stack(in_ch: int, convs: tuple[tuple[int, int], ...], act: Callable[[], nn.Module]) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for out_ch, (k, s) in zip((32, 64, 64), convs):
+        layers += [nn.Conv2d(in_ch, out_ch, k, stride=s), act()]
+        in_ch = out_ch
+    return nn.Sequential(*layers, nn.Flatten())
 
 
-def _conv_out(h: int, w: int) -> int:
-    for k, s in ((8, 4), (4, 2), (3, 1)):
+def conv_out_hw(h: int, w: int, convs: tuple[tuple[int, int], ...]) -> tuple[int, int]:
+    """Spatial size after ``convs`` (no padding); 0 or less where the frame is too small for them."""
+    for k, s in convs:
         h, w = (h - k) // s + 1, (w - k) // s + 1
-    return 64 * h * w
+    return h, w
+
+
+def _conv_out(h: int, w: int, convs: tuple[tuple[int, int], ...]) -> int:
+    oh, ow = conv_out_hw(h, w, convs)
+    if oh < 1 or ow < 1:
+        raise ValueError(f"a {h}x{w} frame is too small for the convs {convs} (kernel, stride)")
+    return 64 * oh * ow
+
+
+def _leaky() -> nn.Module:
+    return nn.LeakyReLU(LEAKY_SLOPE)
 
 
 def _orthogonal_(module: nn.Module, gain: float = math.sqrt(2)) -> None:
@@ -49,7 +68,8 @@ class PolicyNet(nn.Module):
 
     def __init__(self, num_actions: int, frame_stack: int = 4, height: int = 84, width: int = 84):
         super().__init__()
-        self.trunk = nn.Sequential(_conv_stack(frame_stack, nn.ReLU), nn.Linear(_conv_out(height, width), 256),
+        self.trunk = nn.Sequential(_conv_stack(frame_stack, POLICY_CONVS, nn.ReLU),
+                                   nn.Linear(_conv_out(height, width, POLICY_CONVS), 256),
                                    nn.ReLU(), nn.Linear(256, 448), nn.ReLU())
         self.pi_extra = nn.Linear(448, 448)
         self.v_extra = nn.Linear(448, 448)
@@ -90,7 +110,8 @@ class RNDTarget(nn.Module):
 
     def __init__(self, height: int = 84, width: int = 84, out_dim: int = 512):
         super().__init__()
-        self.net = nn.Sequential(_conv_stack(1, nn.LeakyReLU), nn.Linear(_conv_out(height, width), out_dim))
+        self.net = nn.Sequential(_conv_stack(1, RND_CONVS, _leaky),
+                                 nn.Linear(_conv_out(height, width, RND_CONVS), out_dim))
         _orthogonal_(self)
         for p in self.parameters():
             p.requires_grad_(False)
@@ -104,8 +125,8 @@ class RNDPredictor(nn.Module):
 
     def __init__(self, height: int = 84, width: int = 84, out_dim: int = 512):
         super().__init__()
-        self.net = nn.Sequential(_conv_stack(1, nn.LeakyReLU), nn.Linear(_conv_out(height, width), 512), nn.ReLU(),
-                                 nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, out_dim))
+        self.net = nn.Sequential(_conv_stack(1, RND_CONVS, _leaky), nn.Linear(_conv_out(height, width, RND_CONVS), 512),
+                                 nn.ReLU(), nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, out_dim))
         _orthogonal_(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

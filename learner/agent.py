@@ -16,8 +16,9 @@ from common.networks import PolicyNet, PolicyOutput, RNDModel
 from common.normalize import RewardForwardFilter, RunningMeanStd
 from common.ppo import clipped_surrogate
 from common.returns import extrinsic_stream, gae
-from common.vtrace import vtrace
+from common.vtrace import truncated_ratios, vtrace
 from learner.batch import Batch
+from learner.checkpoint import CheckpointError
 
 INFER_CHUNK = 4096  # samples per no-grad forward pass when scoring a whole batch
 
@@ -39,6 +40,7 @@ class BatchStats:
     explained_var_ext: float
     explained_var_int: float
     reward_rms_std: float
+    vtrace_rho_mean: float  # mean of min(rho_bar, pi_0/mu) over the batch: 1 when the actors' policy is pi_0
 
 
 def amp_dtype(precision: str, device: torch.device) -> torch.dtype | None:
@@ -50,7 +52,7 @@ def amp_dtype(precision: str, device: torch.device) -> torch.dtype | None:
 
 def rnd_update_mask(n: int, proportion: float, gen: torch.Generator) -> torch.Tensor:
     """Which of ``n`` minibatch samples train the predictor: each with probability ``proportion`` (paper 2.2;
-    the released code uses 0.25 with 128 envs, to keep the predictor from learning too fast). bool [n]."""
+    the released code's proportion_of_exp_used_for_predictor_update, a uniform mask per sample). bool [n]."""
     return torch.rand(n, generator=gen) < proportion
 
 
@@ -151,7 +153,7 @@ class RNDAgent:
         cfg = self.cfg
         if cfg.UseVTraceCorrection:
             vt = vtrace(behaviour_logp, target_logp, rewards, values[:-1], values[-1], discounts,
-                        rho_bar=cfg.vtrace_rho_bar, c_bar=cfg.vtrace_c_bar, lam=lam)
+                        rho_bar=cfg.vtrace_rho_bar, c_bar=cfg.vtrace_c_bar, lam=lam, advantage=cfg.vtrace_advantage)
             return vt.vs, vt.pg_advantages
         adv, ret = gae(rewards, values[:-1], values[-1], discounts, lam)
         return ret, adv
@@ -185,6 +187,7 @@ class RNDAgent:
             explained_var_ext=explained_variance(v_ext[:-1], vs_ext),
             explained_var_int=explained_variance(v_int[:-1], vs_int),
             reward_rms_std=float(self.reward_rms.std),
+            vtrace_rho_mean=float(truncated_ratios(batch.behaviour_logp, target_logp, cfg.vtrace_rho_bar).mean()),
         )
         return Targets(adv.reshape(-1), vs_ext.reshape(-1), vs_int.reshape(-1), logp_ref.reshape(-1)), stats
 
@@ -243,8 +246,9 @@ class RNDAgent:
                 "rng": self.gen.get_state(), "torch_rng": torch.get_rng_state()}
 
     def load_state_dict(self, state: dict) -> None:
-        self.policy.load_state_dict(state["policy"])
-        self.rnd.load_state_dict(state["rnd"])
+        """Raises CheckpointError when the saved networks do not fit this code's (e.g. another conv shape)."""
+        load_network(self.policy, state["policy"], "policy")
+        load_network(self.rnd, state["rnd"], "RND")
         self.optimizer.load_state_dict(state["optimizer"])
         self.obs_rms.load_state_dict(state["obs_rms"])
         self.reward_rms.load_state_dict(state["reward_rms"])
@@ -252,3 +256,21 @@ class RNDAgent:
         self.gen.set_state(state["rng"])
         torch.set_rng_state(state["torch_rng"])
 
+
+def load_network(net: torch.nn.Module, state: dict, what: str) -> None:
+    """``net.load_state_dict(state)`` after checking that ``state`` holds exactly ``net``'s tensors with
+    their shapes; a mismatch raises one CheckpointError line naming the first tensor that differs."""
+    want = net.state_dict()
+    if not isinstance(state, dict):
+        raise CheckpointError(f"the checkpoint's {what} network is a {type(state).__name__}, not a state dict")
+    missing, extra = sorted(set(want) - set(state)), sorted(set(state) - set(want))
+    if missing or extra:
+        raise CheckpointError(f"the checkpoint's {what} network does not fit this code's: "
+                              f"missing {missing[:3]}, unexpected {extra[:3]}")
+    for k, v in want.items():
+        got = state[k]
+        if not isinstance(got, torch.Tensor) or got.shape != v.shape:
+            shape = list(got.shape) if isinstance(got, torch.Tensor) else type(got).__name__
+            raise CheckpointError(f"the checkpoint's {what} network does not fit this code's: {k} is {shape} "
+                                  f"there, {list(v.shape)} here")
+    net.load_state_dict(state)

@@ -22,6 +22,7 @@ METRICS: dict[str, str] = {
     "policy_loss": "losses", "value_loss": "losses", "entropy": "losses", "rnd_loss": "losses",
     "approx_kl": "losses", "clip_fraction": "losses", "explained_var_ext": "losses", "explained_var_int": "losses",
     "grad_norm": "losses",
+    "vtrace_rho_mean": "losses",
     "int_reward_raw_mean": "rnd", "reward_rms_std": "rnd", "obs_rms_mean": "rnd",
     "policy_lag_mean": "perf", "policy_lag_max": "perf", "steps_per_second": "perf",
     "wait_data_s": "perf", "learn_s": "perf",

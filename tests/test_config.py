@@ -80,6 +80,20 @@ def test_defaults_verify_and_match_the_paper():
     assert cfg.FrameSkip == 4 and cfg.FrameStack == 4 and cfg.max_policy_lag == 1
 
 
+def test_defaults_follow_the_released_code():
+    """The release feeds IntCoeff*A_int + ExtCoeff*A_ext to PPO unstandardised (ppo_agent.py, buf_advs), and its
+    advantage is GAE(lambda), which V-trace's "gae" form is when the actors' policy is the learner's."""
+    cfg = Config()
+    assert cfg.normalize_advantages is False
+    assert cfg.vtrace_advantage == "gae"
+
+
+@pytest.mark.parametrize("value", ["gae", "impala"])
+def test_vtrace_advantage_forms_accepted(value):
+    assert from_dict({"vtrace_advantage": value}).vtrace_advantage == value
+    assert load_config(None, [f"vtrace_advantage={value}"]).vtrace_advantage == value
+
+
 def test_every_field_documented():
     for f in dataclasses.fields(Config):
         assert f.metadata.get("doc"), f"{f.name} has no doc"
@@ -191,7 +205,8 @@ def test_wrong_type_refused(key, value, tmp_path):
     ("LearningRate", 0.0), ("LearningRate", -1e-4), ("ClipGradNorm", 0.0), ("PPORewardEps", 0.0),
     ("StickyActionProb", 1.5), ("StickyActionProb", -0.1), ("ExtRewardDiscount", 1.001), ("IntRewardDiscount", -0.5),
     ("PPOAdvLambda", 2.0), ("RNDUpdateProportion", 0.0), ("RNDUpdateProportion", 1.01),
-    ("FrameSkip", 1), ("ImageHeight", 35), ("ImageWidth", 20), ("wire_compression", "lz4"),
+    ("FrameSkip", 1), ("ImageHeight", 43), ("ImageWidth", 20), ("wire_compression", "lz4"),
+    ("vtrace_advantage", "GAE"), ("vtrace_advantage", "retrace"), ("vtrace_advantage", ""),
     ("EnvName", "Montezuma Revenge!"), ("EnvName", ""), ("actor_timeout_s", 0.0),
     ("actor_device", "gpu"), ("actor_device", "cuda:"), ("actor_device", "cuda:x"), ("actor_device", " cpu"),
     ("actor_device", "cuda:01"), ("actor_device", "cuda:\u0661"),
@@ -202,7 +217,7 @@ def test_out_of_range_refused(key, value):
 
 @pytest.mark.parametrize("key,value", [("StickyActionProb", 0.0), ("StickyActionProb", 1.0), ("PPOAdvLambda", 0.0),
                                        ("ExtRewardDiscount", 1.0), ("RNDUpdateProportion", 1.0), ("NumInitSteps", 0),
-                                       ("max_policy_lag", 0), ("ImageHeight", 36), ("FrameSkip", 2),
+                                       ("max_policy_lag", 0), ("ImageHeight", 44), ("FrameSkip", 2),
                                        ("actor_device", "cuda"), ("actor_device", "cuda:1")])
 def test_range_edges_accepted(key, value):
     assert getattr(from_dict({key: value}), key) == value

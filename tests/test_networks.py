@@ -1,4 +1,5 @@
-"""common/networks.py: the paper's policy, RND target and predictor (Burda et al. 2018, appendix A.4)."""
+"""common/networks.py: the paper's policy, RND target and predictor (Burda et al. 2018, appendix A.4), as the
+released code builds them (policies/cnn_policy_param_matched.py)."""
 from __future__ import annotations
 
 import copy
@@ -8,10 +9,14 @@ import pytest
 import torch
 from torch import nn
 
-from common.networks import PolicyNet, RNDModel, RNDPredictor, RNDTarget
+from common.config import MIN_FRAME_SIZE
+from common.networks import POLICY_CONVS, RND_CONVS, PolicyNet, RNDModel, RNDPredictor, RNDTarget, conv_out_hw
 
-CONVS = [(32, 8, 4), (64, 4, 2), (64, 3, 1)]  # (out channels, kernel, stride)
-CONV_OUT = 64 * 7 * 7  # 84 -> 20 -> 9 -> 7
+# (out channels, kernel, stride), written out from the release: the policy's c3 has rf=4, the RND nets' c3r rf=3
+POLICY_CONV_LAYERS = [(32, 8, 4), (64, 4, 2), (64, 4, 1)]
+RND_CONV_LAYERS = [(32, 8, 4), (64, 4, 2), (64, 3, 1)]
+POLICY_CONV_OUT = 64 * 6 * 6  # 84 -> 20 -> 9 -> 6
+RND_CONV_OUT = 64 * 7 * 7  # 84 -> 20 -> 9 -> 7
 
 
 def _convs(net: nn.Module) -> list[nn.Conv2d]:
@@ -89,10 +94,11 @@ def test_policy_rows_are_independent(policy):
             torch.testing.assert_close(a[i:i + 1], b, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("net,in_ch", [("policy", 4), ("target", 1), ("predictor", 1)], indirect=["net"])
-def test_conv_stack(net, in_ch):
+@pytest.mark.parametrize("net,in_ch,layers", [("policy", 4, POLICY_CONV_LAYERS), ("target", 1, RND_CONV_LAYERS),
+                                              ("predictor", 1, RND_CONV_LAYERS)], indirect=["net"])
+def test_conv_stack(net, in_ch, layers):
     convs = _convs(net)
-    assert [(c.out_channels, c.kernel_size, c.stride) for c in convs] == [(o, (k, k), (s, s)) for o, k, s in CONVS]
+    assert [(c.out_channels, c.kernel_size, c.stride) for c in convs] == [(o, (k, k), (s, s)) for o, k, s in layers]
     assert convs[0].in_channels == in_ch
     assert all(c.padding == (0, 0) for c in convs)
 
@@ -100,17 +106,18 @@ def test_conv_stack(net, in_ch):
 def test_policy_layers(policy):
     net = policy
     sizes = [(l.in_features, l.out_features) for l in net.trunk.modules() if isinstance(l, nn.Linear)]
-    assert sizes == [(CONV_OUT, 256), (256, 448)]
+    assert sizes == [(POLICY_CONV_OUT, 256), (256, 448)]
     assert not any(isinstance(m, nn.LeakyReLU) for m in net.modules())
     assert net.pi_head.out_features == 18 and net.v_ext.out_features == 1 and net.v_int.out_features == 1
 
 
 def test_rnd_layers(target, predictor):
-    assert [(l.in_features, l.out_features) for l in _linears(target)] == [(CONV_OUT, 512)]
-    assert [(l.in_features, l.out_features) for l in _linears(predictor)] == [(CONV_OUT, 512), (512, 512),
+    assert [(l.in_features, l.out_features) for l in _linears(target)] == [(RND_CONV_OUT, 512)]
+    assert [(l.in_features, l.out_features) for l in _linears(predictor)] == [(RND_CONV_OUT, 512), (512, 512),
                                                                              (512, 512)]
-    for net in (target, predictor):  # the RND convs use LeakyReLU
-        assert sum(isinstance(m, nn.LeakyReLU) for m in net.modules()) == 3
+    for net in (target, predictor):  # the RND convs use LeakyReLU with TF's default slope, 0.2
+        leaky = [m for m in net.modules() if isinstance(m, nn.LeakyReLU)]
+        assert len(leaky) == 3 and all(m.negative_slope == 0.2 for m in leaky)
     x = torch.randn(2, 1, 84, 84)
     assert target(x).shape == (2, 512) and predictor(x).shape == (2, 512)
 
@@ -168,9 +175,9 @@ def test_orthogonal_init_policy(policy):
 
 
 def test_orthogonal_init_linear_with_out_le_in(policy):
-    """Explicitly: W W^T = gain^2 I for the trunk's first Linear [256, 3136]."""
+    """Explicitly: W W^T = gain^2 I for the trunk's first Linear [256, 2304]."""
     w = policy.trunk[1].weight.detach().double()
-    assert w.shape == (256, CONV_OUT)
+    assert w.shape == (256, POLICY_CONV_OUT)
     torch.testing.assert_close(w @ w.T, 2.0 * torch.eye(256, dtype=torch.float64), rtol=0, atol=2e-5)
 
 
@@ -190,3 +197,56 @@ def test_target_and_predictor_start_different(rnd_model):
     """Separately initialised: the initial RND error is not zero."""
     torch.manual_seed(2)
     assert (rnd_model(torch.randn(3, 1, 84, 84)) > 0).all()
+
+
+def test_leaky_relu_slope_is_tensorflows_default():
+    """The release calls tf.nn.leaky_relu without alpha: f(x) = x for x >= 0, 0.2 x below."""
+    x = torch.linspace(-3, 3, 13)
+    act = [m for m in RNDTarget().modules() if isinstance(m, nn.LeakyReLU)][0]
+    torch.testing.assert_close(act(x), torch.where(x >= 0, x, 0.2 * x), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("net", ["target", "predictor"], indirect=True)
+def test_rnd_forward_is_convs_with_slope_point_two_written_out(net):
+    """The RND nets' forward pass against the layers applied by hand with F.conv2d and x if x > 0 else 0.2 x."""
+    x = torch.randn(2, 1, 84, 84)
+    h = x
+    for c in _convs(net):
+        h = torch.nn.functional.conv2d(h, c.weight, c.bias, stride=c.stride)
+        h = torch.where(h > 0, h, 0.2 * h)
+    h = h.flatten(1)
+    lins = _linears(net)
+    for i, l in enumerate(lins):
+        h = h @ l.weight.T + l.bias
+        if i < len(lins) - 1:
+            h = torch.relu(h)
+    torch.testing.assert_close(net(x), h, rtol=1e-4, atol=1e-5)
+
+
+def test_policy_forward_written_out(policy):
+    """Policy: three ReLU convs (third 4x4 stride 1), fc 256, fc 448, then per head a residual fc 448 branch:
+    logits from x + relu(W_pi x), both values from x + relu(W_v x) (the release's fc2act / fc2val)."""
+    obs = torch.randint(0, 256, (3, 4, 84, 84), dtype=torch.uint8)
+    h = obs.float() / 255.0
+    for c in _convs(policy):
+        h = torch.relu(torch.nn.functional.conv2d(h, c.weight, c.bias, stride=c.stride))
+    assert h.shape[1:] == (64, 6, 6)
+    fc1, fc2 = [l for l in policy.trunk.modules() if isinstance(l, nn.Linear)]
+    x = torch.relu(fc2(torch.relu(fc1(h.flatten(1)))))
+    xv = x + torch.relu(policy.v_extra(x))
+    out = policy(obs)
+    torch.testing.assert_close(out.logits, policy.pi_head(x + torch.relu(policy.pi_extra(x))), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out.value_ext, policy.v_ext(xv).squeeze(-1), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out.value_int, policy.v_int(xv).squeeze(-1), rtol=1e-5, atol=1e-6)
+
+
+def test_min_frame_size_matches_the_convs():
+    """config's MIN_FRAME_SIZE is the smallest side both conv stacks map to at least one pixel."""
+    assert min(conv_out_hw(MIN_FRAME_SIZE, MIN_FRAME_SIZE, POLICY_CONVS)) >= 1
+    assert min(conv_out_hw(MIN_FRAME_SIZE - 1, MIN_FRAME_SIZE - 1, POLICY_CONVS)) < 1
+    assert min(conv_out_hw(MIN_FRAME_SIZE, MIN_FRAME_SIZE, RND_CONVS)) >= 1
+    side = MIN_FRAME_SIZE
+    assert PolicyNet(18, 4, side, side)(torch.zeros(1, 4, side, side, dtype=torch.uint8)).logits.shape == (1, 18)
+    assert RNDModel(side, side)(torch.zeros(1, 1, side, side)).shape == (1,)
+    with pytest.raises(ValueError, match="too small"):
+        PolicyNet(18, 4, MIN_FRAME_SIZE - 1, MIN_FRAME_SIZE)

@@ -60,7 +60,7 @@ def test_clipped_surrogate_refuses_mismatched_shapes() -> None:
 def make_agent_and_batch(vtrace: bool) -> tuple[RNDAgent, object]:
     """A small agent whose loss is the surrogate alone (no value, entropy; RND touches only the predictor),
     and a batch whose behaviour log-probs are far from the learner's policy (an actor one update behind)."""
-    t, k, h, w, s = 8, 3, 42, 42, 4
+    t, k, h, w, s = 8, 3, 44, 44, 4
     cfg = load_config(REPO / "configs" / "smoke.yaml",
                       {"NumWorkers": k, "RolloutSteps": t, "ImageHeight": h, "ImageWidth": w, "BatchSize": t * k,
                        "UseVTraceCorrection": vtrace, "normalize_advantages": False, "value_coeff": 0.0,

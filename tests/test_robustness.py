@@ -121,7 +121,7 @@ def test_actor_flow_control_keeps_the_lag_bound() -> None:
     """An actor may have at most max_policy_lag segments that the learner has not retired yet."""
     from common.networks import PolicyNet
 
-    policy = PolicyNet(18, 4, 42, 42)
+    policy = PolicyNet(18, 4, 44, 44)
     sub = FakeSub()
     rx = WeightsReceiver(sub, policy, timeout_s=60, actor_id=3, run_id=11)
     sub.queue.append(_weights(policy, 0, learner_run=1, retired=[]))
@@ -145,7 +145,7 @@ def test_actor_flow_control_keeps_the_lag_bound() -> None:
 def test_actor_forgets_flow_state_when_the_learner_restarts() -> None:
     from common.networks import PolicyNet
 
-    policy = PolicyNet(18, 4, 42, 42)
+    policy = PolicyNet(18, 4, 44, 44)
     sub = FakeSub()
     rx = WeightsReceiver(sub, policy, timeout_s=60, actor_id=0, run_id=5)
     sub.queue.append(_weights(policy, 105, learner_run=1, retired=[[0, 5, 40]]))
@@ -191,7 +191,7 @@ def test_no_checkpoint_of_a_half_applied_update(tmp_path: Path) -> None:
     from learner.serial import SerialRunner
 
     cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml",
-                      {"NumWorkers": 1, "ImageHeight": 42, "ImageWidth": 42})
+                      {"NumWorkers": 1, "ImageHeight": 44, "ImageWidth": 44})
     runner = SerialRunner(cfg, tmp_path, num_actors=1)
     runner.run(1)
     runner.learner.save()

@@ -2,8 +2,10 @@
 
 v_s = V(x_s) + sum_{t=s}^{s+n-1} (prod_{i=s}^{t-1} gamma_i) (prod_{i=s}^{t-1} c_i) delta_t V,
 delta_t V = rho_t (r_t + gamma_t V(x_{t+1}) - V(x_t)), rho_t = min(rho_bar, pi/mu), c_i = lam * min(c_bar, pi/mu),
-with n = T - s (the whole segment) and V(x_T) the bootstrap value; the policy-gradient advantage is
-rho_s (r_s + gamma_s v_{s+1} - V(x_s)) with v_T = V(x_T).
+with n = T - s (the whole segment) and V(x_T) the bootstrap value. The policy-gradient advantage, with
+v_T = V(x_T), is IMPALA's rho_s (r_s + gamma_s v_{s+1} - V(x_s)) ("impala"), or
+rho_s (r_s + gamma_s V(x_{s+1}) - V(x_s) + gamma_s lambda (v_{s+1} - V(x_{s+1}))) ("gae"), which is
+GAE(lambda) (Schulman et al. 2016, eq. 16) when pi = mu.
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ from common.vtrace import vtrace
 
 
 def vtrace_reference(behaviour_logp, target_logp, rewards, values, bootstrap_value, discounts,
-                     rho_bar=1.0, c_bar=1.0, lam=1.0):
+                     rho_bar=1.0, c_bar=1.0, lam=1.0, advantage="gae"):
     """Explicit loops over s and t with Python floats; returns (vs, pg_advantages) as nested lists [T][B]."""
     mu, pi, r, v, g = (x.tolist() for x in (behaviour_logp, target_logp, rewards, values, discounts))
     boot = bootstrap_value.tolist()
@@ -42,7 +44,11 @@ def vtrace_reference(behaviour_logp, target_logp, rewards, values, bootstrap_val
             vs[s][b] = big_v[s] + total
         for s in range(n_t):
             v_next = vs[s + 1][b] if s + 1 < n_t else boot[b]
-            adv[s][b] = rho[s] * (r[s][b] + g[s][b] * v_next - big_v[s])
+            if advantage == "impala":
+                adv[s][b] = rho[s] * (r[s][b] + g[s][b] * v_next - big_v[s])
+            else:
+                adv[s][b] = rho[s] * (r[s][b] + g[s][b] * big_v[s + 1] - big_v[s]
+                                      + g[s][b] * lam * (v_next - big_v[s + 1]))
     return vs, adv
 
 
@@ -60,9 +66,9 @@ def _inputs(T, B, seed, dtype=torch.float64, log_ratio_scale=0.8, gamma=0.99, cu
     return behaviour_logp, target_logp, rewards, values, bootstrap, discounts
 
 
-def _check_against_reference(args, rho_bar, c_bar, lam, rtol=1e-10, atol=1e-10):
-    out = vtrace(*args, rho_bar=rho_bar, c_bar=c_bar, lam=lam)
-    ref_vs, ref_adv = vtrace_reference(*args, rho_bar=rho_bar, c_bar=c_bar, lam=lam)
+def _check_against_reference(args, rho_bar, c_bar, lam, advantage="gae", rtol=1e-10, atol=1e-10):
+    out = vtrace(*args, rho_bar=rho_bar, c_bar=c_bar, lam=lam, advantage=advantage)
+    ref_vs, ref_adv = vtrace_reference(*args, rho_bar=rho_bar, c_bar=c_bar, lam=lam, advantage=advantage)
     dtype = args[0].dtype
     torch.testing.assert_close(out.vs, torch.tensor(ref_vs, dtype=dtype), rtol=rtol, atol=atol)
     torch.testing.assert_close(out.pg_advantages, torch.tensor(ref_adv, dtype=dtype), rtol=rtol, atol=atol)
@@ -72,25 +78,51 @@ def _check_against_reference(args, rho_bar, c_bar, lam, rtol=1e-10, atol=1e-10):
 @pytest.mark.parametrize("rho_bar,c_bar,lam", [(1.0, 1.0, 1.0), (1.0, 1.0, 0.95), (0.8, 1.3, 0.9),
                                                (2.0, 0.5, 0.7), (1.5, 1.5, 1.0)])
 @pytest.mark.parametrize("seed", [0, 1])
-def test_matches_paper_reference(T, B, rho_bar, c_bar, lam, seed):
+@pytest.mark.parametrize("advantage", ["gae", "impala"])
+def test_matches_paper_reference(T, B, rho_bar, c_bar, lam, seed, advantage):
     args = _inputs(T, B, seed)
     ratios = torch.exp(args[1] - args[0])
     if T * B >= 10:  # the data must exercise both sides of both truncation levels
         for level in (rho_bar, c_bar, 1.0):
             assert (ratios > level).any() and (ratios < level).any()
-    _check_against_reference(args, rho_bar, c_bar, lam)
+    _check_against_reference(args, rho_bar, c_bar, lam, advantage)
 
 
-def test_matches_reference_float32():
+@pytest.mark.parametrize("advantage", ["gae", "impala"])
+def test_matches_reference_float32(advantage):
     args = _inputs(8, 3, seed=5, dtype=torch.float32)
-    _check_against_reference(args, 1.0, 1.0, 0.95, rtol=1e-5, atol=1e-5)
+    _check_against_reference(args, 1.0, 1.0, 0.95, advantage, rtol=1e-5, atol=1e-5)
 
 
-def test_matches_reference_all_cuts_and_no_cuts():
+@pytest.mark.parametrize("advantage", ["gae", "impala"])
+def test_matches_reference_all_cuts_and_no_cuts(advantage):
     for cut_prob in (0.0, 1.0):
         args = _inputs(6, 3, seed=11, cut_prob=cut_prob)
         args = args[:5] + (0.99 * torch.ones_like(args[5]) if cut_prob == 0.0 else torch.zeros_like(args[5]),)
-        _check_against_reference(args, 1.0, 1.0, 0.9)
+        _check_against_reference(args, 1.0, 1.0, 0.9, advantage)
+
+
+def test_default_form_is_gae():
+    args = _inputs(7, 3, seed=6)
+    torch.testing.assert_close(vtrace(*args, lam=0.95).pg_advantages,
+                               vtrace(*args, lam=0.95, advantage="gae").pg_advantages, rtol=0, atol=0)
+    assert not torch.allclose(vtrace(*args, lam=0.95).pg_advantages,
+                              vtrace(*args, lam=0.95, advantage="impala").pg_advantages)
+
+
+@pytest.mark.parametrize("rho_bar,c_bar", [(1.0, 1.0), (0.8, 1.3), (2.0, 0.5)])
+def test_forms_agree_at_lambda_one_off_policy(rho_bar, c_bar):
+    """At lambda = 1, V(x_{s+1}) + (v_{s+1} - V(x_{s+1})) = v_{s+1}: the two forms are one, whatever pi/mu."""
+    args = _inputs(10, 4, seed=8)
+    gae_form = vtrace(*args, rho_bar=rho_bar, c_bar=c_bar, lam=1.0, advantage="gae")
+    impala_form = vtrace(*args, rho_bar=rho_bar, c_bar=c_bar, lam=1.0, advantage="impala")
+    torch.testing.assert_close(gae_form.pg_advantages, impala_form.pg_advantages, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(gae_form.vs, impala_form.vs, rtol=0, atol=0)
+
+
+def test_unknown_advantage_form_refused():
+    with pytest.raises(ValueError, match="advantage"):
+        vtrace(*_inputs(3, 2, seed=0), advantage="gae2")
 
 
 def _single(ratio_0, ratio_1=1.0, r=(0.7, -0.4), v=(0.2, 0.9), boot=1.3, g=(0.9, 0.8)):
@@ -126,13 +158,18 @@ def test_rho_truncated_from_above():
 def test_trace_coefficient_c(ratio_0, c_bar, lam, rho_bar):
     """v_0 - V_0 = delta_0 + gamma_0 c_0 (v_1 - V_1), c_0 = lam * min(c_bar, pi/mu), rho_0 = min(rho_bar, pi/mu)."""
     args = _single(ratio_0=ratio_0, ratio_1=1.0)
-    out = vtrace(*args, rho_bar=rho_bar, c_bar=c_bar, lam=lam)
+    out = vtrace(*args, rho_bar=rho_bar, c_bar=c_bar, lam=lam, advantage="impala")
     rho_0, c_0 = min(rho_bar, ratio_0), lam * min(c_bar, ratio_0)
     delta_1 = min(rho_bar, 1.0) * (-0.4 + 0.8 * 1.3 - 0.9)
     delta_0 = rho_0 * (0.7 + 0.9 * 0.9 - 0.2)
     v_1 = 0.9 + delta_1
     assert out.vs[0, 0].item() == pytest.approx(0.2 + delta_0 + 0.9 * c_0 * delta_1, abs=1e-12)
     assert out.pg_advantages[0, 0].item() == pytest.approx(rho_0 * (0.7 + 0.9 * v_1 - 0.2), abs=1e-12)
+    # "gae": the trace in the advantage is lambda, not c_0: rho_0 (r_0 + g_0 V_1 - V_0 + g_0 lam (v_1 - V_1))
+    gae_form = vtrace(*args, rho_bar=rho_bar, c_bar=c_bar, lam=lam, advantage="gae")
+    assert gae_form.vs[0, 0].item() == pytest.approx(out.vs[0, 0].item(), abs=1e-12)
+    want = rho_0 * (0.7 + 0.9 * 0.9 - 0.2 + 0.9 * lam * (v_1 - 0.9))
+    assert gae_form.pg_advantages[0, 0].item() == pytest.approx(want, abs=1e-12)
 
 
 def test_cut_isolates_the_past_from_the_future():
@@ -155,18 +192,32 @@ def test_cut_isolates_the_past_from_the_future():
 @pytest.mark.parametrize("lam", [0.0, 0.5, 0.95, 1.0])
 @pytest.mark.parametrize("rho_bar,c_bar", [(1.0, 1.0), (1.5, 2.0)])
 def test_on_policy_reduces_to_gae(lam, rho_bar, c_bar):
-    """pi = mu, rho_bar, c_bar >= 1: v_s are the GAE(lambda) returns; with lambda = 1 the advantages agree too."""
+    """pi = mu, rho_bar, c_bar >= 1: v_s are the GAE(lambda) returns and the default ("gae") advantages are GAE's
+    for every lambda; IMPALA's form agrees with GAE at lambda = 1 only."""
     behaviour, _, rewards, values, bootstrap, discounts = _inputs(9, 4, seed=3)
-    out = vtrace(behaviour, behaviour.clone(), rewards, values, bootstrap, discounts, rho_bar=rho_bar, c_bar=c_bar,
-                 lam=lam)
+    args = (behaviour, behaviour.clone(), rewards, values, bootstrap, discounts)
+    out = vtrace(*args, rho_bar=rho_bar, c_bar=c_bar, lam=lam)
+    impala = vtrace(*args, rho_bar=rho_bar, c_bar=c_bar, lam=lam, advantage="impala")
     adv, returns = gae(rewards, values, bootstrap, discounts, lam)
     torch.testing.assert_close(out.vs, returns, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(impala.vs, returns, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(out.pg_advantages, adv, rtol=1e-10, atol=1e-10)
     if lam == 1.0:
-        torch.testing.assert_close(out.pg_advantages, adv, rtol=1e-10, atol=1e-10)
-    else:  # the V-trace advantage is the one-step one on the lambda-returns, not the GAE advantage
+        torch.testing.assert_close(impala.pg_advantages, adv, rtol=1e-10, atol=1e-10)
+    else:  # IMPALA's advantage is the one-step one on the lambda-returns, not the GAE advantage
         values_tp1 = torch.cat([out.vs[1:], bootstrap.unsqueeze(0)])
-        torch.testing.assert_close(out.pg_advantages, rewards + discounts * values_tp1 - values, rtol=1e-10,
+        torch.testing.assert_close(impala.pg_advantages, rewards + discounts * values_tp1 - values, rtol=1e-10,
                                    atol=1e-10)
+        assert (impala.pg_advantages - adv).abs().max() > 1e-3
+
+
+def test_on_policy_default_is_ppo_gae_at_the_papers_lambda():
+    """The paper's PPO advantage: GAE with lambda = 0.95 on a [128, 8] segment with episode cuts, pi = mu."""
+    behaviour, _, rewards, values, bootstrap, discounts = _inputs(128, 8, seed=13, cut_prob=0.01)
+    out = vtrace(behaviour, behaviour.clone(), rewards, values, bootstrap, discounts, lam=0.95)
+    adv, returns = gae(rewards, values, bootstrap, discounts, 0.95)
+    torch.testing.assert_close(out.pg_advantages, adv, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(out.vs, returns, rtol=1e-10, atol=1e-10)
 
 
 def test_outputs_carry_no_gradient():

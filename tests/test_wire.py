@@ -643,7 +643,7 @@ def test_validate_warmup_refuses_bad():
     bad(decode(wire_encode("warmup", {"actor": 0, "streams": [0, 1]}, {"obs": f})))
 
 
-NET_HW = 36  # the smallest frame the paper's conv stack takes: keeps these tests fast
+NET_HW = 44  # the smallest frame the policy's convs take (config.MIN_FRAME_SIZE): keeps these tests fast
 
 
 @pytest.fixture(scope="module")
