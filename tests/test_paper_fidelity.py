@@ -15,7 +15,7 @@ import torch
 
 from bench import synthetic_segments
 from common.config import load_config
-from common.networks import NUM_ACTIONS
+from common.networks import NUM_ACTIONS, PolicyNet
 from common.returns import extrinsic_stream
 from common.vtrace import vtrace
 from learner.agent import RNDAgent
@@ -126,3 +126,23 @@ def test_old_policy_layout_refused_by_resume_and_eval_in_one_line(tmp_path: Path
         assert len(lines) == 1 and "Traceback" not in p.stderr, p.stderr
         assert "policy network does not fit" in lines[0] and "trunk.0.4.weight" in lines[0], lines[0]
     assert path.read_bytes() == before  # nothing lost
+
+
+# ---- the seed key's doc ------------------------------------------------------------------------------------------
+def test_actor_seeds_are_the_ones_the_seed_doc_names() -> None:
+    """seed's doc: actor i in its k-th restart samples actions from seed*100003 + 1000003*k + 7919*(i+1) and
+    seeds env stream s with that + s; the learner initialises from seed and draws minibatches from seed + 1."""
+    from actors.rollout import build_collector
+
+    cfg = load_config(REPO / "configs" / "smoke.yaml", {"seed": 5, "ImageHeight": 44, "ImageWidth": 44})
+    actor, restart = 1, 3
+    collector = build_collector(cfg, actor_id=actor, num_actors=2, incarnation=restart)
+    base = 5 * 100003 + 1000003 * restart + 7919 * (actor + 1)
+    assert collector.gen.initial_seed() == base
+    assert collector.streams == [2, 3]
+    assert [env.ale.getInt("random_seed") for env in collector.envs] == [base + s for s in collector.streams]
+    agent = RNDAgent(cfg, NUM_ACTIONS, "cpu")
+    assert agent.gen.initial_seed() == 6
+    torch.manual_seed(5)
+    want = PolicyNet(NUM_ACTIONS, cfg.FrameStack, cfg.ImageHeight, cfg.ImageWidth)  # first thing built from seed
+    torch.testing.assert_close(agent.policy.state_dict(), want.state_dict(), rtol=0, atol=0)
