@@ -34,6 +34,11 @@ class RamLayout(NamedTuple):
 # per game; games not listed report no rooms and no cells
 RAM_LAYOUT = {"montezuma_revenge": RamLayout(room=3, x=42, y=43, level=57)}
 
+# How a level's rooms (their RAM numbers) are laid out on screen, top row first: Montezuma's pyramid
+# of 3, 5, 7 and 9 rooms, the start (room 1) at its top. Used to draw maps of where agents went.
+ROOM_LAYOUT = {"montezuma_revenge": [[0, 1, 2], [3, 4, 5, 6, 7], [8, 9, 10, 11, 12, 13, 14],
+                                     [15, 16, 17, 18, 19, 20, 21, 22, 23]]}
+
 ALEInterface.setLoggerMode(LoggerMode.Error)
 
 
