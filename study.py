@@ -165,9 +165,14 @@ def read_run_file(run_dir: Path) -> dict:
         return {}
 
 
+def shown(cmd: list[str]) -> str:
+    """A launch.py command as a person types it in the repo's folder."""
+    return shlex.join(["python3", "launch.py"] + cmd[2:])
+
+
 def write_run_file(spec: RunSpec, **fields) -> None:
     info = {"name": spec.name, "values": spec.values, "seed": spec.seed, "total_steps": spec.total_steps,
-            "command": shlex.join(spec.command), **fields}
+            "command": shown(spec.command), **fields}
     spec.run_dir.mkdir(parents=True, exist_ok=True)
     tmp = spec.run_dir / (RUN_FILE + ".tmp")
     tmp.write_text(json.dumps(info, indent=2))
@@ -219,9 +224,9 @@ class Scheduler:
         if state == "fresh" and spec.run_dir.exists():  # no checkpoint: nothing in it can be continued
             shutil.rmtree(spec.run_dir)
         cmd = resume_command(spec, gpu) if state == "resume" else with_device(spec.command, gpu)
-        write_run_file(spec, status="running", started=time.time(), launched=shlex.join(cmd))
+        write_run_file(spec, status="running", started=time.time(), launched=shown(cmd))
         log = open(spec.run_dir / "launch.log", "a")
-        log.write(f"# study: {shlex.join(cmd)}\n")
+        log.write(f"# study: {shown(cmd)}\n")
         log.flush()
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=True, cwd=REPO)
