@@ -392,7 +392,8 @@ def load_run(run_dir: Path) -> RunData | None:
     metrics = read_metrics(run_dir / "metrics.csv")
     if not metrics:
         return None
-    exploration = json.loads((run_dir / "exploration.json").read_text()) if (run_dir / "exploration.json").is_file() else {}
+    expl = run_dir / "exploration.json"
+    exploration = json.loads(expl.read_text()) if expl.is_file() else {}
     game = "montezuma_revenge"
     if (run_dir / "config.yaml").is_file():
         game = rom_name(yaml.safe_load((run_dir / "config.yaml").read_text()).get("EnvName", "montezuma_revenge"))
@@ -443,7 +444,8 @@ def run_summary(run: RunData) -> dict:
             "final_episode_return_mean": finite_or_none(run.last("episode_return_mean")),
             "best_episode_return": max(returns) if returns else None, "episodes": len(returns),
             "rooms_visited_total": int(run.last("rooms_visited_total")),
-            "cells_visited_total": int(run.last("cells_visited_total")) if "cells_visited_total" in run.metrics else None,
+            "cells_visited_total": (int(run.last("cells_visited_total")) if "cells_visited_total" in run.metrics
+                                    else None),
             "steps_to_first_reward": first_steps, "wall_s_to_first_reward": first_s,
             "wall_s": finite_or_none(wall), "steps_per_s": finite_or_none(steps / wall if wall > 0 else float("nan"))}
 
@@ -669,7 +671,8 @@ def report_lines(study_dir: Path, groups: dict[str, list[RunData]], summary: dic
             "run totals (a cell is a level, room and 8x8 RAM-unit position bucket); *steps to first reward* the "
             "agent steps at which the first episode with a nonzero return was consumed.", ""]
     out += answers_table(groups, summary)
-    out += ["", "## Curves", "", "Mean over seeds, the band from the lowest to the highest seed, against agent steps.", ""]
+    out += ["", "## Curves", "",
+            "Mean over seeds, the band from the lowest to the highest seed, against agent steps.", ""]
     out += [f"![{key}]({figures[key]})" for key, _ in CURVES if key in figures]
     out += ["", "## Where the agents went", ""]
     if "room_map" in figures:
@@ -683,7 +686,8 @@ def report_lines(study_dir: Path, groups: dict[str, list[RunData]], summary: dic
                 f"`eval.py` on each run's newest checkpoint, {eval_episodes} episodes with sticky actions, seed 0; "
                 "the GIF is the best of them.", ""]
         out += eval_table(runs, summary)
-        out += ["", "Intrinsic reward of each step of the first eval episode, with the frames at its highest peaks:", ""]
+        out += ["", "Intrinsic reward of each step of the first eval episode, with the frames at its highest "
+                "peaks:", ""]
         out += [f"![{r.name}]({summary[r.name]['eval']['int_trace']})" for r in runs
                 if "int_trace" in (summary[r.name].get("eval") or {})]
     return out + [""]
@@ -747,7 +751,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     rp = sub.add_parser("report", help="write report.md, summary.json and figures from the run folders")
     rp.add_argument("study_dir", type=Path)
     rp.add_argument("--out", type=Path, help="output folder (default: STUDY_DIR/report)")
-    rp.add_argument("--eval-episodes", type=int, default=3, help="eval.py episodes per run's newest checkpoint (0: none)")
+    rp.add_argument("--eval-episodes", type=int, default=3,
+                    help="eval.py episodes per run's newest checkpoint (0: none)")
     return p.parse_args(argv)
 
 

@@ -2,7 +2,8 @@
 
 The report's own keys (``../shared/seed/config.yaml``) keep their CamelCase spelling so that
 its file loads unchanged; keys this project adds for the distributed system are snake_case.
-Every field carries its documentation in ``metadata["doc"]``; ``verify`` holds every check.
+Every field carries its documentation in ``metadata["doc"]`` and its range in ``metadata["range"]``
+(string keys with choices are typed ``Literal``); ``verify`` applies them, then the cross-field checks.
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import math
 import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 import yaml
 
@@ -20,8 +21,19 @@ class ConfigError(ValueError):
     """A config that cannot be used; the message is one line naming the key."""
 
 
-def _f(default: Any, doc: str) -> Any:
-    return field(default=default, metadata={"doc": doc})
+# The smallest frame side the policy's convs (8/4, 4/2, 4/1) map to at least one pixel; the RND convs
+# (8/4, 4/2, 3/1) need 36. Kept here so that config stays free of torch; tests check it against the networks.
+MIN_FRAME_SIZE = 44
+SCREEN_HEIGHT, SCREEN_WIDTH = 210, 160  # the Atari screen: a larger frame only interpolates
+MAX_SEED = (1 << 32) - 1  # actor seeds are seed*100003 + ...: they stay far below torch's 64-bit limit
+MIN_ACTOR_TIMEOUT_S = 3.0  # the learner sends a heartbeat every second: a shorter timeout trips on jitter
+MAX_BATCH_FRAME_BYTES = 8 << 30  # one batch's frames, NumWorkers x (RolloutSteps + FrameStack) x H x W, uint8
+
+
+def _f(default: Any, doc: str, lo: float | None = None, hi: float | None = None, above: bool = False) -> Any:
+    """A field with its doc and its range ``lo <= v <= hi`` (``lo < v`` with ``above``; None: no bound).
+    A string field typed ``Literal[...]`` takes its choices from the type."""
+    return field(default=default, metadata={"doc": doc, "range": (lo, hi, above)})
 
 
 @dataclass
@@ -29,61 +41,64 @@ class Config:
     # --- environment (the report's keys) ---
     EnvName: str = _f("MontezumaRevengeNoFrameskip-v4",
                       "Atari game: a gym id (e.g. MontezumaRevengeNoFrameskip-v4, ALE/Pong-v5) or a ROM name.")
-    MaxStepsPerEpisode: int = _f(4500, "Episode cap in agent steps; reaching it is a truncation, not game over.")
-    ImageHeight: int = _f(84, "Observation height after resizing (INTER_AREA).")
-    ImageWidth: int = _f(84, "Observation width after resizing.")
+    MaxStepsPerEpisode: int = _f(4500, "Episode cap in agent steps; reaching it is a truncation, not game over.",
+                                 1, 1_000_000)
+    ImageHeight: int = _f(84, "Observation height after resizing (INTER_AREA).", MIN_FRAME_SIZE, SCREEN_HEIGHT)
+    ImageWidth: int = _f(84, "Observation width after resizing.", MIN_FRAME_SIZE, SCREEN_WIDTH)
     UseStickyAction: bool = _f(True, "Sticky actions (Machado et al. 2018) via ALE's repeat_action_probability.")
-    StickyActionProb: float = _f(0.25, "Per-frame probability of repeating the previous action.")
+    StickyActionProb: float = _f(0.25, "Per-frame probability of repeating the previous action.", 0.0, 1.0)
     # --- rollouts ---
-    NumWorkers: int = _f(128, "Total number of env streams across all actors.")
-    RolloutSteps: int = _f(128, "Agent steps per env in one segment; a batch is NumWorkers x RolloutSteps.")
+    NumWorkers: int = _f(128, "Total number of env streams across all actors.", 1, 8192)
+    RolloutSteps: int = _f(128, "Agent steps per env in one segment; a batch is NumWorkers x RolloutSteps.", 1, 4096)
     NumInitSteps: int = _f(1024, "Random-action steps per env used to warm up the observation normaliser "
-                                 "(the report's value; the paper's code takes 50 x 128 = 6400).")
+                                 "(the report's value; the paper's code takes 50 x 128 = 6400).", 0, 1_000_000)
     # --- RL ---
-    ExtRewardDiscount: float = _f(0.999, "Discount of the extrinsic stream (cut at game over).")
-    IntRewardDiscount: float = _f(0.99, "Discount of the intrinsic stream (never cut).")
-    ExtCoeff: float = _f(2.0, "Weight of the extrinsic advantage.")
-    IntCoeff: float = _f(1.0, "Weight of the intrinsic advantage.")
-    LearningRate: float = _f(1e-4, "Adam learning rate (policy and predictor).")
-    ClipGradNorm: float = _f(10.0, "Global gradient-norm clip.")
-    BatchSize: int = _f(4096, "PPO minibatch size in samples (agent steps).")
-    EpochSteps: int = _f(4, "PPO epochs over each batch.")
+    ExtRewardDiscount: float = _f(0.999, "Discount of the extrinsic stream (cut at game over).", 0.0, 1.0)
+    IntRewardDiscount: float = _f(0.99, "Discount of the intrinsic stream (never cut).", 0.0, 1.0)
+    ExtCoeff: float = _f(2.0, "Weight of the extrinsic advantage.", 0.0, 1e3)
+    IntCoeff: float = _f(1.0, "Weight of the intrinsic advantage.", 0.0, 1e3)
+    LearningRate: float = _f(1e-4, "Adam learning rate (policy and predictor).", 0.0, 1.0, True)
+    ClipGradNorm: float = _f(10.0, "Global gradient-norm clip.", 0.0, 1e6, True)
+    BatchSize: int = _f(4096, "PPO minibatch size in samples (agent steps).", 1, None)
+    EpochSteps: int = _f(4, "PPO epochs over each batch.", 1, 1000)
     SavePath: str = _f("", "Legacy checkpoint path of the report; ignored unless no --run-dir is given "
                            "(then its directory becomes the run dir).")
     NumEpochs: int = _f(10000, "Number of learner updates; default total agent steps = "
-                               "NumEpochs*NumWorkers*RolloutSteps.")
-    RNDUpdateProportion: float = _f(0.25, "Fraction of each minibatch the RND predictor is trained on.")
-    PPOEntropyCoeff: float = _f(0.001, "Entropy bonus coefficient.")
-    PPORewardEps: float = _f(0.1, "PPO clip range epsilon.")
-    PPOAdvLambda: float = _f(0.95, "lambda of GAE, and of V-trace's traces c_t = lambda*min(c_bar, pi/mu).")
+                               "NumEpochs*NumWorkers*RolloutSteps.", 1, 1 << 30)
+    RNDUpdateProportion: float = _f(0.25, "Fraction of each minibatch the RND predictor is trained on.", 0.0, 1.0, True)
+    PPOEntropyCoeff: float = _f(0.001, "Entropy bonus coefficient.", 0.0, 10.0)
+    PPORewardEps: float = _f(0.1, "PPO clip range epsilon.", 0.0, 1.0, True)
+    PPOAdvLambda: float = _f(0.95, "lambda of GAE, and of V-trace's traces c_t = lambda*min(c_bar, pi/mu).", 0.0, 1.0)
     UseVTraceCorrection: bool = _f(True, "Correct for policy lag with V-trace; False uses plain GAE.")
     UseTPU: bool = _f(False, "Accepted for compatibility with the report's config; must be False.")
     # --- additions of this project ---
-    FrameSkip: int = _f(4, "Emulator frames per agent step (max over the last two).")
-    FrameStack: int = _f(4, "Frames stacked into one observation.")
-    max_policy_lag: int = _f(1, "Most updates an actor's weights may lag; 0 = synchronous baseline.")
-    vtrace_rho_bar: float = _f(1.0, "V-trace truncation rho_bar of the importance weights.")
-    vtrace_c_bar: float = _f(1.0, "V-trace truncation c_bar of the traces.")
-    vtrace_advantage: str = _f("gae", "V-trace's policy advantage: gae, rho_s (r_s + gamma_s V(x_{s+1}) - V(x_s) + "
-                                      "gamma_s lambda (v_{s+1} - V(x_{s+1}))), equal to GAE(lambda), the paper's "
-                                      "code's advantage, when the actors' policy is the learner's; or impala, "
-                                      "rho_s (r_s + gamma_s v_{s+1} - V(x_s)), equal to GAE(lambda) at lambda = 1 only.")
-    value_coeff: float = _f(1.0, "Weight of the (ext + int) value loss.")
+    FrameSkip: int = _f(4, "Emulator frames per agent step (max over the last two).", 2, 32)
+    FrameStack: int = _f(4, "Frames stacked into one observation.", 1, 32)
+    max_policy_lag: int = _f(1, "Most updates an actor's weights may lag; 0 = synchronous baseline.", 0, 1 << 30)
+    vtrace_rho_bar: float = _f(1.0, "V-trace truncation rho_bar of the importance weights.", 0.0, 1e3, True)
+    vtrace_c_bar: float = _f(1.0, "V-trace truncation c_bar of the traces.", 0.0, 1e3, True)
+    vtrace_advantage: Literal["gae", "impala"] = _f(
+        "gae", "V-trace's policy advantage: gae, rho_s (r_s + gamma_s V(x_{s+1}) - V(x_s) + "
+               "gamma_s lambda (v_{s+1} - V(x_{s+1}))), equal to GAE(lambda), the paper's "
+               "code's advantage, when the actors' policy is the learner's; or impala, "
+               "rho_s (r_s + gamma_s v_{s+1} - V(x_s)), equal to GAE(lambda) at lambda = 1 only.")
+    value_coeff: float = _f(1.0, "Weight of the (ext + int) value loss.", 0.0, 1e3)
     normalize_advantages: bool = _f(False, "Standardise the combined advantage per batch; the paper's code does not "
                                            "(it feeds `IntCoeff*A_int + ExtCoeff*A_ext` to PPO as is).")
-    obs_clip: float = _f(5.0, "Clip of the normalised RND observation.")
+    obs_clip: float = _f(5.0, "Clip of the normalised RND observation.", 0.0, 1e3, True)
     seed: int = _f(0, "Seed of learner and actors. The learner initialises its networks from seed and draws "
                       "minibatches and the predictor's sample mask from seed + 1; actor i in its k-th restart "
                       "samples actions from `seed*100003 + 1000003*k + 7919*(i+1)` and seeds env stream s "
-                      "with that + s.")
-    checkpoint_every: int = _f(100, "Write a checkpoint every this many updates (and at exit).")
-    keep_checkpoints: int = _f(3, "How many numbered checkpoints to keep besides latest.pt.")
-    wire_compression: str = _f("auto", "Segment compression: none, zstd, or auto (zstd unless the learner "
-                                       "address is loopback or ipc).")
-    actor_timeout_s: float = _f(60.0, "An actor that hears nothing from its learner this long exits.")
-    learner_precision: str = _f("auto", "Policy network math on the learner: fp32, bf16 (autocast), or auto "
-                                        "(bf16 on CUDA, fp32 on CPU). The RND networks always run in fp32 (on CUDA with "
-                                        "TF32 matmuls and convolutions).")
+                      "with that + s.", 0, MAX_SEED)
+    checkpoint_every: int = _f(100, "Write a checkpoint every this many updates (and at exit).", 1, 1 << 30)
+    keep_checkpoints: int = _f(3, "How many numbered checkpoints to keep besides latest.pt.", 1, 1000)
+    wire_compression: Literal["none", "zstd", "auto"] = _f(
+        "auto", "Segment compression: none, zstd, or auto (zstd unless the learner address is loopback or ipc).")
+    actor_timeout_s: float = _f(60.0, "An actor that hears nothing from its learner this long exits.",
+                                MIN_ACTOR_TIMEOUT_S, 86_400.0)
+    learner_precision: Literal["auto", "fp32", "bf16"] = _f(
+        "auto", "Policy network math on the learner: fp32, bf16 (autocast), or auto (bf16 on CUDA, fp32 on CPU). "
+                "The RND networks always run in fp32 (on CUDA with TF32 matmuls and convolutions).")
     learner_compile: bool = _f(False, "torch.compile the learner's networks (slow first update, faster after).")
     actor_device: str = _f("cpu", "Where actors run their policy step: cpu, or cuda / cuda:N when the actors' "
                                   "machine has a GPU (the envs always step on the CPU).")
@@ -97,59 +112,68 @@ class Config:
         return dataclasses.asdict(self)
 
 
-# The smallest frame side the policy's convs (8/4, 4/2, 4/1) map to at least one pixel; the RND convs
-# (8/4, 4/2, 3/1) need 36. Kept here so that config stays free of torch; tests check it against the networks.
-MIN_FRAME_SIZE = 44
-_POSITIVE_INT = ("MaxStepsPerEpisode", "ImageHeight", "ImageWidth", "NumWorkers", "RolloutSteps", "BatchSize",
-                 "EpochSteps", "NumEpochs", "FrameSkip", "FrameStack", "checkpoint_every", "keep_checkpoints")
-_NON_NEGATIVE = ("NumInitSteps", "ExtCoeff", "IntCoeff", "PPOEntropyCoeff", "max_policy_lag", "value_coeff", "seed")
-_POSITIVE_FLOAT = ("LearningRate", "ClipGradNorm", "PPORewardEps", "vtrace_rho_bar", "vtrace_c_bar", "obs_clip",
-                   "actor_timeout_s")
-_UNIT_INTERVAL = ("StickyActionProb", "ExtRewardDiscount", "IntRewardDiscount", "PPOAdvLambda")
-
-
 def verify(cfg: Config) -> Config:
-    """All checks, types first, then ranges, then cross-field ones. Raises ConfigError."""
+    """All checks: each key's type, then its range or choices (from its field), then the cross-field ones.
+    Raises ConfigError naming the key."""
     for f in fields(cfg):
-        v = getattr(cfg, f.name)
-        want = {"int": int, "float": float, "bool": bool, "str": str}[f.type]
-        v = _coerce_float(v) if want is float else v
-        setattr(cfg, f.name, v)
-        if want is float and isinstance(v, float) and not math.isfinite(v):
-            raise ConfigError(f"config key {f.name}: must be a finite number, got {v!r}")
-        if want is int and isinstance(v, bool) or not isinstance(v, want):
-            raise ConfigError(f"config key {f.name}: expected {f.type}, got {type(v).__name__} {v!r}")
-    for k in _POSITIVE_INT + _POSITIVE_FLOAT:
-        if not getattr(cfg, k) > 0:
-            raise ConfigError(f"config key {k}: must be > 0, got {getattr(cfg, k)!r}")
-    for k in _NON_NEGATIVE:
-        if not getattr(cfg, k) >= 0:
-            raise ConfigError(f"config key {k}: must be >= 0, got {getattr(cfg, k)!r}")
-    for k in _UNIT_INTERVAL:
-        if not 0.0 <= getattr(cfg, k) <= 1.0:
-            raise ConfigError(f"config key {k}: must be in [0, 1], got {getattr(cfg, k)!r}")
-    if not 0.0 < cfg.RNDUpdateProportion <= 1.0:
-        raise ConfigError(f"config key RNDUpdateProportion: must be in (0, 1], got {cfg.RNDUpdateProportion!r}")
+        _check_type(cfg, f.name)
+    for f in fields(cfg):
+        _check_range(f.name, getattr(cfg, f.name), f.metadata["range"])
+    _check_cross_fields(cfg)
+    return cfg
+
+
+def _types() -> dict[str, Any]:
+    return get_type_hints(Config)
+
+
+def _base_type(hint: Any) -> type:
+    return str if get_origin(hint) is Literal else hint
+
+
+def _or_list(choices: tuple) -> str:
+    return ", ".join(choices[:-1]) + f" or {choices[-1]}" if len(choices) > 1 else str(choices[0])
+
+
+def _check_type(cfg: Config, name: str) -> None:
+    hint = _types()[name]
+    want = _base_type(hint)
+    v = getattr(cfg, name)
+    v = _coerce_float(v) if want is float else v
+    setattr(cfg, name, v)
+    if want is float and isinstance(v, float) and not math.isfinite(v):
+        raise ConfigError(f"config key {name}: must be a finite number, got {v!r}")
+    if want is int and isinstance(v, bool) or not isinstance(v, want):
+        raise ConfigError(f"config key {name}: expected {want.__name__}, got {type(v).__name__} {v!r}")
+    if get_origin(hint) is Literal and v not in get_args(hint):
+        raise ConfigError(f"config key {name}: must be {_or_list(get_args(hint))}, got {v!r}")
+
+
+def _check_range(name: str, v: Any, rng: tuple) -> None:
+    lo, hi, above = rng
+    if lo is not None and not (v > lo if above else v >= lo):
+        raise ConfigError(f"config key {name}: must be {'>' if above else '>='} {lo}, got {v!r}")
+    if hi is not None and not v <= hi:
+        raise ConfigError(f"config key {name}: must be <= {hi}, got {v!r}")
+
+
+def _check_cross_fields(cfg: Config) -> None:
     if cfg.UseTPU:
         raise ConfigError("config key UseTPU: TPUs are not supported; set UseTPU: False")
-    if cfg.vtrace_advantage not in ("gae", "impala"):
-        raise ConfigError(f"config key vtrace_advantage: must be gae or impala, got {cfg.vtrace_advantage!r}")
-    if cfg.learner_precision not in ("auto", "fp32", "bf16"):
-        raise ConfigError(f"config key learner_precision: must be auto, fp32 or bf16, got {cfg.learner_precision!r}")
-    if cfg.wire_compression not in ("none", "zstd", "auto"):
-        raise ConfigError(f"config key wire_compression: must be none, zstd or auto, got {cfg.wire_compression!r}")
     if not re.fullmatch(r"cpu|cuda(:(0|[1-9][0-9]*))?", cfg.actor_device):  # what torch.device accepts
         raise ConfigError(f"config key actor_device: must be cpu, cuda or cuda:N, got {cfg.actor_device!r}")
-    if cfg.FrameSkip < 2:
-        raise ConfigError("config key FrameSkip: must be >= 2 (the max is taken over the last two frames)")
-    if cfg.ImageHeight < MIN_FRAME_SIZE or cfg.ImageWidth < MIN_FRAME_SIZE:
-        raise ConfigError(f"config key ImageHeight/ImageWidth: the paper's policy convs need at least "
-                          f"{MIN_FRAME_SIZE}x{MIN_FRAME_SIZE}")
+    batch = cfg.NumWorkers * cfg.RolloutSteps
+    if cfg.BatchSize > batch:
+        raise ConfigError(f"config key BatchSize: {cfg.BatchSize} is more than a batch, NumWorkers x RolloutSteps "
+                          f"= {batch}")
+    frame_bytes = cfg.NumWorkers * (cfg.RolloutSteps + cfg.FrameStack) * cfg.ImageHeight * cfg.ImageWidth
+    if frame_bytes > MAX_BATCH_FRAME_BYTES:
+        raise ConfigError(f"config key NumWorkers/RolloutSteps/ImageHeight/ImageWidth: one batch would hold "
+                          f"{frame_bytes / 2**30:.1f} GiB of frames, more than {MAX_BATCH_FRAME_BYTES >> 30} GiB")
     try:
         rom_name(cfg.EnvName)
     except ValueError as e:
         raise ConfigError(f"config key EnvName: {e}") from None
-    return cfg
 
 
 # Keys that fix the shapes on the wire: a learner and its actors must agree on them.
@@ -212,24 +236,45 @@ def from_dict(values: dict[str, Any], base: Config | None = None) -> Config:
     for k, v in values.items():
         if k not in known:
             raise ConfigError(f"config key {k}: unknown key")
-        if isinstance(v, str) and k != "SavePath" and _field_type(k) != "str":
+        if isinstance(v, str) and k != "SavePath" and _field_type(k) is not str:
             v = _parse_value(v)
         setattr(cfg, k, v)
     return verify(cfg)
 
 
-def _field_type(name: str) -> str:
-    return {f.name: f.type for f in fields(Config)}[name]
+def _field_type(name: str) -> type:
+    return _base_type(_types()[name])
+
+
+class _DuplicateKey(yaml.YAMLError):
+    pass
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """safe_load, except that a key given twice in one mapping is an error (PyYAML keeps the last silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise _DuplicateKey(f"config key {key}: given twice (line {key_node.start_mark.line + 1})")
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML mapping; malformed files raise ConfigError with one line."""
     try:
-        text = Path(path).read_text()
+        text = Path(path).read_bytes().decode("utf-8")
     except OSError as e:
         raise ConfigError(f"config file {path}: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config file {path}: not UTF-8 text (byte {e.start})") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)
+    except _DuplicateKey as e:
+        raise ConfigError(f"config file {path}: {e}") from None
     except yaml.YAMLError as e:
         where = getattr(e, "problem_mark", None)
         line = f" line {where.line + 1}" if where is not None else ""
@@ -243,13 +288,10 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 
 def load_config(path: str | Path | None = None, overrides: list[str] | dict[str, Any] | None = None) -> Config:
     """defaults < YAML < overrides."""
-    cfg = Config()
-    if path is not None:
-        cfg = from_dict(load_yaml(path), cfg)
+    values = load_yaml(path) if path is not None else {}
     if overrides:
-        ov = parse_overrides(overrides) if isinstance(overrides, list) else overrides
-        cfg = from_dict(ov, cfg)
-    return verify(cfg)
+        values.update(parse_overrides(overrides) if isinstance(overrides, list) else overrides)
+    return from_dict(values)  # checked once, so an override can mend what the file alone would break
 
 
 def dump_yaml(cfg: Config) -> str:

@@ -42,7 +42,7 @@ def test_wire_bytes_per_step_with_the_paper_config() -> None:
     from bench import wire_bytes
     from common.config import load_config
 
-    wb = wire_bytes(load_config(REPO / "configs" / "montezuma.yaml", {"NumWorkers": 2}))
+    wb = wire_bytes(load_config(REPO / "configs" / "montezuma.yaml", {"NumWorkers": 2, "BatchSize": 256}))
     assert wb["none"] <= 8192
     assert wb["zstd"] < wb["none"]
 

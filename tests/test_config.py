@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import typing
 from pathlib import Path
 
 import pytest
@@ -103,7 +104,7 @@ def test_every_field_documented():
 
 
 def test_precedence_defaults_yaml_overrides(tmp_path):
-    p = write(tmp_path, "NumWorkers: 16\nLearningRate: 2.0e-4\nExtCoeff: 3\n")
+    p = write(tmp_path, "NumWorkers: 16\nLearningRate: 2.0e-4\nExtCoeff: 3\nBatchSize: 256\n")
     cfg = load_config(p)
     assert cfg.NumWorkers == 16 and cfg.LearningRate == 2e-4
     assert cfg.ExtCoeff == 3.0 and isinstance(cfg.ExtCoeff, float)
@@ -112,13 +113,13 @@ def test_precedence_defaults_yaml_overrides(tmp_path):
     assert cfg.NumWorkers == 8 and cfg.RolloutSteps == 32 and cfg.LearningRate == 2e-4
     cfg = load_config(p, {"LearningRate": 5e-4})
     assert cfg.LearningRate == 5e-4 and cfg.NumWorkers == 16
-    cfg = load_config(None, ["NumWorkers=4"])
+    cfg = load_config(None, ["NumWorkers=4", "BatchSize=512"])
     assert cfg.NumWorkers == 4 and cfg.LearningRate == Config().LearningRate
 
 
 def test_load_does_not_mutate_a_base(tmp_path):
     base = Config()
-    cfg = from_dict({"NumWorkers": 2}, base)
+    cfg = from_dict({"NumWorkers": 2, "BatchSize": 256}, base)
     assert cfg.NumWorkers == 2 and base.NumWorkers == 128
 
 
@@ -168,7 +169,8 @@ def test_empty_yaml_is_defaults(tmp_path):
 
 
 def test_dump_yaml_round_trips(tmp_path):
-    cfg = load_config(None, ["NumWorkers=12", "LearningRate=3e-4", "UseTPU=false", "SavePath=/x/y.ckpt"])
+    cfg = load_config(None, ["NumWorkers=12", "BatchSize=1536", "LearningRate=3e-4", "UseTPU=false",
+                             "SavePath=/x/y.ckpt"])
     assert load_config(write(tmp_path, dump_yaml(cfg))) == cfg
 
 
@@ -310,3 +312,60 @@ def test_rom_name_agrees_with_gymnasium_registry():
             wrong.append((env_id, game, got))
     assert checked > 100
     assert not wrong, f"rom_name disagrees with gymnasium on {wrong}"
+
+
+# ---------------------------------------------------------------------------------------------
+# values that pass a type check but would crash, hang or eat memory later
+
+
+@pytest.mark.parametrize("item,key", [
+    ("ImageHeight=100000", "ImageHeight"), ("ImageWidth=161", "ImageWidth"),
+    ("RolloutSteps=1000000000", "RolloutSteps"),
+    (f"seed={10 ** 20}", "seed"), ("actor_timeout_s=1e-9", "actor_timeout_s"), ("FrameStack=1000", "FrameStack"),
+    ("FrameSkip=1000", "FrameSkip"), ("NumWorkers=100000", "NumWorkers"), ("LearningRate=10", "LearningRate"),
+    ("MaxStepsPerEpisode=1000000000", "MaxStepsPerEpisode"), ("keep_checkpoints=100000", "keep_checkpoints"),
+    ("max_policy_lag=2000000000", "max_policy_lag"), ("EpochSteps=100000", "EpochSteps"),
+])
+def test_absurd_values_refused(item, key):
+    refused(load_config, None, [item], key=key)
+
+
+def test_batch_size_larger_than_a_batch_refused():
+    text = refused(load_config, None, ["NumWorkers=4", "RolloutSteps=16", "BatchSize=65"], key="BatchSize")
+    assert "64" in text
+    assert load_config(None, ["NumWorkers=4", "RolloutSteps=16", "BatchSize=64"]).BatchSize == 64
+
+
+def test_a_batch_too_large_for_memory_refused():
+    refused(load_config, None, ["NumWorkers=8192", "RolloutSteps=4096", "ImageHeight=84", "ImageWidth=84"],
+            key="NumWorkers")
+
+
+def test_an_override_can_mend_the_file(tmp_path):
+    p = write(tmp_path, "NumWorkers: 4\nRolloutSteps: 16\n")  # alone: the default BatchSize is more than a batch
+    refused(load_config, p, key="BatchSize")
+    assert load_config(p, ["BatchSize=32"]).BatchSize == 32
+
+
+def test_non_utf8_config_refused(tmp_path):
+    p = tmp_path / "latin1.yaml"
+    p.write_bytes("EnvName: Montezuma\xe9\n".encode("latin-1"))
+    text = refused(load_config, p)
+    assert "UTF-8" in text and str(p) in text
+
+
+def test_a_key_given_twice_refused(tmp_path):
+    p = write(tmp_path, "LearningRate: 1.0e-4\nNumWorkers: 4\nLearningRate: 3.0e-4\n")
+    text = refused(load_config, p, key="LearningRate")
+    assert "twice" in text and "line 3" in text
+
+
+def test_ranges_live_in_the_fields():
+    """Every number key has its range in its field, and every Literal key its choices in its type."""
+    hints = typing.get_type_hints(Config)
+    for f in dataclasses.fields(Config):
+        if hints[f.name] in (int, float):
+            lo, hi, _ = f.metadata["range"]
+            assert lo is not None, f.name
+        if typing.get_origin(hints[f.name]) is typing.Literal:
+            assert f.default in typing.get_args(hints[f.name])
