@@ -1,6 +1,6 @@
 """One typed config tree: defaults < YAML file < command-line ``key=value`` overrides.
 
-The report's own keys (``../shared/seed/config.yaml``) keep their CamelCase spelling so that
+The report's own keys (``configs/report.yaml``) keep their CamelCase spelling so that
 its file loads unchanged; keys this project adds for the distributed system are snake_case.
 Every field carries its documentation in ``metadata["doc"]`` and its range in ``metadata["range"]``
 (string keys with choices are typed ``Literal``); ``verify`` applies them, then the cross-field checks.
@@ -286,9 +286,25 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
+MAX_BASE_DEPTH = 8
+
+
+def load_yaml_tree(path: str | Path, depth: int = 0) -> dict[str, Any]:
+    """A config file's values over those of the file its ``base:`` names (a path relative to it), recursively."""
+    data = load_yaml(path)
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    if not isinstance(base, str) or not base:
+        raise ConfigError(f"config file {path}: base must name a config file, got {base!r}")
+    if depth >= MAX_BASE_DEPTH:
+        raise ConfigError(f"config file {path}: more than {MAX_BASE_DEPTH} bases deep (a base that names itself?)")
+    return {**load_yaml_tree(Path(path).parent / base, depth + 1), **data}
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | dict[str, Any] | None = None) -> Config:
-    """defaults < YAML < overrides."""
-    values = load_yaml(path) if path is not None else {}
+    """defaults < YAML (over its bases) < overrides."""
+    values = load_yaml_tree(path) if path is not None else {}
     if overrides:
         values.update(parse_overrides(overrides) if isinstance(overrides, list) else overrides)
     return from_dict(values)  # checked once, so an override can mend what the file alone would break
