@@ -25,7 +25,8 @@ from common.transport import LearnerKeys, LearnerSockets, bind_learner
 from common.wire import SegmentSpec, WireError, encode
 from learner.agent import RNDAgent
 from learner.batch import Batch, Segment, assemble
-from learner.learner_io import LearnerIO, WarmupMoments, max_frame_bytes, recv_queue, route_message
+from learner.learner_io import (RUNS_KEPT_PER_ACTOR, LearnerIO, WarmupMoments, max_frame_bytes, recv_queue,
+                                route_message)
 from learner.checkpoint import save_checkpoint
 from learner.exploration import ExplorationStats
 from learner.logs import RunLogger
@@ -137,12 +138,16 @@ class Learner:
         self.retire(segments)
 
     def retire(self, segments: list[Segment]) -> None:
-        """Note segments as consumed or dropped; actors learn it with the next weights or heartbeat."""
+        """Note segments as consumed or dropped; actors learn it with the next weights or heartbeat.
+        The table every heartbeat carries stays small: actor ids below NumWorkers (the I/O thread
+        refuses others), and per id the RUNS_KEPT_PER_ACTOR runs retired most recently."""
         with self._counter_lock:
             for s in segments:
+                if not 0 <= s.actor < self.cfg.NumWorkers:
+                    continue
                 runs = self.retired.setdefault(s.actor, {})
-                runs[s.run] = max(runs.get(s.run, -1), s.seq)
-                while len(runs) > 4:  # keep the newest runs of each actor id (restarts change the run id)
+                runs[s.run] = max(runs.pop(s.run, -1), s.seq)  # re-inserted: the least recent run goes first
+                while len(runs) > RUNS_KEPT_PER_ACTOR:  # restarts change the run id
                     runs.pop(next(iter(runs)))
 
     def flow_meta(self) -> dict:

@@ -9,9 +9,19 @@ reduced here to per-pixel moments, which the main thread merges into the normali
 what the main thread queues (new weights, stop) and, every HEARTBEAT_S, a tiny heartbeat, so actors
 know their learner is alive even during an update that takes minutes (a CPU learner), and re-sends
 the newest weights every RESEND_WEIGHTS_S for actors that joined late (PUB/SUB drops for them).
+
+What a peer can make it hold is bounded by the config (the functions below derive each bound):
+it reads at most MAX_DRAIN messages per pass, so batches, stale drops and heartbeats go on under
+a flood; it reads a segment's header before anything else, and drops a segment that cannot be
+used (too old, newer than any weights, or beyond the pending bounds) before decompressing it;
+it keeps at most ``pending_segments_per_actor`` segments per actor id and ``pending_cap_bytes``
+in all; actor ids must be ones the run can have (below NumWorkers); and warm-up moments waiting
+for the main thread are merged into one.
 """
 from __future__ import annotations
 
+import json
+import math
 import queue
 import threading
 import time
@@ -45,6 +55,56 @@ def recv_queue(max_lag: int) -> int:
     return max_lag + 2
 
 
+# ---- bounds on what peers can make the learner hold ----------------------------------------------------
+MAX_DRAIN = 256  # messages read per pass of the I/O loop: batches, stale drops and heartbeats go on under a flood
+DRAIN_BUDGET_S = 0.05  # and at most this long per pass
+RUNS_KEPT_PER_ACTOR = 4  # retirement table: the newest run ids (restarts) of each actor id
+_TRIPLE_DIGITS = 19 + 19 + 5  # len('[a,r,q],') less a's digits: run and seq are < 2**62 (19 digits)
+
+
+def stream_bytes(spec: SegmentSpec) -> int:
+    """Decoded bytes of one stream of one segment."""
+    return sum(math.prod(shape) * dtype.itemsize for dtype, shape in spec.segment_arrays(1).values())
+
+
+def pending_segments_per_actor(max_lag: int) -> int:
+    """Segments one actor id may have waiting: an actor has at most ``max_lag + 1`` unretired, and a
+    restarted one may still have a segment of its previous run here."""
+    return max_lag + 2
+
+
+def pending_cap_bytes(spec: SegmentSpec, max_lag: int) -> int:
+    """Decoded segments kept waiting for a batch: every actor's allowance, ``max_lag + 2`` segments of
+    each of the ``num_streams`` streams. Legitimate traffic never reaches it (at most ``max_lag + 1``
+    segments per stream are unretired); past it, new segments are dropped before they are decompressed."""
+    return pending_segments_per_actor(max_lag) * spec.num_streams * stream_bytes(spec)
+
+
+def assembly_bytes(spec: SegmentSpec) -> int:
+    """One batch being assembled: up to 2 x num_streams streams (the last segment may overshoot),
+    concatenated, then copied into tensors, plus the stack index (int64 [T+1, B, S]) and the per-step arrays."""
+    b = 2 * spec.num_streams
+    t = spec.rollout_steps
+    return 3 * b * stream_bytes(spec) + (t + 1) * b * spec.frame_stack * 8 + 6 * t * b * 8
+
+
+def flood_memory_bound(spec: SegmentSpec, max_lag: int, peers: int) -> int:
+    """Most bytes a flood from ``peers`` connections adds to a learner's resident memory: the pending
+    segments, one batch in assembly, ZeroMQ's per-peer queue of whole messages (each at most the
+    largest segment plus the header cap), one message being decoded (compressed and decoded), and
+    the warm-up moments (two float64 H x W pairs)."""
+    message = spec.max_message_bytes() + MAX_HEADER_BYTES
+    warm = 2 * 2 * spec.height * spec.width * 8
+    return (pending_cap_bytes(spec, max_lag) + assembly_bytes(spec) + peers * recv_queue(max_lag) * message
+            + 2 * message + warm)
+
+
+def retired_table_bytes(num_workers: int) -> int:
+    """Most bytes of the retirement table in a heartbeat or weights header (compact JSON): at most
+    RUNS_KEPT_PER_ACTOR runs of each of the ``num_workers`` actor ids a run can have."""
+    return 2 + RUNS_KEPT_PER_ACTOR * num_workers * (_TRIPLE_DIGITS + len(str(num_workers - 1)))
+
+
 @dataclass
 class WarmupMoments:
     """Per-pixel moments of a warm-up message's frames: float64 [H, W] twice, and the frame count."""
@@ -54,9 +114,70 @@ class WarmupMoments:
     count: int
 
 
+def merge_moments(a: WarmupMoments, b: WarmupMoments) -> WarmupMoments:
+    """The moments of both frame sets (Chan et al.'s parallel formula, as the normaliser merges them)."""
+    rms = RunningMeanStd(tuple(a.mean.shape), epsilon=0.0)
+    rms.update_from_moments(a.mean, a.var, a.count)
+    rms.update_from_moments(b.mean, b.var, b.count)
+    return WarmupMoments(rms.mean, rms.var, a.count + b.count)
+
+
+def check_actor_id(actor: object, spec: SegmentSpec) -> int:
+    """Actor ids a run can have: every actor holds at least one of the ``num_streams`` streams."""
+    if not isinstance(actor, int) or isinstance(actor, bool) or not 0 <= actor < spec.num_streams:
+        raise WireError(f"actor id outside [0, {spec.num_streams}) (NumWorkers)")
+    return actor
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """What an actor message's header says, read before any array is decompressed."""
+
+    kind: str
+    actor: int
+    version: int = -1
+    run: int = -1
+    seq: int = -1
+    streams: int = 0
+
+    def as_dropped(self) -> Segment:
+        """The segment as flow control needs it (who sent it, which one) when it is dropped unread."""
+        return Segment(self.actor, self.version, [], {}, [], {}, self.run, self.seq)
+
+
+def _header_int(header: dict, key: str) -> int:
+    v = header.get(key)
+    if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v <= 1 << 62:
+        raise WireError(f"field {key!r}={v!r} out of range")
+    return v
+
+
+def read_envelope(frames: list[bytes], spec: SegmentSpec) -> Envelope:
+    """Parse the JSON header of an actor message and check its ids; raises WireError. The full
+    decode checks everything again: this only decides whether the rest is worth reading."""
+    if not frames or len(frames[0]) > MAX_HEADER_BYTES:
+        raise WireError("empty message or header over the size cap")
+    try:
+        header = json.loads(bytes(frames[0]).decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise WireError("header is not UTF-8 JSON") from None
+    if not isinstance(header, dict):
+        raise WireError("header is not a JSON object")
+    kind, actor = header.get("kind"), check_actor_id(header.get("actor"), spec)
+    if kind != "segment":
+        return Envelope(str(kind), actor)
+    streams = header.get("streams")
+    if not isinstance(streams, list) or not 0 < len(streams) <= spec.num_streams:
+        raise WireError("field 'streams' missing or wrong length")
+    return Envelope(kind, actor, _header_int(header, "version"), _header_int(header, "run"),
+                    _header_int(header, "seq"), len(streams))
+
+
 def parse_message(frames: list[bytes], spec: SegmentSpec) -> Segment | WarmupMoments:
     """Decode and validate one actor message; raises WireError."""
     msg = decode(frames, max_bytes=spec.max_message_bytes())
+    if msg.kind in ("segment", "warmup"):
+        check_actor_id(msg.meta.get("actor"), spec)
     if msg.kind == "segment":
         validate_segment(msg, spec)
         m = msg.meta
@@ -100,8 +221,12 @@ class LearnerIO:
         self._cond = threading.Condition()  # guards the hand-over: _ready and consume_version
         self._ready: tuple[Batch, list[Segment]] | None = None
         self.consume_version = version  # the learner version at which the next batch will be consumed
-        self.warmups: queue.Queue[WarmupMoments] = queue.Queue()
+        self.warmups: queue.Queue[WarmupMoments] = queue.Queue()  # at most one item: see _add_warmup
+        self._warm: WarmupMoments | None = None  # moments merged while the main thread had not taken the last
         self.pending: deque[Segment] = deque()
+        self._pending_streams = 0  # streams in pending, as of the last change made here
+        self._cap_streams = pending_segments_per_actor(max_lag) * spec.num_streams  # pending_cap_bytes / stream
+        self._per_actor = pending_segments_per_actor(max_lag)
         self.enabled = False  # batches are formed only once the observation normaliser is warm
         self.outbox: queue.Queue[list] = queue.Queue()
         self._weights: list | None = None  # newest weights frames, re-sent for late joiners
@@ -128,6 +253,7 @@ class LearnerIO:
             while not self._stop.is_set():
                 if self.sock.poll(20, zmq.POLLIN):
                     self._drain()
+                self.hand_over_warmup()
                 self._maybe_assemble()
                 self._send()
             self._send()  # flush what was queued last (the stop messages)
@@ -163,28 +289,75 @@ class LearnerIO:
         once. Not this thread's ``_version``: see ``Learner.flow_meta`` for why."""
         return encode("heartbeat", self.heartbeat_meta(), {})
 
+    # ---- incoming ---------------------------------------------------------------------------------
     def _drain(self) -> None:
-        while True:
+        """Read what is queued, at most MAX_DRAIN messages or DRAIN_BUDGET_S: the loop must come back
+        to batches and heartbeats however fast messages arrive."""
+        deadline = time.monotonic() + DRAIN_BUDGET_S
+        for _ in range(MAX_DRAIN):
             try:
                 frames = self.sock.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return
-            route_message(frames, self.spec, self.on_reject, self.warmups.put, self.pending.append)
+            self.admit(frames)
+            if time.monotonic() > deadline:
+                return
+
+    def admit(self, frames: list[bytes]) -> None:
+        """One message from the socket: a segment that cannot be used is dropped (and retired, so its
+        actor moves on) from its header alone; anything else is decoded, validated and filed."""
+        try:
+            env = read_envelope(frames, self.spec)
+        except WireError as e:
+            self.on_reject(e)
+            return
+        if env.kind == "segment" and (not self._fresh(env.version)
+                                      or self._pending_streams + env.streams > self._cap_streams):
+            self.on_stale([env.as_dropped()])
+            return
+        route_message(frames, self.spec, self.on_reject, self._add_warmup, self._add_segment)
+
+    def _fresh(self, version: int) -> bool:
+        """Usable by the next batch: within max_lag of the version it will be consumed at, and no newer
+        than the newest published weights (a newer one comes from an earlier run of this learner)."""
+        return self.consume_version - self.max_lag <= version <= self._version
+
+    def _add_segment(self, seg: Segment) -> None:
+        """File a validated segment; an actor id over its allowance loses its oldest waiting one."""
+        mine = [s for s in self.pending if s.actor == seg.actor]
+        if len(mine) >= self._per_actor:
+            self.pending.remove(mine[0])
+            self._pending_streams -= len(mine[0].streams)
+            self.on_stale([mine[0]])
+        self.pending.append(seg)
+        self._pending_streams += len(seg.streams)
+
+    def _add_warmup(self, m: WarmupMoments) -> None:
+        """Warm-up moments for the main thread, merged here while it has not taken the last ones, so
+        that a flood of warm-up messages holds one [H, W] pair, not one per message."""
+        self._warm = m if self._warm is None else merge_moments(self._warm, m)
+        self.hand_over_warmup()
+
+    def hand_over_warmup(self) -> None:
+        if self._warm is not None and self.warmups.empty():  # only this thread puts: at most one queued
+            self.warmups.put(self._warm)
+            self._warm = None
 
     def _pick(self) -> list[Segment] | None:
         """Under the lock: drop unusable segments, then take >= num_envs streams if the slot is free."""
-        oldest_ok = self.consume_version - self.max_lag
-        usable = deque(s for s in self.pending if oldest_ok <= s.version <= self._version)
+        usable = deque(s for s in self.pending if self._fresh(s.version))
         if len(usable) < len(self.pending):
-            self.on_stale([s for s in self.pending if not oldest_ok <= s.version <= self._version])
+            self.on_stale([s for s in self.pending if not self._fresh(s.version)])
         self.pending = usable
-        if not self.enabled or self._ready is not None or sum(len(s.streams) for s in usable) < self.num_envs:
+        self._pending_streams = sum(len(s.streams) for s in usable)
+        if not self.enabled or self._ready is not None or self._pending_streams < self.num_envs:
             return None
         picked, n = [], 0
         while n < self.num_envs:
             seg = self.pending.popleft()
             picked.append(seg)
             n += len(seg.streams)
+        self._pending_streams -= n
         return picked
 
     def _maybe_assemble(self) -> None:

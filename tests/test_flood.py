@@ -1,0 +1,325 @@
+"""Hostile peers on loopback against a real learner role and a real actor: a flood of well-formed
+bogus segments, made-up actor ids, and frames over the size cap. Each stays within the bounds that
+learner/learner_io.py derives from the config, and training goes on."""
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zmq
+import zstandard
+
+from common.config import load_config
+from common.networks import NUM_ACTIONS
+from common.transport import free_tcp_address, weights_address
+from common.wire import SegmentSpec, encode
+from learner.learner_io import (LearnerIO, flood_memory_bound, max_frame_bytes, merge_moments, pending_cap_bytes,
+                                pending_segments_per_actor, retired_table_bytes, stream_bytes)
+
+REPO = Path(__file__).resolve().parents[1]
+SMOKE = REPO / "configs" / "smoke.yaml"
+PY = sys.executable
+CFG = load_config(SMOKE)
+SPEC = SegmentSpec.from_config(CFG, NUM_ACTIONS)
+ALLOCATOR_SLACK = 96 << 20  # what Python's and glibc's allocators may keep around; measured growth is below
+
+
+def rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmRSS")
+
+
+def updates(run_dir: Path) -> int:
+    try:
+        with open(run_dir / "metrics.csv") as f:
+            rows = list(csv.DictReader(f))
+    except FileNotFoundError:
+        return 0
+    return int(rows[-1]["update"]) if rows else 0
+
+
+def last_row(run_dir: Path) -> dict[str, str]:
+    with open(run_dir / "metrics.csv") as f:
+        return list(csv.DictReader(f))[-1]
+
+
+def wait_for(cond, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+class Listener(threading.Thread):
+    """Subscribes to the learner's weights channel: when each message came, its header size, the version."""
+
+    def __init__(self, addr: str):
+        super().__init__(daemon=True)
+        self.ctx = zmq.Context()
+        self.sub = self.ctx.socket(zmq.SUB)
+        self.sub.setsockopt(zmq.SUBSCRIBE, b"")
+        self.sub.connect(weights_address(addr))
+        self.times: list[float] = []
+        self.table_bytes: list[tuple[float, int]] = []  # (when, bytes of the retirement table) per message
+        self.version = 0
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            if self.sub.poll(100):
+                frames = self.sub.recv_multipart()
+                self.times.append(time.monotonic())
+                meta = json.loads(frames[0])
+                if "retired" in meta:
+                    table = json.dumps(meta["retired"], separators=(",", ":"))
+                    self.table_bytes.append((self.times[-1], len(table)))
+                if meta.get("kind") == "weights":  # a heartbeat's version may be one ahead of the weights
+                    self.version = max(self.version, meta["version"])
+
+    def max_gap(self, since: float) -> float:
+        t = [since] + [x for x in self.times if x >= since] + [time.monotonic()]
+        return float(np.diff(t).max())
+
+    def close(self) -> None:
+        self.stop.set()
+        self.join(timeout=5)
+        self.sub.close(0)
+        self.ctx.term()
+
+
+class RssWatch(threading.Thread):
+    """Samples the learner's resident memory every 50 ms; kills it past ``kill_above`` (so that a
+    regression fails the test instead of exhausting the machine)."""
+
+    def __init__(self, proc: subprocess.Popen, kill_above: int):
+        super().__init__(daemon=True)
+        self.proc, self.kill_above, self.peak = proc, kill_above, 0
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.is_set() and self.proc.poll() is None:
+            try:
+                self.peak = max(self.peak, rss_bytes(self.proc.pid))
+            except (OSError, RuntimeError):
+                return
+            if self.peak > self.kill_above:
+                self.proc.kill()
+                return
+            time.sleep(0.05)
+
+
+def segment_frames(actor: int, version: int, seq: int, streams: list[int], bufs: list[bytes]) -> list[bytes]:
+    specs = [{"name": n, "dtype": d.name, "shape": list(s)} for n, (d, s) in SPEC.segment_arrays(len(streams)).items()]
+    header = {"proto": 1, "kind": "segment", "compression": "zstd", "arrays": specs, "actor": actor,
+              "streams": streams, "version": version, "run": 7 + hash(actor) % 100, "seq": seq, "episodes": []}
+    return [json.dumps(header).encode(), *bufs]
+
+
+def compressed_arrays(k: int) -> list[bytes]:
+    """A valid segment's arrays for k streams, zstd-compressed once (about 1 KB on the wire)."""
+    comp = zstandard.ZstdCompressor(level=1)
+    out = []
+    for name, (dtype, shape) in SPEC.segment_arrays(k).items():
+        a = np.full(shape, -1.0 if name == "behaviour_logp" else 0, dtype)
+        out.append(comp.compress(a.tobytes()))
+    return out
+
+
+def flood(addr: str, messages, deadline_s: float) -> int:
+    """Send ``messages`` (an iterator of frames) as fast as the learner takes them; returns how many went."""
+    ctx = zmq.Context()
+    push = ctx.socket(zmq.PUSH)
+    push.setsockopt(zmq.SNDHWM, 1000)
+    push.connect(addr)
+    sent, end = 0, time.monotonic() + deadline_s
+    try:
+        for frames in messages:
+            while not push.poll(100, zmq.POLLOUT):
+                if time.monotonic() > end:
+                    return sent
+            push.send_multipart(frames)
+            sent += 1
+        while time.monotonic() < end and push.get(zmq.EVENTS) & zmq.POLLOUT == 0:
+            time.sleep(0.05)
+        return sent
+    finally:
+        push.close(linger=2000)
+        ctx.term()
+
+
+# ---- the I/O thread's admission, in process ----------------------------------------------------------
+def make_io(version: int = 5) -> tuple[LearnerIO, list, list]:
+    rejected, dropped = [], []
+    io = LearnerIO(None, None, SPEC, SPEC.num_streams, SPEC.frame_stack, CFG.max_policy_lag, pin=False,
+                   on_reject=rejected.append, on_stale=dropped.extend, version=version)
+    io.consume_version = version
+    return io, rejected, dropped
+
+
+def test_unusable_segments_are_dropped_from_their_header_alone() -> None:
+    """Too old, or newer than any weights: dropped and retired without decompressing (corrupt zstd
+    data here, which decoding would reject), so its actor moves on and nothing is inflated."""
+    io, rejected, dropped = make_io(version=5)
+    corrupt = [b"\x28\xb5\x2f\xfd garbage"] * len(SPEC.segment_arrays(1))
+    for v in (0, 3, 6, 99):
+        io.admit(segment_frames(1, v, 40 + v, [1], corrupt))
+    assert not rejected and not io.pending
+    assert [(s.actor, s.version, s.run, s.seq) for s in dropped] == [(1, v, 8, 40 + v) for v in (0, 3, 6, 99)]
+    io.admit(segment_frames(1, 5, 0, [1], corrupt))  # fresh: read in full, and refused
+    assert len(rejected) == 1 and "zstd" in str(rejected[0])
+
+
+def test_made_up_actor_ids_are_refused_before_anything_else() -> None:
+    io, rejected, dropped = make_io()
+    bufs = compressed_arrays(1)
+    for actor in (SPEC.num_streams, 10 ** 6, -1, True, "0"):
+        io.admit(segment_frames(actor, 5, 0, [0], bufs))
+    assert len(rejected) == 5 and not dropped and not io.pending
+    assert all("actor id outside [0, 4)" in str(e) for e in rejected)
+
+
+def test_pending_segments_are_bounded_per_actor_id_and_in_all() -> None:
+    io, rejected, dropped = make_io()
+    one, every = compressed_arrays(1), compressed_arrays(SPEC.num_streams)
+    for seq in range(10):  # one actor id: only its newest pending_segments_per_actor stay
+        io.admit(segment_frames(2, 5, seq, [2], one))
+    per_actor = pending_segments_per_actor(CFG.max_policy_lag)
+    assert [s.seq for s in io.pending] == list(range(10 - per_actor, 10))
+    assert [s.seq for s in dropped] == list(range(10 - per_actor)) and not rejected
+    for seq in range(20):  # all streams in every segment, under every id: the byte cap holds
+        io.admit(segment_frames(seq % SPEC.num_streams, 5, 100 + seq, list(range(SPEC.num_streams)), every))
+    held = sum(len(s.streams) for s in io.pending) * stream_bytes(SPEC)
+    assert held <= pending_cap_bytes(SPEC, CFG.max_policy_lag)
+    assert len(dropped) + len(io.pending) == 30 and not rejected
+
+
+def test_warmup_moments_waiting_for_the_main_thread_are_merged_into_one() -> None:
+    io, rejected, _ = make_io()
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 256, (3, 1, SPEC.height, SPEC.width), dtype=np.uint8) for _ in range(50)]
+    for f in frames:
+        io.admit(encode("warmup", {"actor": 0, "streams": [0]}, {"frames": f}))
+    assert not rejected and io.warmups.qsize() == 1  # the main thread has taken nothing yet
+    got = [io.warmups.get()]
+    io.hand_over_warmup()
+    got.append(io.warmups.get())
+    assert io.warmups.empty() and io._warm is None
+    merged = merge_moments(*got)
+    every = np.concatenate(frames).reshape(-1, SPEC.height, SPEC.width).astype(np.float64)
+    assert merged.count == len(every)
+    np.testing.assert_allclose(merged.mean.numpy(), every.mean(0), rtol=1e-12)
+    np.testing.assert_allclose(merged.var.numpy(), every.var(0), rtol=1e-9)
+
+
+# ---- a real learner role under attack ------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def live(tmp_path_factory: pytest.TempPathFactory):
+    """A learner role on loopback (no keys) training with one real actor, past its second update."""
+    run_dir = tmp_path_factory.mktemp("flood") / "run"
+    addr = free_tcp_address()
+    logs = open(run_dir.parent / "stderr.txt", "w")  # a file, not a pipe: nothing may block on it
+    learner = subprocess.Popen([PY, "launch.py", "--role", "learner", "--config", str(SMOKE), "--bind", addr,
+                                "--learner-gpu", "-1", "--run-dir", str(run_dir), "--total-steps", "100000000"],
+                               cwd=REPO, stdout=subprocess.DEVNULL, stderr=logs)
+    actors = subprocess.Popen([PY, "launch.py", "--role", "actors", "--config", str(SMOKE), "--learner", addr,
+                               "--actors", "1"], cwd=REPO, stdout=subprocess.DEVNULL, stderr=logs)
+    listener = Listener(addr)
+    listener.start()
+    try:
+        wait_for(lambda: updates(run_dir) >= 3, 90, "the first updates")
+        yield addr, run_dir, learner, actors, listener
+    finally:
+        listener.close()
+        for p in (actors, learner):
+            p.terminate()
+        for p in (actors, learner):
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        logs.close()
+
+
+def baseline_rss(pid: int) -> int:
+    samples = []
+    for _ in range(10):
+        samples.append(rss_bytes(pid))
+        time.sleep(0.05)
+    return max(samples)
+
+
+def test_a_flood_of_valid_segments_stays_bounded_and_training_goes_on(live) -> None:
+    """10,000 well-formed segments of every stream, with made-up actor ids and the current version:
+    zstd makes each about 1 KB on the wire and 0.56 MiB decoded, so a learner that keeps what
+    arrives needs 5.6 GB. The learner's RSS stays within flood_memory_bound of where it was,
+    heartbeats keep coming, and updates go on."""
+    addr, run_dir, learner, actors, listener = live
+    rss0 = baseline_rss(learner.pid)
+    bound = flood_memory_bound(SPEC, CFG.max_policy_lag, peers=1) + ALLOCATOR_SLACK
+    watch = RssWatch(learner, kill_above=rss0 + bound + (512 << 20))
+    watch.start()
+    u0, t0 = updates(run_dir), time.monotonic()
+    bufs = compressed_arrays(SPEC.num_streams)
+    streams = list(range(SPEC.num_streams))
+    msgs = (segment_frames(i % SPEC.num_streams, listener.version, i, streams, bufs) for i in range(10_000))
+    sent = flood(addr, msgs, deadline_s=60)
+    wait_for(lambda: updates(run_dir) >= u0 + 3 or learner.poll() is not None, 60, "updates after the flood")
+    watch.stop.set()
+    watch.join()
+    assert learner.poll() is None, f"learner died (or was killed at {watch.peak / 2**20:.0f} MiB RSS)"
+    assert sent == 10_000
+    grew = watch.peak - rss0
+    print(f"flood: {sent} segments in {time.monotonic() - t0:.1f} s; RSS {rss0 / 2**20:.0f} MiB + "
+          f"{grew / 2**20:.1f} MiB (bound {bound / 2**20:.1f} MiB); heartbeat gap {listener.max_gap(t0):.2f} s")
+    assert grew <= bound
+    assert listener.max_gap(t0) < 5.0  # HEARTBEAT_S is 1 s
+    assert updates(run_dir) >= u0 + 3 and actors.poll() is None
+
+
+def test_made_up_actor_ids_are_refused_and_the_retired_table_stays_small(live) -> None:
+    """20,000 stale one-stream segments, each under another actor id: ids the run cannot have are
+    refused and counted, the retirement table every heartbeat carries stays within its bound, and
+    the real actor keeps training."""
+    addr, run_dir, learner, actors, listener = live
+    rejected0, u0, t0 = int(last_row(run_dir)["rejected_messages"]), updates(run_dir), time.monotonic()
+    bufs = compressed_arrays(1)
+    msgs = (segment_frames(i, 0, 0, [i % SPEC.num_streams], bufs) for i in range(20_000))
+    assert flood(addr, msgs, deadline_s=60) == 20_000
+    wait_for(lambda: int(last_row(run_dir)["rejected_messages"]) - rejected0 >= 20_000 - SPEC.num_streams
+             or learner.poll() is not None, 60, "the made-up ids counted")
+    wait_for(lambda: updates(run_dir) >= u0 + 3 or learner.poll() is not None, 60, "updates after the ids")
+    assert learner.poll() is None and actors.poll() is None
+    largest = max([b for t, b in listener.table_bytes if t >= t0] or [0])
+    print(f"ids: retirement table up to {largest} bytes (bound {retired_table_bytes(CFG.NumWorkers)}), "
+          f"heartbeat gap {listener.max_gap(t0):.2f} s")
+    assert 0 < largest <= retired_table_bytes(CFG.NumWorkers)
+    assert int(last_row(run_dir)["rejected_messages"]) - rejected0 >= 20_000 - SPEC.num_streams
+    assert listener.max_gap(t0) < 5.0
+
+
+def test_frames_over_the_size_cap_never_reach_the_learner(live) -> None:
+    """A frame above ZMQ_MAXMSGSIZE costs its sender the connection before ZeroMQ buffers it; a
+    message whose arrays declare more than the largest segment is dropped and counted."""
+    addr, run_dir, learner, actors, listener = live
+    u = updates(run_dir)
+    wait_for(lambda: updates(run_dir) >= u + 2, 60, "two updates")  # whatever came before is counted by now
+    rejected0, u0 = int(last_row(run_dir)["rejected_messages"]), updates(run_dir)
+    frame_too_big = [b"{}", b"\0" * (max_frame_bytes(SPEC) + 1)]
+    assert flood(addr, iter([frame_too_big] * 20), deadline_s=10) == 20
+    header = {"proto": 1, "kind": "segment", "compression": "none", "actor": 0, "streams": [0],
+              "version": listener.version, "run": 1, "seq": 0, "episodes": [],  # fresh: it is read in full
+              "arrays": [{"name": "frames", "dtype": "uint8", "shape": [SPEC.max_message_bytes() + 1]}]}
+    declared_too_big = [json.dumps(header).encode(), b"\0" * (SPEC.max_message_bytes() + 1)]
+    assert flood(addr, iter([declared_too_big]), deadline_s=10) == 1
+    wait_for(lambda: int(last_row(run_dir)["rejected_messages"]) > rejected0, 60, "the oversized message counted")
+    wait_for(lambda: updates(run_dir) >= u0 + 2, 60, "updates after the big frames")
+    assert int(last_row(run_dir)["rejected_messages"]) - rejected0 == 1  # the 20 big frames never arrived
