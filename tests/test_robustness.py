@@ -191,7 +191,7 @@ def test_no_checkpoint_of_a_half_applied_update(tmp_path: Path) -> None:
     from learner.serial import SerialRunner
 
     cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml",
-                      {"NumWorkers": 1, "ImageHeight": 44, "ImageWidth": 44})
+                      {"NumWorkers": 1, "ImageHeight": 44, "ImageWidth": 44, "BatchSize": 16})
     runner = SerialRunner(cfg, tmp_path, num_actors=1)
     runner.run(1)
     runner.learner.save()
