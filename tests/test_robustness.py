@@ -207,3 +207,26 @@ def test_no_checkpoint_of_a_half_applied_update(tmp_path: Path) -> None:
     runner.learner.shutdown()
     names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
     assert names == ["ckpt_00000001.pt", "latest.pt"]
+
+
+def test_an_actor_that_refuses_every_learner_message_says_so_and_exits() -> None:
+    """Messages that arrive but all fail validation (say a retirement table past the header cap)
+    are not a live learner: after actor_timeout_s the actor stops with the reason, not silently."""
+    import time
+
+    from actors.actor import ActorStop
+    from common.networks import PolicyNet
+
+    policy = PolicyNet(18, 4, 44, 44)
+    sub = FakeSub()
+    rx = WeightsReceiver(sub, policy, timeout_s=0.3, actor_id=0, run_id=5)
+    sub.queue.append(_weights(policy, 0, learner_run=1, retired=[]))
+    rx.poll()
+    bad = encode("heartbeat", {"version": 0, "learner_run": 1, "retired": [[0, 5, -1]]}, {})
+    deadline = time.monotonic() + 5
+    with pytest.raises(ActorStop, match=r"refused every message from the learner .*'retired'") as stop:
+        while time.monotonic() < deadline:
+            sub.queue.append(bad)
+            rx.poll()
+            time.sleep(0.02)
+    assert stop.value.exit_code == 3 and rx.rejected >= 10
