@@ -302,6 +302,11 @@ def slots_for(gpus: str | None, parallel: int | None) -> list[str | None]:
     ids = [g.strip() for g in gpus.split(",")]
     if not all(g.isdigit() for g in ids) or len(set(ids)) != len(ids):
         raise StudyError(f"--gpus {gpus!r}: expected GPU indices like 0,1 or none")
+    import torch
+
+    have = torch.cuda.device_count()
+    if max(int(g) for g in ids) >= have:
+        raise StudyError(f"--gpus {gpus}: this machine has {have} CUDA device(s); use --gpus none for the CPU")
     return ids[:parallel] if parallel else ids
 
 
