@@ -358,7 +358,10 @@ def wire_bytes(cfg: Config) -> dict:
 
 # ---- report --------------------------------------------------------------------------------------------------
 def targets(r: dict, learner_has_gpu: bool) -> dict:
-    """Issue targets, each with value, bound and verdict."""
+    """The project's speed targets, each with value, bound and verdict: an actor process at >= 0.85 of
+    its single-core ceiling; <= 8,192 wire bytes per agent step uncompressed; end to end, async at
+    >= 0.85 min(actors, learner) and >= 1.3x sync with the learner on a GPU, or >= 0.85 / (1/actors +
+    1/learner) where learner and actors share the CPU."""
     out = {}
 
     def add(name: str, value: float | None, bound: float | None) -> None:

@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
-# Issue 3, item 4, on a lent GPU machine: the synchronous (max_policy_lag=0) and the asynchronous
-# (max_policy_lag=1, V-trace) run of configs/montezuma.yaml side by side, sharing the GPU and the cores,
-# for MINUTES of wall time each; then the table of return and rooms against agent steps, over the steps
-# both runs reached (scripts/compare_runs.py). Side by side, both see the same machine for the same time.
-# Usage (device tool): carry [".whl"] (from scripts/fetch_device_wheels.sh), command
-#   "bash scripts/device_learning.sh [MINUTES] [ACTORS_EACH]"      (defaults: 7 minutes, 7 actors each)
-# With the install and the clean stop it ends within MINUTES + 1.5 of the 10 a device command may take;
-# with the machine's start, one call uses most of a session's 15 device minutes.
-# Everything that comes back is under $OUT: learning.md, each run's metrics.csv, episodes.jsonl and log.
+# On a GPU machine: the synchronous (max_policy_lag=0) and the asynchronous (max_policy_lag=1, V-trace) run
+# of configs/montezuma.yaml side by side, sharing the GPU and the cores, for MINUTES of wall time each; then
+# the table of return and rooms against agent steps, over the steps both runs reached (scripts/compare_runs.py).
+# Side by side, both see the same machine for the same time.
+# Usage: bash scripts/device_learning.sh [MINUTES] [ACTORS_EACH]      (defaults: 7 minutes, 7 actors each)
+# The machine needs no network: the packages a bare GPU image lacks are installed from .whl/, copied in
+# beside the repo (scripts/fetch_device_wheels.sh makes it). With the install and the clean stop it ends
+# within MINUTES + 1.5 minutes.
+# Everything it keeps is under $OUT (default /tmp/out): learning.md, each run's metrics.csv, episodes.jsonl and log.
 # A dry run on a CPU machine where the packages are installed (the wheels are then not used):
 #   CONFIG=configs/smoke.yaml GPU=-1 OUT=/tmp/out bash scripts/device_learning.sh 1 1
 set -uo pipefail

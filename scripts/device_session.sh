@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
-# The whole GPU check of issue 3 in one device call that ends within BUDGET seconds (default 570):
-#   1. the GPU-marked tests; if the learner's fail it stops there, to leave device time for a fix and a second
-#      call (if only the actors' fails, it goes on without step 3);
+# The whole GPU check in one command that ends within BUDGET seconds (default 570):
+#   1. the GPU-marked tests; if the learner's fail it stops there, leaving the GPU machine's time for a fix and
+#      a second run (if only the actors' fails, it goes on without step 3);
 #   2. bench.py --actors ACTORS --learner-gpu 0 --seconds SECONDS;
 #   3. the same with the actors' policy step on the GPU (actor_device=cuda), the actor parts and e2e_async only;
 #   4. the learner alone under fp32, bf16 autocast and bf16 + torch.compile (scripts/profile/learner_variants.py);
 #   5. the sync and async Montezuma runs side by side (scripts/device_learning.sh), ACTORS/2 actors each, for
 #      the time left.
-# A device call brings back at most 8 files, so everything goes into one archive, $OUT/device_session.tgz,
-# rewritten after each step: a call stopped at its time limit still returns the steps it finished.
-# Usage (device tool): carry [".whl"] (scripts/fetch_device_wheels.sh), timeout_s >= BUDGET + 20, command
-#   "bash scripts/device_session.sh [BUDGET] [ACTORS] [SECONDS]"          (defaults: 570 15 20)
+# Everything goes into one archive, $OUT/device_session.tgz (OUT defaults to /tmp/out), rewritten after each
+# step: a run stopped at a time limit still leaves the steps it finished, in the one file to copy back.
+# Usage: bash scripts/device_session.sh [BUDGET] [ACTORS] [SECONDS]          (defaults: 570 15 20)
+# The machine needs no network: the packages a bare GPU image lacks are installed from .whl/, copied in
+# beside the repo (scripts/fetch_device_wheels.sh makes it). Under an outer wall-clock limit, give it at
+# least BUDGET + 20 seconds.
 # A dry run on the CPU (CONFIG and GPU are passed on to device_learning.sh too):
 #   CONFIG=configs/smoke.yaml GPU=-1 OUT=/tmp/out bash scripts/device_session.sh 400 1 3
 set -uo pipefail

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Run on the development machine before a GPU device call: downloads, into .whl/ (git-ignored), the
-# Python 3.12 x86_64 wheels the device image lacks (ale-py, gymnasium and their needs, pyzmq, zstandard).
-# Then: device run with carry [".whl"] and command "bash scripts/device_session.sh" (see its header).
+# Run on a machine with a network, before a GPU check on one without: downloads into .whl/ (git-ignored)
+# the Python 3.12 x86_64 wheels a bare GPU image lacks (ale-py, gymnasium and their needs, pyzmq, zstandard).
+# Copy .whl/ into the repo's folder on the GPU machine, then run "bash scripts/device_session.sh" there
+# (see its header); scripts/device_env.sh installs the wheels from it without a network.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p .whl

@@ -1,5 +1,5 @@
 """The one-call GPU scripts, dry-run on the CPU with the smoke config (slow: minutes; run with -m slow).
-A device call is scarce and cannot be retried cheaply, so its script is checked here first."""
+A GPU check that fails half-way costs a rerun on the GPU machine, so the scripts are run here first, without one."""
 import json
 import os
 import subprocess
