@@ -15,15 +15,12 @@ import json
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent
-sys.path.insert(0, str(REPO))
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from actors.rollout import sample_actions  # noqa: E402
-from common.config import ConfigError, from_dict  # noqa: E402
-from learner.checkpoint import CheckpointError, load_checkpoint  # noqa: E402
+from actors.rollout import sample_actions
+from common.config import ConfigError, from_dict
+from learner.checkpoint import CheckpointError, load_checkpoint
 
 VIDEO_FPS = 15  # 60 Hz emulator / frame skip 4
 

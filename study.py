@@ -29,14 +29,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+import yaml
+
+from actors.env import ROOM_LAYOUT
+from common.config import ConfigError, load_config, rom_name
+
 REPO = Path(__file__).resolve().parent
-sys.path.insert(0, str(REPO))
-
-import numpy as np  # noqa: E402
-import yaml  # noqa: E402
-
-from actors.env import ROOM_LAYOUT  # noqa: E402
-from common.config import ConfigError, load_config, rom_name  # noqa: E402
 
 DEFAULT_CONFIG = REPO / "configs" / "montezuma.yaml"
 DEFAULT_AXIS = ("ExtCoeff", ["2", "1", "0"])  # the report's study, at IntCoeff 1

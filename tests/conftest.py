@@ -1,1 +1,1 @@
-import sys, pathlib; sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+"""Shared fixtures of the test suite (the repo root is on sys.path through pytest's pythonpath setting)."""
