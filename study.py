@@ -659,10 +659,11 @@ def eval_table(runs: list[RunData], summary: dict[str, dict]) -> list[str]:
 
 
 def report_lines(study_dir: Path, groups: dict[str, list[RunData]], summary: dict[str, dict],
-                 figures: dict[str, str], eval_episodes: int) -> list[str]:
+                 figures: dict[str, str], eval_episodes: int, out_flag: str) -> list[str]:
     runs = [r for rs in groups.values() for r in rs]
     out = [f"# Study: {study_dir.name}", "",
-           f"Written by `python study.py report {study_dir} --eval-episodes {eval_episodes}` from the run folders "
+           f"Written by `python study.py report {study_dir}{out_flag} --eval-episodes {eval_episodes}` from the run "
+           "folders "
            f"below; every number comes from their `metrics.csv`, `episodes.jsonl` and `exploration.json`, "
            "and from `eval.py` on their newest checkpoints.", "", "## Runs", ""]
     for r in runs:
@@ -728,7 +729,9 @@ def write_report(study_dir: Path, out: Path, eval_episodes: int) -> int:
         summary[r.name]["eval"] = evaluate_run(r, out, eval_episodes)
     figures = write_figures(groups, out)
     (out / "summary.json").write_text(json.dumps(list(summary.values()), indent=2))
-    (out / "report.md").write_text("\n".join(report_lines(study_dir, groups, summary, figures, eval_episodes)))
+    out_flag = "" if out == study_dir / "report" else f" --out {out}"
+    (out / "report.md").write_text("\n".join(report_lines(study_dir, groups, summary, figures, eval_episodes,
+                                                          out_flag)))
     print(f"study report: {out / 'report.md'} ({len(runs)} runs, {len(figures)} figures)")
     return 0
 
