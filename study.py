@@ -438,18 +438,21 @@ def finite_or_none(x: float) -> float | None:
     return None if x is None or not math.isfinite(x) else x
 
 
+def int_or_none(x: float) -> int | None:
+    return None if x is None or not math.isfinite(x) else int(x)
+
+
 def run_summary(run: RunData) -> dict:
     """One run's row of summary.json (every figure read from its CSV, episodes and exploration files)."""
-    steps = int(run.last("agent_steps"))
+    steps = int_or_none(run.last("agent_steps")) or 0
     wall = run.last("time_s")
     first_steps, first_s = first_reward(run)
     returns = [float(e["return"]) for e in run.episodes]
     return {"name": run.name, "values": run.values, "seed": run.seed, "agent_steps": steps,
             "final_episode_return_mean": finite_or_none(run.last("episode_return_mean")),
             "best_episode_return": max(returns) if returns else None, "episodes": len(returns),
-            "rooms_visited_total": int(run.last("rooms_visited_total")),
-            "cells_visited_total": (int(run.last("cells_visited_total")) if "cells_visited_total" in run.metrics
-                                    else None),
+            "rooms_visited_total": int_or_none(run.last("rooms_visited_total")),
+            "cells_visited_total": int_or_none(run.last("cells_visited_total")),
             "steps_to_first_reward": first_steps, "wall_s_to_first_reward": first_s,
             "wall_s": finite_or_none(wall), "steps_per_s": finite_or_none(steps / wall if wall > 0 else float("nan"))}
 
