@@ -163,9 +163,12 @@ def read_envelope(frames: list[bytes], spec: SegmentSpec) -> Envelope:
         raise WireError("header is not UTF-8 JSON") from None
     if not isinstance(header, dict):
         raise WireError("header is not a JSON object")
-    kind, actor = header.get("kind"), check_actor_id(header.get("actor"), spec)
-    if kind != "segment":
-        return Envelope(str(kind), actor)
+    kind = header.get("kind")
+    if kind not in ("segment", "warmup"):  # refused with its own reason by the full decode
+        return Envelope(str(kind), -1)
+    actor = check_actor_id(header.get("actor"), spec)
+    if kind == "warmup":
+        return Envelope(kind, actor)
     streams = header.get("streams")
     if not isinstance(streams, list) or not 0 < len(streams) <= spec.num_streams:
         raise WireError("field 'streams' missing or wrong length")

@@ -183,8 +183,11 @@ def test_made_up_actor_ids_are_refused_before_anything_else() -> None:
     bufs = compressed_arrays(1)
     for actor in (SPEC.num_streams, 10 ** 6, -1, True, "0"):
         io.admit(segment_frames(actor, 5, 0, [0], bufs))
-    assert len(rejected) == 5 and not dropped and not io.pending
+    io.admit(encode("warmup", {"actor": 9, "streams": [0]}, {"frames": np.zeros((1, 1, 84, 84), np.uint8)}))
+    assert len(rejected) == 6 and not dropped and not io.pending and io.warmups.empty()
     assert all("actor id outside [0, 4)" in str(e) for e in rejected)
+    io.admit(encode("stop", {}, {}))  # not an actor's kind: refused for that, not for a missing id
+    assert "does not accept 'stop'" in str(rejected[-1])
 
 
 def test_pending_segments_are_bounded_per_actor_id_and_in_all() -> None:
