@@ -105,7 +105,7 @@ def test_actor_gives_up_on_a_silent_learner(tmp_path: Path) -> None:
     addr = free_addr()  # nothing listens there
     t0 = time.monotonic()
     p = run(["launch.py", "--role", "actors", "--config", SMOKE, "--learner", addr, "--actors", "1",
-             "actor_timeout_s=2"], timeout=120)
+             "actor_timeout_s=3"], timeout=120)
     assert p.returncode == 0
     assert "no message from the learner" in p.stderr
     assert time.monotonic() - t0 < 60
