@@ -10,6 +10,7 @@ import logging
 import secrets
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -24,6 +25,8 @@ from common.transport import (ActorKeys, HandshakeWatch, KeysError, curve_client
 from common.wire import WireError, decode, encode, validate_heartbeat, validate_weights
 
 log = logging.getLogger("actor")
+LISTEN_BEFORE_GIVING_UP_S = 2.0  # two of the learner's heartbeat periods
+SEND_TRY_S = 0.5
 
 
 class ActorStop(Exception):
@@ -54,6 +57,7 @@ class WeightsReceiver:
         self.warmup_steps = 0
         self.retired = -1  # newest retired seq of this actor process, as the learner reported it
         self.learner_run: int | None = None
+        self.warmed_for: int | None = None  # the learner run this actor sent its warm-up frames to
         self.retired_floor = -1  # seqs sent before the learner restarted: the new learner will never report them
         self.sent_seq = -1  # newest seq this actor has sent
         self.last_heard = time.monotonic()  # the newest message that passed validation
@@ -62,7 +66,12 @@ class WeightsReceiver:
         self.last_refusal = ""
 
     def poll(self, wait_s: float = 0.0) -> None:
-        """Drain what is queued (waiting up to ``wait_s`` for the first); load only the newest weights."""
+        """Drain what is queued (waiting up to ``wait_s`` for the first), then check the learner is alive."""
+        self._drain(wait_s)
+        self.check_alive()
+
+    def _drain(self, wait_s: float) -> None:
+        """Read what is queued (waiting up to ``wait_s`` for the first); load only the newest weights."""
         newest, beats = None, []
         timeout_ms = int(wait_s * 1000)
         while self.sock.poll(timeout_ms, zmq.POLLIN):
@@ -90,7 +99,6 @@ class WeightsReceiver:
         for beat in beats:  # retirements count only once the weights they follow are here
             if beat.meta["learner_run"] == self.learner_run and beat.meta["version"] <= self.version:
                 self._note_retired(beat.meta["retired"])
-        self.check_alive()
 
     def _heard(self) -> None:
         self.last_heard = time.monotonic()
@@ -137,6 +145,11 @@ class WeightsReceiver:
                 if theirs.get(k) != v]
         raise ActorStop("config mismatch with the learner: " + "; ".join(diff))
 
+    def needs_warmup(self) -> bool:
+        """The learner whose weights this actor holds asks for warm-up frames and has none from it yet:
+        a fresh learner started behind running actors warms up its normaliser like the first one."""
+        return self.warmup_steps > 0 and self.learner_run != self.warmed_for
+
     def wait_for_weights(self) -> None:
         while self.version < 0:
             self.poll(wait_s=0.5)
@@ -151,6 +164,10 @@ class WeightsReceiver:
         why = self.watch.refusal() if self.watch is not None else None
         if why is not None:
             raise ActorStop(f"the learner refused this actor's key: {why}", exit_code=EXIT_REFUSED)
+        if time.monotonic() - self.last_heard > self.timeout_s:
+            # the silence may be this process's own (it was stopped, or busy): the learner's messages can
+            # still be in the kernel or ZeroMQ's I/O thread, so read what comes before judging
+            self._drain(LISTEN_BEFORE_GIVING_UP_S)
         silent = time.monotonic() - self.last_heard
         if silent <= self.timeout_s:
             return
@@ -180,24 +197,23 @@ def run_actor(cfg: Config, actor_id: int, num_actors: int, learner_addr: str, in
 
     def send(kind: str, meta: dict, arrays: dict) -> None:
         frames = encode(kind, {"actor": actor_id, "streams": streams, **meta}, arrays, compression)
-        deadline = time.monotonic() + cfg.actor_timeout_s
-        while not send_with_timeout(push, frames, 0.5):
+        tried = 0.0  # time spent trying, not wall time: a stopped (SIGSTOP) actor has not been refused
+        while not send_with_timeout(push, frames, SEND_TRY_S):
+            tried += SEND_TRY_S
             weights.poll()  # a stop message may be waiting
-            if time.monotonic() > deadline:
+            if tried > cfg.actor_timeout_s:
                 raise ActorStop(f"the learner took no data for {cfg.actor_timeout_s:.0f} s; giving up")
 
     try:
         weights.wait_for_weights()
-        if weights.warmup_steps:
-            for frames in collector.warmup(weights.warmup_steps):
-                send("warmup", {}, {"frames": frames})
-                weights.poll()  # a stop may come during a long warm-up
         last_split: dict[str, float] = {}
         timings = collector.timings  # one phase table: infer, env (collector), wait, send (here)
         while True:
             with timings.time("wait"):
                 weights.poll()
                 weights.wait_until_unretired_at_most(cfg.max_policy_lag)
+            if weights.needs_warmup():  # the first learner, or a fresh one that took over
+                warm_up(collector, weights, send)
             seq = weights.sent_seq + 1
             arrays, episodes = collector.collect()
             meta = {"version": weights.version, "run": run_id, "seq": seq, "episodes": episodes,
@@ -215,6 +231,15 @@ def run_actor(cfg: Config, actor_id: int, num_actors: int, learner_addr: str, in
         watch.close()
         push.close(linger=0)
         sub.close()
+
+
+def warm_up(collector, weights: WeightsReceiver, send: Callable[[str, dict, dict], None]) -> None:
+    """Random-action frames for the normaliser of the learner that asked (``weights.needs_warmup``)."""
+    learner_run = weights.learner_run
+    for frames in collector.warmup(weights.warmup_steps):
+        send("warmup", {}, {"frames": frames})
+        weights.poll()  # a stop may come during a long warm-up
+    weights.warmed_for = learner_run
 
 
 def connect_sockets(learner_addr: str, keys: ActorKeys | None) -> tuple[zmq.Socket, zmq.Socket, HandshakeWatch]:
