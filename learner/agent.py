@@ -61,6 +61,20 @@ def explained_variance(pred: torch.Tensor, target: torch.Tensor) -> float:
     return float("nan") if var.item() == 0 else float(1 - (target - pred).var() / var)
 
 
+class NonFiniteLoss(RuntimeError):
+    """A minibatch whose loss or gradient is not finite (a learning rate too high, say); raised before
+    the optimizer step, so the parameters hold no NaN from it. One line names the losses."""
+
+
+def check_finite(loss: torch.Tensor, grad_norm: torch.Tensor, info: dict[str, torch.Tensor]) -> None:
+    """Raise NonFiniteLoss unless ``loss`` and ``grad_norm`` are finite. One host sync per minibatch:
+    a NaN that reached the optimizer would be in every later update and every actor's weights."""
+    if bool(torch.isfinite(torch.stack([loss.float(), grad_norm.float()])).all()):
+        return
+    parts = ", ".join(f"{k} {float(v):.4g}" for k, v in info.items() if k.endswith("loss") or k == "entropy")
+    raise NonFiniteLoss(f"non-finite loss {float(loss):.4g} ({parts}; grad_norm {float(grad_norm):.4g})")
+
+
 class RNDAgent:
     """Policy, RND model, optimizer, observation normaliser, reward filter + its running std."""
 
@@ -228,7 +242,9 @@ class RNDAgent:
                 loss, info = self.minibatch_loss(batch, idx, tg)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                grad_norm += torch.nn.utils.clip_grad_norm_(params, cfg.ClipGradNorm).detach()
+                norm = torch.nn.utils.clip_grad_norm_(params, cfg.ClipGradNorm).detach()
+                check_finite(loss.detach(), norm, info)
+                grad_norm += norm
                 self.optimizer.step()
                 for k, v in info.items():
                     sums[k] = sums.get(k, 0.0) + v

@@ -5,6 +5,7 @@ only under a torch whose ``weights_only`` loader has no known holes (MIN_TORCH).
 """
 from __future__ import annotations
 
+import errno
 import os
 import re
 import tempfile
@@ -26,6 +27,19 @@ class CheckpointError(ValueError):
     """A file that is not a usable checkpoint; one line says why."""
 
 
+class CheckpointWriteError(Exception):
+    """A checkpoint that could not be written (the disk is full, the folder is gone); one line says
+    why and where. The atomic writes leave latest.pt as it was."""
+
+
+def write_fault(e: OSError, where: Path, ckpt_dir: Path) -> CheckpointWriteError:
+    """The one line of a failed write into ``where`` (a folder or file) while checkpointing ``ckpt_dir``."""
+    full = e.errno in (errno.ENOSPC, errno.EDQUOT)
+    why = f"the disk is full ({e.strerror})" if full else (e.strerror or str(e) or type(e).__name__)
+    return CheckpointWriteError(f"cannot write the checkpoint: {why} at {where}; "
+                                f"{ckpt_dir / 'latest.pt'} holds the last checkpoint written")
+
+
 def _atomic_save(obj: Any, path: Path) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
     try:
@@ -41,8 +55,20 @@ def _atomic_save(obj: Any, path: Path) -> None:
 
 
 def save_checkpoint(run_dir: Path, state: dict[str, Any], update: int, keep: int) -> Path:
-    """Write ckpt_<update>.pt and latest.pt atomically; keep the newest ``keep`` numbered ones."""
+    """Write ckpt_<update>.pt and latest.pt atomically; keep the newest ``keep`` numbered ones.
+    An OSError (a full disk) is one CheckpointWriteError line."""
     ckpt_dir = Path(run_dir) / "checkpoints"
+    try:
+        return _save(ckpt_dir, state, update, keep)
+    except OSError as e:
+        raise write_fault(e, ckpt_dir, ckpt_dir) from None
+    except RuntimeError as e:  # torch's zip writer may report a failed write as its own error
+        if isinstance(e.__context__, OSError):
+            raise write_fault(e.__context__, ckpt_dir, ckpt_dir) from None
+        raise
+
+
+def _save(ckpt_dir: Path, state: dict[str, Any], update: int, keep: int) -> Path:
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     payload = {"format": FORMAT, "format_version": FORMAT_VERSION, **state}
     path = ckpt_dir / f"ckpt_{update:08d}.pt"
@@ -99,4 +125,51 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     for key in ("config", "agent", "counters"):
         if key not in data:
             raise CheckpointError(f"{file}: checkpoint lacks {key!r}")
+    why = contents_fault(data)
+    if why is not None:
+        raise CheckpointError(f"{file}: inconsistent checkpoint: {why}")
     return data
+
+
+AGENT_PARTS = ("policy", "rnd", "optimizer", "obs_rms", "reward_rms", "reward_filter", "rng", "torch_rng")
+REQUIRED_COUNTERS = ("update", "agent_steps")
+
+
+def contents_fault(data: dict[str, Any]) -> str | None:
+    """What makes a checkpoint of the right format unusable (None if nothing): a missing part, a
+    counter that is not a count, or a config the saved tensors do not fit. The networks' own shapes
+    are checked where they are loaded (``learner.agent.load_network``)."""
+    cfg, agent, counters = data["config"], data["agent"], data["counters"]
+    if not isinstance(cfg, dict):
+        return "its config is not a mapping"
+    if not isinstance(agent, dict):
+        return "its agent is not a mapping"
+    missing = [k for k in AGENT_PARTS if k not in agent]
+    if missing:
+        return f"its agent lacks {', '.join(missing)}"
+    if not isinstance(counters, dict) or any(k not in counters for k in REQUIRED_COUNTERS):
+        return f"its counters lack {' or '.join(REQUIRED_COUNTERS)}"
+    for k, v in counters.items():
+        if type(v) is not int or v < 0:  # noqa: E721 (bool is an int subclass and no count)
+            return f"counter {k!r} is {v!r}, not a count"
+    if not isinstance(data.get("obs_rms_ready", False), bool):
+        return "obs_rms_ready is not true or false"
+    return _shape_fault(cfg, agent)
+
+
+def _shape_fault(cfg: dict[str, Any], agent: dict[str, Any]) -> str | None:
+    """The config's frame size and env count against the normalisers' tensors."""
+    obs = agent["obs_rms"]
+    mean = obs.get("mean") if isinstance(obs, dict) else None
+    if not isinstance(mean, torch.Tensor):
+        return "its observation normaliser holds no mean tensor"
+    want = (cfg.get("ImageHeight"), cfg.get("ImageWidth"))
+    if tuple(mean.shape) != want:
+        return (f"its config says ImageHeight x ImageWidth = {want[0]} x {want[1]}, its observation normaliser "
+                f"is {' x '.join(map(str, mean.shape))}")
+    filt = agent["reward_filter"]
+    state = filt.get("state") if isinstance(filt, dict) else None
+    if not isinstance(state, torch.Tensor) or tuple(state.shape) != (cfg.get("NumWorkers"),):
+        shape = list(state.shape) if isinstance(state, torch.Tensor) else type(state).__name__
+        return f"its config says NumWorkers = {cfg.get('NumWorkers')}, its reward filter holds {shape} streams"
+    return None

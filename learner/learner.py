@@ -7,6 +7,7 @@ arrive as episode stats and are counted run-wide (``learner/exploration.py``).
 from __future__ import annotations
 
 import logging
+import re
 import secrets
 import threading
 import time
@@ -23,21 +24,34 @@ from common.networks import NUM_ACTIONS
 from common.timing import Timings
 from common.transport import LearnerKeys, LearnerSockets, bind_learner
 from common.wire import SegmentSpec, WireError, encode
-from learner.agent import RNDAgent
+from learner.agent import NonFiniteLoss, RNDAgent
 from learner.batch import Batch, Segment, assemble
 from learner.learner_io import (RUNS_KEPT_PER_ACTOR, LearnerIO, WarmupMoments, max_frame_bytes, recv_queue,
                                 route_message)
-from learner.checkpoint import save_checkpoint
+from learner.checkpoint import CheckpointError, CheckpointWriteError, save_checkpoint, write_fault
 from learner.exploration import ExplorationStats
 from learner.logs import RunLogger
 
 log = logging.getLogger("learner")
 
 
+MAX_REJECT_REASONS = 64  # distinct faults logged; later new ones are counted under OTHER_REASONS
+OTHER_REASONS = "other"
+_NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:e[+-]?\d+)?")
+
+
+def reject_reason(e: WireError) -> str:
+    """What makes two rejections the same fault: the whole reason with its numbers masked, so that
+    different faults of one array log apart while one fault with changing sizes or ids logs once."""
+    return _NUMBER.sub("#", str(e))
+
+
 class Supervisor(Protocol):
     restarts: int  # actor processes restarted so far
 
     def poll(self) -> int: ...  # restarts dead children; returns restarts so far
+
+    def gave_up(self) -> str | None: ...  # why no actor is left, once none is
 
 
 def actor_phases(segments: list[Segment]) -> dict[str, float]:
@@ -81,6 +95,9 @@ class Learner:
         self._saved_version: int | None = None
         self._in_update = False
         self._saved_path: Path | None = None
+        self._save_failed = False
+        self.failure: str | None = None  # why the run stopped early as a failure (no actors, a non-finite loss)
+        self.shutting_down = False
         self.logger = RunLogger(self.run_dir, resume_update=self.version if resume is not None else None,
                                 tensorboard=tensorboard,
                                 purge_step=self.counters["agent_steps"] if resume is not None else None)
@@ -122,12 +139,17 @@ class Learner:
     # ---- incoming messages -----------------------------------------------------------------------
     def reject(self, e: WireError) -> None:
         """A bad message: counted, and logged once per reason. Called from the I/O thread."""
-        reason = str(e).split(":")[0]
+        reason = reject_reason(e)
         with self._counter_lock:
             self.counters["rejected_messages"] += 1
+            if reason not in self.rejected_by_reason and len(self.rejected_by_reason) >= MAX_REJECT_REASONS:
+                reason = OTHER_REASONS  # a peer varying its faults must not grow this table or the log
             first = self.rejected_by_reason[reason] == 0
             self.rejected_by_reason[reason] += 1
-        if first:
+        if first and reason == OTHER_REASONS:
+            log.warning("dropped a bad message (%s); %d kinds of fault logged, further new ones are only counted",
+                        e, MAX_REJECT_REASONS)
+        elif first:
             log.warning("dropped a bad message (%s); further ones like it are only counted", e)
 
     def count_stale(self, segments: list[Segment]) -> None:
@@ -188,8 +210,12 @@ class Learner:
         return None
 
     def idle(self) -> None:
-        if self.supervisor is not None:
-            self.supervisor.poll()
+        if self.supervisor is None:
+            return
+        self.supervisor.poll()
+        gone = self.supervisor.gave_up()
+        if gone is not None:  # no actor left: waiting would be forever
+            self.fail(gone)
 
     # ---- the update --------------------------------------------------------------------------------
     def step_on(self, segments: list[Segment]) -> dict[str, Any]:
@@ -251,7 +277,8 @@ class Learner:
 
     # ---- the loop ------------------------------------------------------------------------------------
     def train(self) -> dict[str, Any] | None:
-        """Run until total_steps agent steps or a stop request; always checkpoint and stop the actors."""
+        """Run until total_steps agent steps, a stop request or a failure (then ``failure`` says why);
+        always checkpoint what is whole and stop the actors."""
         last_row = None
         try:
             self.io.start()
@@ -261,7 +288,11 @@ class Learner:
                     got = self.next_batch()
                 if got is None:
                     break
-                last_row = self.step_on_batch(*got)
+                try:
+                    last_row = self.step_on_batch(*got)
+                except NonFiniteLoss as e:  # the update stays half-applied: never published nor saved
+                    self.fail(f"update {self.version + 1}: {e}; its weights were not published")
+                    break
                 self.publish_weights()
                 self.idle()  # a busy learner may never wait: restart dead actors here too
                 self.logger.log_update(last_row)
@@ -272,14 +303,23 @@ class Learner:
             self.shutdown()
         return last_row
 
+    def fail(self, why: str) -> None:
+        """End the run as a failure: the loop stops, shutdown checkpoints what is whole."""
+        if self.failure is None:
+            self.failure = why
+        self.stop_requested = True
+
     def shutdown(self) -> None:
-        """Checkpoint (unless an update was cut off half-way: then latest.pt stays at the last whole
-        one), tell the actors to stop, close logs and sockets."""
-        if not self._in_update:
-            self.save()
-        if self.io is not None:
-            self.stop_actors()
-        self.close()
+        """Checkpoint (unless an update was cut off half-way, or a save already failed: then latest.pt
+        stays at the last whole one), tell the actors to stop, close logs and sockets."""
+        self.shutting_down = True
+        try:
+            if not self._in_update and not self._save_failed:
+                self.save()
+        finally:
+            if self.io is not None:
+                self.stop_actors()
+            self.close()
 
     # ---- state ----------------------------------------------------------------------------------------
     def elapsed_s(self) -> float:
@@ -298,6 +338,16 @@ class Learner:
                 "actor_restarts": self.actor_restarts()}
 
     def _load(self, data: dict[str, Any]) -> None:
+        """Restore a checkpoint (``load_checkpoint`` checked its parts); what still does not fit this
+        run's config (say a changed NumWorkers override) is one CheckpointError line."""
+        try:
+            self._restore(data)
+        except CheckpointError:
+            raise
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:
+            raise CheckpointError(f"the checkpoint does not fit this run: {type(e).__name__}: {e}") from None
+
+    def _restore(self, data: dict[str, Any]) -> None:
         self.agent.load_state_dict(data["agent"])
         self.counters.update({k: int(v) for k, v in data["counters"].items()})
         self.obs_rms_ready = bool(data["obs_rms_ready"])
@@ -310,12 +360,25 @@ class Learner:
         self.elapsed_before = float(data.get("elapsed_s", 0.0))
         self.restarts_before = int(data.get("actor_restarts", 0))
 
+    @property
+    def saved_version(self) -> int | None:
+        """The update of the last checkpoint this process wrote, if any."""
+        return self._saved_version
+
     def save(self) -> Path:
         """Checkpoint now, unless this very update was just saved."""
         if self._saved_version != self.version:
-            self._saved_path = save_checkpoint(self.run_dir, self.state(), self.version, self.cfg.keep_checkpoints)
-            self.exploration.write_json(self.run_dir / "exploration.json", self.version,
-                                        self.counters["agent_steps"], self.counters["episodes"])
+            try:
+                self._saved_path = save_checkpoint(self.run_dir, self.state(), self.version,
+                                                   self.cfg.keep_checkpoints)
+                self.exploration.write_json(self.run_dir / "exploration.json", self.version,
+                                            self.counters["agent_steps"], self.counters["episodes"])
+            except OSError as e:  # exploration.json: the checkpoint itself says so in save_checkpoint
+                self._save_failed = True
+                raise write_fault(e, self.run_dir / "exploration.json", self.run_dir / "checkpoints") from None
+            except CheckpointWriteError:
+                self._save_failed = True
+                raise
             self._saved_version = self.version
         return self._saved_path
 
