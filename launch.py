@@ -24,7 +24,7 @@ sys.path.insert(0, str(REPO))
 
 from common.config import Config, ConfigError, dump_yaml, from_dict, load_config, parse_overrides, rom_name  # noqa: E402
 from common.transport import KeysError  # noqa: E402
-from learner.checkpoint import CheckpointError  # noqa: E402
+from learner.checkpoint import CheckpointError, CheckpointWriteError  # noqa: E402
 
 DEFAULT_CONFIG = REPO / "configs" / "montezuma.yaml"
 DEFAULT_REMOTE_BIND = "tcp://0.0.0.0:5555"
@@ -107,7 +107,9 @@ def make_run_dir(run_dir: Path) -> None:
 
 # ---- roles -------------------------------------------------------------------------------------------------
 def actor_supervisor(cfg_path: Path, learner_addr: str, ids: list[int], total: int, overrides: list[str],
-                     restart_on_learner_gone: bool, keys_dir: Path | None = None):
+                     restart_on_learner_gone: bool, keys_dir: Path | None = None, learner_alive=None):
+    """``learner_alive()``: asked, when ``restart_on_learner_gone`` is off, whether an actor that gave up
+    on its learner should be restarted after all."""
     from actors.supervisor import ActorSupervisor
 
     keys = ["--keys", str(keys_dir.resolve())] if keys_dir is not None else []
@@ -117,7 +119,8 @@ def actor_supervisor(cfg_path: Path, learner_addr: str, ids: list[int], total: i
                 "--actor-id", str(actor_id), "--num-actors", str(total), "--incarnation", str(incarnation),
                 *keys, *overrides]
 
-    return ActorSupervisor(cmd, ids, cwd=str(REPO), restart_on_learner_gone=restart_on_learner_gone)
+    return ActorSupervisor(cmd, ids, cwd=str(REPO), restart_on_learner_gone=restart_on_learner_gone,
+                           learner_alive=learner_alive)
 
 
 def check_address(addr: str, flag: str) -> None:
@@ -152,7 +155,65 @@ def learner_keys(args: argparse.Namespace, bind: str, local: bool):
     return None
 
 
-def run_learner(args: argparse.Namespace, cfg: Config, resume: dict | None, local: bool) -> int:
+RUN_FILES = ("checkpoints", "metrics.csv", "episodes.jsonl")  # what a run that trained has written
+
+
+def check_fresh_run_dir(run_dir: Path) -> None:
+    """A new run may not take over a run dir that holds another run's logs or checkpoints: they would
+    be overwritten or mixed. An empty folder, or one holding only a config, is fine."""
+    held = [name for name in RUN_FILES if _holds_data(run_dir / name)]
+    if held:
+        raise UsageError(f"run dir {run_dir} already holds a run ({', '.join(held)}); continue it with "
+                         f"--resume {run_dir}, or pass another --run-dir")
+
+
+def _holds_data(path: Path) -> bool:
+    if path.is_dir():
+        return any(path.glob("*.pt"))
+    if not path.is_file():
+        return False
+    with open(path, "rb") as f:
+        lines = f.read(1 << 16).splitlines()
+    return len(lines) > (1 if path.suffix == ".csv" else 0)  # metrics.csv: a row beyond its header
+
+
+class StopNow(BaseException):
+    """A second Ctrl-C or SIGTERM: stop at once (a BaseException, so no handler on the way catches it)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def install_stop_handlers(learner) -> dict:
+    """First SIGINT/SIGTERM: finish the update, checkpoint, stop. Second: drop the update in progress
+    (latest.pt stays at the last whole one) and stop; during the final checkpoint it is ignored.
+    Returns the previous handlers."""
+    def request_stop(signum, frame):  # noqa: ARG001
+        if learner.shutting_down:
+            print(f"\nlaunch: signal {signum}: already writing the checkpoint and stopping", file=sys.stderr,
+                  flush=True)
+            return
+        if learner.stop_requested:
+            raise StopNow(signum)
+        print(f"\nlaunch: signal {signum}: finishing the update, writing a checkpoint, stopping actors (a second "
+              "signal stops at once: the update in progress is dropped, latest.pt keeps the last checkpoint)",
+              file=sys.stderr, flush=True)
+        learner.stop_requested = True
+
+    return {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+
+
+def checkpoint_note(learner, latest: Path) -> str:
+    """Which update ``latest`` holds after a run ended early."""
+    if learner.saved_version is not None:
+        return f"{latest} holds update {learner.saved_version}"
+    return f"{latest} is as it was" if latest.is_file() else "no checkpoint was written"
+
+
+def build_learner(args: argparse.Namespace, cfg: Config, resume: dict | None, local: bool):
+    """The learner and (local mode) its actor supervisor; the run dir gets config.yaml only once the
+    learner holds the checkpoint, so a failed --resume leaves the run dir as it was."""
     import zmq
 
     from common.transport import connect_address, free_tcp_address
@@ -163,8 +224,9 @@ def run_learner(args: argparse.Namespace, cfg: Config, resume: dict | None, loca
     keys = learner_keys(args, bind, local)
     device = resolve_device(args.learner_gpu)
     run_dir = resolve_run_dir(args, cfg)
+    if resume is None:
+        check_fresh_run_dir(run_dir)
     make_run_dir(run_dir)
-    (run_dir / "config.yaml").write_text(dump_yaml(cfg))
     supervisor = None
     if local:
         n = args.actors or default_actors(cfg)
@@ -178,28 +240,37 @@ def run_learner(args: argparse.Namespace, cfg: Config, resume: dict | None, loca
                           keys=keys)
     except zmq.ZMQError as e:
         raise UsageError(f"--bind {bind}: {e} (is another learner using this port or port+1?)") from None
-
-    def request_stop(signum, frame):  # noqa: ARG001
-        if learner.stop_requested:
-            raise KeyboardInterrupt
-        print(f"\nlaunch: signal {signum}: finishing the update, writing a checkpoint, stopping actors",
-              file=sys.stderr, flush=True)
-        learner.stop_requested = True
-
-    signal.signal(signal.SIGINT, request_stop)
-    signal.signal(signal.SIGTERM, request_stop)
+    (run_dir / "config.yaml").write_text(dump_yaml(cfg))
     print(f"launch: run dir {run_dir} | learner on {device} | listening on {bind}"
           + (" (CURVE)" if keys is not None else "")
           + (f" | {len(supervisor.actor_ids)} actors" if supervisor else ""), flush=True)
-    if supervisor:
-        supervisor.start()
+    return learner, supervisor
+
+
+def run_learner(args: argparse.Namespace, cfg: Config, resume: dict | None, local: bool) -> int:
+    learner, supervisor = build_learner(args, cfg, resume, local)
+    previous = install_stop_handlers(learner)
+    latest = learner.run_dir / "checkpoints" / "latest.pt"
     try:
+        if supervisor:
+            supervisor.start()
         learner.train()
+    except StopNow as e:
+        kept = "the update in progress was dropped; " if learner._in_update else ""
+        print(f"launch: stopped at once by signal {e.signum}; {kept}{checkpoint_note(learner, latest)}",
+              file=sys.stderr, flush=True)
+        return 128 + e.signum
     finally:
         if supervisor:
             supervisor.stop()
+        for s, h in previous.items():
+            signal.signal(s, h)
+    if learner.failure is not None:
+        print(f"launch: error: {learner.failure}; stopped ({checkpoint_note(learner, latest)})", file=sys.stderr,
+              flush=True)
+        return 1
     print(f"launch: done at {learner.counters['agent_steps']:,} agent steps, update {learner.version}; "
-          f"checkpoint {run_dir / 'checkpoints' / 'latest.pt'}", flush=True)
+          f"checkpoint {latest}", flush=True)
     return 0
 
 
@@ -226,8 +297,13 @@ def run_actors(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def supervise_actors(args: argparse.Namespace, cfg_file: Path, n: int, total: int) -> int:
+    """Run this machine's actors until the learner stops them or none is left; an actor that gave up
+    on its learner is restarted while the learner is heard. The exit code says how they ended."""
+    from actors.supervisor import learner_heard
+
     sup = actor_supervisor(cfg_file, args.learner, list(range(args.actor_offset, args.actor_offset + n)), total, [],
-                           restart_on_learner_gone=False, keys_dir=args.keys)
+                           restart_on_learner_gone=False, keys_dir=args.keys,
+                           learner_alive=lambda: learner_heard(args.learner, args.keys))
     print(f"launch: {n} actors ({args.actor_offset}..{args.actor_offset + n - 1} of {total}) -> {args.learner}",
           flush=True)
     sup.start()
@@ -243,11 +319,12 @@ def supervise_actors(args: argparse.Namespace, cfg_file: Path, n: int, total: in
         time.sleep(0.5)
     sup.stop(grace_s=0.0 if stop["now"] else 5.0)
     print(f"launch: actors stopped ({sup.restarts} restarts)", flush=True)
-    if sup.refused:
-        from actors.supervisor import EXIT_REFUSED
-
-        return EXIT_REFUSED
-    return 0
+    if stop["now"]:
+        return 0
+    code = sup.exit_code()
+    if code and sup.notes:
+        print(f"launch: error: no actor left: {'; '.join(sup.notes)}", file=sys.stderr, flush=True)
+    return code
 
 
 def run_keys(argv: list[str]) -> int:
@@ -302,6 +379,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, UsageError, CheckpointError) as e:
         print(f"launch: error: {e}", file=sys.stderr)
         return 2
+    except CheckpointWriteError as e:
+        print(f"launch: error: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -103,3 +103,17 @@ def test_resume_and_eval_refuse_bad_checkpoints(tmp_path: Path) -> None:
     text = tmp_path / "text.pt"
     text.write_text("hello")
     assert_one_line_error(run("eval.py", str(text)), "not a checkpoint")
+
+
+def test_a_new_run_refuses_a_run_dir_that_holds_a_run(tmp_path: Path) -> None:
+    """Before, the new run wiped metrics.csv and episodes.jsonl and mixed both runs' checkpoints."""
+    run_dir = tmp_path / "r"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "checkpoints" / "ckpt_00000005.pt").write_bytes(b"PK\x03\x04 a checkpoint")
+    (run_dir / "metrics.csv").write_text("update,agent_steps\n5,320\n")
+    (run_dir / "episodes.jsonl").write_text('{"update": 5}\n')
+    p = run("launch.py", "--config", "configs/smoke.yaml", "--learner-gpu", "-1", "--run-dir", str(run_dir))
+    assert_one_line_error(p, str(run_dir), "--resume", "checkpoints, metrics.csv, episodes.jsonl")
+    assert (run_dir / "metrics.csv").read_text() == "update,agent_steps\n5,320\n"
+    assert (run_dir / "episodes.jsonl").read_text() == '{"update": 5}\n'
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["ckpt_00000005.pt"]
