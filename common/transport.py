@@ -14,7 +14,7 @@ import os
 import re
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import zmq
@@ -106,14 +106,14 @@ class KeysError(ValueError):
 @dataclass(frozen=True)
 class LearnerKeys:
     public: bytes
-    secret: bytes
+    secret: bytes = field(repr=False)  # never in a log line or a traceback
     authorized: Path
 
 
 @dataclass(frozen=True)
 class ActorKeys:
     public: bytes
-    secret: bytes
+    secret: bytes = field(repr=False)
     learner_public: bytes
 
 
