@@ -150,7 +150,7 @@ def contents_fault(data: dict[str, Any]) -> str | None:
     if not isinstance(counters, dict) or any(k not in counters for k in REQUIRED_COUNTERS):
         return f"its counters lack {' or '.join(REQUIRED_COUNTERS)}"
     for k, v in counters.items():
-        if type(v) is not int or v < 0:  # noqa: E721 (bool is an int subclass and no count)
+        if type(v) is not int or v < 0:  # not isinstance: a bool is an int, and no count
             return f"counter {k!r} is {v!r}, not a count"
     if not isinstance(data.get("obs_rms_ready", False), bool):
         return "obs_rms_ready is not true or false"
