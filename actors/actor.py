@@ -17,7 +17,7 @@ import torch
 import zmq
 
 from actors.rollout import build_collector
-from actors.supervisor import EXIT_LEARNER_GONE, EXIT_OK, EXIT_REFUSED
+from actors.supervisor import EXIT_LEARNER_GONE, EXIT_MISMATCH, EXIT_OK, EXIT_REFUSED
 from common.config import Config, shape_keys
 from common.networks import PolicyNet, policy_param_spec
 from common.transport import (ActorKeys, HandshakeWatch, KeysError, curve_client, is_local, load_actor_keys,
@@ -143,7 +143,7 @@ class WeightsReceiver:
             raise WireError("weights without shape_keys")
         diff = [f"{k} {theirs.get(k)!r} (learner) != {v!r} (actor)" for k, v in self.shape_keys.items()
                 if theirs.get(k) != v]
-        raise ActorStop("config mismatch with the learner: " + "; ".join(diff))
+        raise ActorStop("config mismatch with the learner: " + "; ".join(diff), exit_code=EXIT_MISMATCH)
 
     def needs_warmup(self) -> bool:
         """The learner whose weights this actor holds asks for warm-up frames and has none from it yet:

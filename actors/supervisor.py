@@ -12,6 +12,7 @@ EXIT_OK = 0  # the learner said stop
 EXIT_LEARNER_GONE = 3  # the learner went silent past actor_timeout_s
 EXIT_REFUSED = 4  # the learner refused this actor's key (or its keys could not be read): a restart cannot help
 EXIT_FAILED = 1  # the actors kept dying at start
+EXIT_MISMATCH = 5  # the actor's config differs from the learner's: a restart cannot help either
 QUICK_DEATH_S = 5.0
 PROBE_S = 5.0  # how long the actors role listens for a learner an actor gave up on (it beats every second)
 MAX_QUICK_DEATHS = 5
@@ -39,6 +40,7 @@ class ActorSupervisor:
     restarts: int = 0
     refused: int = 0  # actors the learner refused
     finished: int = 0  # actors the learner told to stop
+    mismatched: int = 0  # actors whose config differs from the learner's
     gave_up_on_learner: int = 0  # actors that gave up on a learner that was gone
     notes: list[str] = field(default_factory=list)  # why each actor that will not run again ended
     children: list[_Child] = field(default_factory=list)
@@ -80,6 +82,10 @@ class ActorSupervisor:
                 self._retire(c, f"the learner refused actor {c.actor_id}'s key")
                 self.refused += 1
                 continue
+            if rc == EXIT_MISMATCH:
+                self._retire(c, f"actor {c.actor_id}'s config differs from the learner's")
+                self.mismatched += 1
+                continue
             self._restart(c, rc)
         return self.restarts
 
@@ -111,6 +117,8 @@ class ActorSupervisor:
         ended), else why they ended: refused, gave up on the learner, or kept dying."""
         if self.refused:
             return EXIT_REFUSED
+        if self.mismatched:
+            return EXIT_MISMATCH
         if self.finished:
             return EXIT_OK
         return EXIT_LEARNER_GONE if self.gave_up_on_learner else EXIT_FAILED

@@ -133,6 +133,15 @@ def test_actors_role_whose_actors_all_gave_up_exits_nonzero() -> None:
     assert "actor 1 gave up on a silent learner" in why
 
 
+def test_an_actor_whose_config_differs_is_not_restarted_while_the_learner_is_heard() -> None:
+    from actors.supervisor import EXIT_MISMATCH
+
+    sup = ActorSupervisor(_exits({}, EXIT_MISMATCH), [0], restart_on_learner_gone=False,
+                          learner_alive=lambda: True)
+    why = _supervise(sup)
+    assert sup.restarts == 0 and sup.exit_code() == EXIT_MISMATCH and "config differs" in why
+
+
 def test_the_probe_hears_a_live_learner_and_not_a_gone_one() -> None:
     from actors.supervisor import learner_heard
 
