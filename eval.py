@@ -73,15 +73,17 @@ class BestEpisodeGif:
 
     def __init__(self, path: str | None):
         self.path, self.frames, self.best, self.best_return = path, [], [], -float("inf")
+        self._seen = 0
 
     def add(self, rgb: np.ndarray) -> None:
-        if self.path:
+        if self.path and self._seen % 2 == 0:  # the GIF shows every 2nd screen: keep no others
             self.frames.append(rgb.copy())
+        self._seen += 1
 
     def end_episode(self, ret: float) -> None:
         if self.path and ret > self.best_return:
-            self.best, self.best_return = self.frames[::2], ret
-        self.frames = []
+            self.best, self.best_return = self.frames, ret
+        self.frames, self._seen = [], 0
 
     def write(self) -> None:
         if self.path and self.best:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import itertools
 import json
 import math
@@ -57,6 +58,7 @@ class RunSpec:
     run_dir: Path
     total_steps: int
     command: list[str] = field(default_factory=list)
+    config_hash: str = ""  # of the resolved config: a folder made with another config is not this run
 
     @property
     def name(self) -> str:
@@ -117,10 +119,27 @@ def plan(args: argparse.Namespace) -> list[RunSpec]:
             overrides = [f"{k}={v}" for k, v in {**dict(o.split("=", 1) for o in args.overrides), **values}.items()]
             cfg = load_config(args.config, overrides + [f"seed={seed}"])
             total = args.total_steps if args.total_steps is not None else cfg.total_agent_steps
-            spec = RunSpec(values, seed, args.study_dir / run_name(values, seed), total)
+            spec = RunSpec(values, seed, args.study_dir / run_name(values, seed), total,
+                           config_hash=config_hash(cfg.to_dict()))
             spec.command = launch_command(args, spec, overrides)
             specs.append(spec)
+    names = [s.name for s in specs]
+    if len(set(names)) != len(names):
+        raise StudyError("two runs of the grid would share a folder name; use values that differ in letters or digits")
     return specs
+
+
+def config_hash(cfg: dict) -> str:
+    return hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def check_folders(specs: list[RunSpec]) -> None:
+    """Refuse to continue a run folder that another config made (a changed --config or key=value)."""
+    for spec in specs:
+        made = read_run_file(spec.run_dir).get("config_hash")
+        if made and made != spec.config_hash:
+            raise StudyError(f"{spec.run_dir} holds a run of another config; give this grid another STUDY_DIR "
+                             "or remove that folder")
 
 
 def launch_command(args: argparse.Namespace, spec: RunSpec, overrides: list[str]) -> list[str]:
@@ -142,8 +161,16 @@ def resume_command(spec: RunSpec, gpu: str | None) -> list[str]:
 
 
 def with_device(cmd: list[str], gpu: str | None) -> list[str]:
-    """Pin the learner to GPU ``gpu``, or to the CPU for None."""
-    return cmd[:2] + ["--learner-gpu", gpu if gpu is not None else "-1"] + cmd[2:]
+    """The learner on the CPU (``gpu`` None), or on the one GPU the run sees (``child_env`` shows it only ``gpu``)."""
+    return cmd[:2] + ["--learner-gpu", "-1" if gpu is None else "0"] + cmd[2:]
+
+
+def child_env(gpu: str | None) -> dict[str, str]:
+    """A run on GPU ``gpu`` sees that GPU alone, so its learner and any actor_device=cuda actors share it."""
+    env = dict(os.environ)
+    if gpu is not None:
+        env["CUDA_VISIBLE_DEVICES"] = gpu
+    return env
 
 
 # ---- run state on disk -----------------------------------------------------------------------------------
@@ -165,13 +192,18 @@ def read_run_file(run_dir: Path) -> dict:
 
 
 def shown(cmd: list[str]) -> str:
-    """A launch.py command as a person types it in the repo's folder."""
-    return shlex.join(["python3", "launch.py"] + cmd[2:])
+    """A launch.py command as a person types it in the repo's folder (paths inside the repo made relative)."""
+    return shlex.join(["python3", "launch.py"] + [relative_to_repo(a) for a in cmd[2:]])
 
 
-def write_run_file(spec: RunSpec, **fields) -> None:
+def relative_to_repo(arg: str) -> str:
+    p = Path(arg)
+    return str(p.relative_to(REPO)) if p.is_absolute() and p.is_relative_to(REPO) else arg
+
+
+def write_run_file(spec: RunSpec, **fields: object) -> None:
     info = {"name": spec.name, "values": spec.values, "seed": spec.seed, "total_steps": spec.total_steps,
-            "command": shown(spec.command), **fields}
+            "command": shown(spec.command), "config_hash": spec.config_hash, **fields}
     spec.run_dir.mkdir(parents=True, exist_ok=True)
     tmp = spec.run_dir / (RUN_FILE + ".tmp")
     tmp.write_text(json.dumps(info, indent=2))
@@ -201,6 +233,7 @@ class Running:
     proc: subprocess.Popen
     gpu: str | None
     started: float
+    signalled: bool = False
 
 
 class Scheduler:
@@ -214,6 +247,7 @@ class Scheduler:
         self.stopping = False
         self._t0, self._steps0 = time.monotonic(), self.total_done()
         self._last_print = 0.0
+        self._tty = sys.stdout.isatty()
 
     def total_done(self) -> int:
         return sum(min(last_agent_steps(s.run_dir), s.total_steps) for s in self.specs)
@@ -228,7 +262,7 @@ class Scheduler:
         log.write(f"# study: {shown(cmd)}\n")
         log.flush()
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True, cwd=REPO)
+                                start_new_session=True, cwd=REPO, env=child_env(gpu))
         log.close()
         self.running.append(Running(spec, proc, gpu, time.monotonic()))
 
@@ -249,6 +283,8 @@ class Scheduler:
 
     def loop(self) -> int:
         while self.todo or self.running:
+            if self.stopping:
+                self.signal_all()  # a child started just before the signal hears it too
             self.reap()
             while self.todo and self.free and not self.stopping:
                 self.start(self.todo.pop(0), self.free.pop(0))
@@ -266,21 +302,28 @@ class Scheduler:
             print("\nstudy: stopping; each run checkpoints first (the same command resumes the study)",
                   file=sys.stderr, flush=True)
         self.stopping = True
+        self.signal_all()
+
+    def signal_all(self) -> None:
         for r in self.running:
-            if r.proc.poll() is None:
+            if r.proc.poll() is None and not r.signalled:
                 r.proc.send_signal(signal.SIGTERM)
+                r.signalled = True
 
     def progress(self, force: bool = False) -> None:
+        """One line: on a terminal it redraws in place, in a file a new line every PROGRESS_S."""
         now = time.monotonic()
-        if not force and now - self._last_print < PROGRESS_S:
+        if not force and now - self._last_print < (1.0 if self._tty else PROGRESS_S):
             return
         self._last_print = now
-        total = sum(s.total_steps for s in self.specs)
-        done = self.total_done()
-        rate = (done - self._steps0) / max(now - self._t0, 1e-9)
+        live = [s for s in self.specs if s.name not in self.failed]  # failed runs no longer count towards the ETA
+        total = sum(s.total_steps for s in live)
+        done = sum(min(last_agent_steps(s.run_dir), s.total_steps) for s in live)
+        rate = (self.total_done() - self._steps0) / max(now - self._t0, 1e-9)
         eta = (total - done) / rate if rate > 0 else float("nan")
-        print(f"study: {self.done}/{len(self.specs)} runs done, {len(self.running)} running | "
-              f"steps {done:,}/{total:,} | {rate:,.0f} steps/s | ETA {fmt_duration(eta)}", flush=True)
+        line = (f"study: {self.done}/{len(self.specs)} runs done, {len(self.running)} running | "
+                f"steps {done:,}/{total:,} | {rate:,.0f} steps/s | ETA {fmt_duration(eta)}")
+        print("\r" + line if self._tty else line, end="" if self._tty else "\n", flush=True)
 
 
 def fmt_duration(s: float) -> str:
@@ -290,19 +333,26 @@ def fmt_duration(s: float) -> str:
     return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
 
 
+def write_study_file(args: argparse.Namespace, specs: list[RunSpec]) -> None:
+    """STUDY_DIR/study.json: the grid's runs in order, with their values and seeds (the report reads it; runs
+    that a cluster scheduler starts from --dry-run's commands have no study_run.json of their own)."""
+    args.study_dir.mkdir(parents=True, exist_ok=True)
+    runs = [{"name": s.name, "values": s.values, "seed": s.seed} for s in specs]
+    (args.study_dir / "study.json").write_text(json.dumps(
+        {"config": relative_to_repo(str(args.config)), "runs": runs, "argv": sys.argv[1:]}, indent=2))
+
+
 def slots_for(gpus: str | None, parallel: int | None) -> list[str | None]:
     """One slot per listed GPU (at most ``parallel``), or ``parallel`` CPU slots for ``none``."""
-    if gpus is None:
-        import torch
+    import torch
 
+    if gpus is None:
         gpus = ",".join(str(i) for i in range(torch.cuda.device_count())) or "none"
     if gpus == "none":
         return [None] * (parallel or 1)
     ids = [g.strip() for g in gpus.split(",")]
     if not all(g.isdigit() for g in ids) or len(set(ids)) != len(ids):
         raise StudyError(f"--gpus {gpus!r}: expected GPU indices like 0,1 or none")
-    import torch
-
     have = torch.cuda.device_count()
     if max(int(g) for g in ids) >= have:
         raise StudyError(f"--gpus {gpus}: this machine has {have} CUDA device(s); use --gpus none for the CPU")
@@ -310,21 +360,25 @@ def slots_for(gpus: str | None, parallel: int | None) -> list[str | None]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    args.config = Path(args.config or DEFAULT_CONFIG)
+    # launch.py runs in the repo's folder: every path it is given must mean the same there
+    args.config = Path(args.config or DEFAULT_CONFIG).resolve()
+    args.study_dir = args.study_dir.resolve()
     if args.parallel is not None and args.parallel < 1:
         raise StudyError("--parallel must be >= 1")
-    specs = plan(args)
     slots = slots_for(args.gpus, args.parallel)
+    if args.actors is None and slots[0] is None:  # K runs at once share the cores: one actor per spare core each
+        args.actors = max(1, ((os.cpu_count() or 2) - 1) // len(slots))
+    specs = plan(args)
+    check_folders(specs)
+    write_study_file(args, specs)
     if args.dry_run:
         for i, spec in enumerate(specs):
             state = run_state(spec)
             gpu = slots[i % len(slots)]
             cmd = resume_command(spec, gpu) if state == "resume" else with_device(spec.command, gpu)
-            print(f"# {spec.name}: finished, skipped" if state == "finished" else shlex.join(cmd))
+            pin = f"CUDA_VISIBLE_DEVICES={gpu} " if gpu is not None else ""
+            print(f"# {spec.name}: finished, skipped" if state == "finished" else pin + shlex.join(cmd))
         return 0
-    args.study_dir.mkdir(parents=True, exist_ok=True)
-    (args.study_dir / "study.json").write_text(json.dumps(
-        {"config": str(args.config), "runs": [s.name for s in specs], "argv": sys.argv[1:]}, indent=2))
     sched = Scheduler(specs, slots)
     print(f"study: {len(specs)} runs in {args.study_dir} ({sched.done} finished already), "
           f"{len(slots)} at a time on {'the CPU' if slots[0] is None else 'GPU ' + ','.join(slots)}", flush=True)
@@ -375,22 +429,40 @@ class RunData:
 
 
 def read_metrics(path: Path) -> dict[str, np.ndarray]:
+    """CSV column -> float array; a last row still being written (a live run) is left out."""
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
+    if rows and (None in rows[-1].values() or not rows[-1]["agent_steps"].isdigit()):
+        rows = rows[:-1]
     if not rows:
         return {}
-    return {k: np.array([float(r[k]) if r[k] not in ("", None) else np.nan for r in rows]) for k in rows[0]}
+    return {k: np.array([to_float(r[k]) for r in rows]) for k in rows[0]}
+
+
+def to_float(text: str | None) -> float:
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        return float("nan")
 
 
 def read_jsonl(path: Path) -> list[dict]:
+    """One object a line; a line still being written (a live run) is left out."""
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            continue
+    return out
 
 
-def load_run(run_dir: Path) -> RunData | None:
-    """A run folder with a study_run.json and a metrics.csv of at least one row, else None."""
-    info = read_run_file(run_dir)
+def load_run(run_dir: Path, planned: dict | None = None) -> RunData | None:
+    """A run folder with a metrics.csv of at least one row, described by its study_run.json or by the study's
+    plan (``planned``: its entry in study.json), else None."""
+    info = read_run_file(run_dir) or planned or {}
     if not info or not (run_dir / "metrics.csv").is_file():
         return None
     metrics = read_metrics(run_dir / "metrics.csv")
@@ -406,12 +478,14 @@ def load_run(run_dir: Path) -> RunData | None:
 
 
 def load_study(study_dir: Path) -> list[RunData]:
-    """The study's runs in its own order (study.json), then any other run folders by name."""
-    order = []
+    """The runs of the study's plan (study.json), in its order; without a plan, every run folder by name."""
     if (study_dir / "study.json").is_file():
-        order = json.loads((study_dir / "study.json").read_text()).get("runs", [])
-    names = order + sorted(p.name for p in study_dir.iterdir() if p.is_dir() and p.name not in order)
-    runs = [load_run(study_dir / n) for n in names if (study_dir / n).is_dir()]
+        plan_runs = json.loads((study_dir / "study.json").read_text()).get("runs", [])
+        planned = [r if isinstance(r, dict) else {"name": r} for r in plan_runs]
+    else:
+        planned = [{"name": p.name} for p in sorted(study_dir.iterdir()) if p.is_dir()]
+    runs = [load_run(study_dir / r["name"], r if "values" in r else None) for r in planned
+            if (study_dir / r["name"]).is_dir()]
     return [r for r in runs if r is not None]
 
 
@@ -427,10 +501,10 @@ def group_runs(runs: list[RunData]) -> dict[str, list[RunData]]:
 def first_reward(run: RunData) -> tuple[int | None, float | None]:
     """(agent steps, wall seconds) at which the first episode with a nonzero return was consumed."""
     for e in run.episodes:
-        if e.get("return", 0) != 0:
+        if e.get("return", 0) != 0 and "agent_steps" in e:
             steps = int(e["agent_steps"])
-            t = np.interp(steps, run.metrics["agent_steps"], run.metrics["time_s"])
-            return steps, float(t)
+            times = run.metrics.get("time_s")
+            return steps, (float(np.interp(steps, run.metrics["agent_steps"], times)) if times is not None else None)
     return None, None
 
 
@@ -471,6 +545,8 @@ def on_common_grid(runs: list[RunData], key: str, points: int = 200) -> tuple[np
         return None
     lo = max(s[0][0] for s in series)
     hi = min(s[0][-1] for s in series)
+    if hi < lo:  # the seeds' logged ranges do not overlap: no common curve
+        return None
     grid = np.linspace(lo, hi, points) if hi > lo else np.array([hi])
     return grid, np.stack([np.interp(grid, x, y) for x, y in series])
 
@@ -508,19 +584,20 @@ def plot_curves(groups: dict[str, list[RunData]], key: str, ylabel: str, path: P
     return drawn
 
 
-def cell_table(runs: list[RunData]) -> dict[tuple[int, int, int], int]:
-    """(room, x bucket, y bucket) -> agent steps, summed over the runs' exploration.json and over levels."""
-    out: dict[tuple[int, int, int], int] = {}
+def cell_table(runs: list[RunData]) -> dict[tuple[int, int, int], float]:
+    """(room, x bucket, y bucket) of the first level -> agent steps, the mean over the runs (seeds)."""
+    out: dict[tuple[int, int, int], float] = {}
     for r in runs:
         for c in r.exploration.get("cells", []):
-            k = (int(c["room"]), int(c["x_bucket"]), int(c["y_bucket"]))
-            out[k] = out.get(k, 0) + int(c["steps"])
+            if int(c["level"]) == 0:
+                k = (int(c["room"]), int(c["x_bucket"]), int(c["y_bucket"]))
+                out[k] = out.get(k, 0) + int(c["steps"]) / len(runs)
     return out
 
 
-def room_totals(runs: list[RunData]) -> dict[int, int]:
-    """Room -> agent steps spent there, summed over the runs."""
-    out: dict[int, int] = {}
+def room_totals(runs: list[RunData]) -> dict[int, float]:
+    """Room of the first level -> agent steps spent there, the mean over the runs (seeds)."""
+    out: dict[int, float] = {}
     for (room, _, _), n in cell_table(runs).items():
         out[room] = out.get(room, 0) + n
     return out
@@ -541,13 +618,13 @@ def plot_room_maps(groups: dict[str, list[RunData]], layout: list[list[int]], pa
             for i, room in enumerate(row):
                 x, n = (width - len(row)) / 2 + i, steps.get(room, 0)
                 ax.add_patch(plt.Rectangle((x, -r - 1), 0.95, 0.95, color=cmap(norm(n)) if n else "0.88"))
-                ax.text(x + 0.47, -r - 0.53, f"{room}\n{n:,}" if n else str(room), ha="center", va="center",
+                ax.text(x + 0.47, -r - 0.53, f"{room}\n{n:,.0f}" if n else str(room), ha="center", va="center",
                         fontsize=6, color="white" if n and norm(n) < 0.6 else "black")
         ax.set(xlim=(0, width), ylim=(-len(layout), 0), title=label)
         ax.set_aspect("equal")
         ax.axis("off")
     fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap=cmap), ax=axes[0].tolist(), shrink=0.8,
-                 label="agent steps in the room")
+                 label="agent steps in the room (mean over seeds)")
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
@@ -579,7 +656,7 @@ def plot_heat_maps(groups: dict[str, list[RunData]], path: Path, rooms_each: int
             im = ax.imshow(np.where(grid > 0, grid, np.nan), origin="lower", extent=(0, 256, 0, 256),
                            norm=LogNorm(1, max(grid.max(), 10)), cmap="magma", aspect="auto")
             ax.set(xlim=xlim, ylim=ylim)
-            ax.set_title(f"{label}\nroom {room}: {int(grid.sum()):,} steps", fontsize=8)
+            ax.set_title(f"{label}\nroom {room}: {grid.sum():,.0f} steps", fontsize=8)
             ax.set_xlabel(f"x (RAM, {CELL_BUCKET}-unit cells)", fontsize=7)
             ax.set_ylabel("y (RAM)", fontsize=7)
             ax.tick_params(labelsize=6)
@@ -610,7 +687,7 @@ def evaluate_run(run: RunData, out: Path, episodes: int) -> dict:
 
 
 # ---- report.md -----------------------------------------------------------------------------------------
-def fmt_num(x, digits: int = 3) -> str:
+def fmt_num(x: float | None, digits: int = 3) -> str:
     if x is None or (isinstance(x, float) and not math.isfinite(x)):
         return "-"
     return f"{x:,.0f}" if abs(x) >= 100 or float(x).is_integer() else f"{x:.{digits}g}"
@@ -684,10 +761,11 @@ def report_lines(study_dir: Path, groups: dict[str, list[RunData]], summary: dic
     out += [f"![{key}]({figures[key]})" for key, _ in CURVES if key in figures]
     out += ["", "## Where the agents went", ""]
     if "room_map" in figures:
-        out += ["Agent steps spent in each room of the first level, summed over seeds (grey: never entered).", "",
+        out += ["Agent steps spent in each room of the first level, the mean over seeds (grey: never entered).", "",
                 f"![room map]({figures['room_map']})", ""]
     if "heat_maps" in figures:
-        out += ["Agent steps per position cell in each configuration's most visited rooms.", "",
+        out += ["Agent steps per position cell (mean over seeds) in each configuration's most visited rooms of "
+                "the first level.", "",
                 f"![heat maps]({figures['heat_maps']})", ""]
     if eval_episodes:
         out += ["## Checkpoints played", "",
@@ -763,12 +841,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     rp.add_argument("--out", type=Path, help="output folder (default: STUDY_DIR/report)")
     rp.add_argument("--eval-episodes", type=int, default=3,
                     help="eval.py episodes per run's newest checkpoint (0: none)")
-    return p.parse_args(argv)
+    args, extra = p.parse_known_args(argv)  # key=value may also follow the options
+    unknown = [a for a in extra if args.cmd != "run" or a.startswith("-") or "=" not in a]
+    if unknown:
+        p.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if args.cmd == "run":
+        args.overrides += extra
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
     try:
+        args = parse_args(argv)
         if args.cmd == "run":
             return cmd_run(args)
         return write_report(args.study_dir, args.out or args.study_dir / "report", args.eval_episodes)

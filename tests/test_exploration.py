@@ -96,7 +96,8 @@ def test_learner_logs_saves_and_resumes_cell_counts(tmp_path: Path):
 
 def _segment_with_episode(runner: SerialRunner, episode: dict) -> list[bytes]:
     i, col = runner.collectors[0]
-    arrays, _ = col.collect()
+    arrays = {k: v.copy() for k, v in col.collect()[0].items()}
+    arrays["terminated"][0, 0], arrays["truncated"][0, 0] = 1, 0  # the episode's end, where its record says
     meta = {"actor": i, "streams": col.streams, "version": 0, "run": 0, "seq": 0,
             "episodes": [{"stream": col.streams[0], "t": 0, **episode}]}
     return encode("segment", meta, arrays)
@@ -106,7 +107,9 @@ def _segment_with_episode(runner: SerialRunner, episode: dict) -> list[bytes]:
 def test_a_message_claiming_too_many_cells_is_refused_and_counted(tmp_path: Path, n: int):
     cfg = small_cfg(NumInitSteps=0)
     runner = SerialRunner(cfg, tmp_path, num_actors=1)
-    ep = {"return": 0.0, "length": n, "rooms": [1], "cells": [[c, 1] for c in range(n)]}
+    ids = sorted(cell_id(lv, r, 8 * x, 8 * y) for lv in range(n // 2 ** 18 + 1) for r in range(256)
+                 for x in range(32) for y in range(32))[:n]
+    ep = {"return": 0.0, "length": n, "rooms": [1], "cells": [[c, 1] for c in ids]}
     runner.learner.handle(_segment_with_episode(runner, ep))
     assert runner.learner.counters["rejected_messages"] == 1
     assert not runner.learner.pending and runner.learner.exploration.cells_visited == 0

@@ -63,12 +63,36 @@ def test_dry_run_prints_the_default_grid_and_refuses_bad_keys(tmp_path: Path):
     for line, v in zip(lines, ["2", "1", "0"]):
         assert "launch.py" in line and f"ExtCoeff={v}" in line and "seed=0" in line and "--learner-gpu -1" in line
         assert f"ExtCoeff{v}_seed0" in line
-    assert not (tmp_path / "s").exists()  # a dry run writes nothing
+    plan = json.loads((tmp_path / "s" / "study.json").read_text())  # the plan, for the report of a scheduler's runs
+    assert [r["values"] for r in plan["runs"]] == [{"ExtCoeff": v} for v in "210"]
+    assert [p.name for p in (tmp_path / "s").iterdir()] == ["study.json"]  # and no run folder
     bad = run_study("run", str(tmp_path / "s"), "--dry-run", "--axis", "NoSuchKey=1,2")
     assert bad.returncode == 2 and "NoSuchKey" in bad.stderr and "Traceback" not in bad.stderr
     bad = run_study("run", str(tmp_path / "s"), "--dry-run", "--axis", "ExtCoeff=2,x")
     assert bad.returncode == 2 and "ExtCoeff" in bad.stderr and "Traceback" not in bad.stderr
+    bad = run_study("run", str(tmp_path / "s"), "--dry-run", "--bogus")
+    assert bad.returncode == 2 and "--bogus" in bad.stderr
 
+
+def test_overrides_after_the_options_and_paths_from_another_folder(tmp_path: Path):
+    out = subprocess.run([sys.executable, str(REPO / "study.py"), "run", str(tmp_path / "o"), "--config",
+                          "configs/smoke.yaml", "--gpus", "none", "--dry-run", "LearningRate=0.0002"],
+                         capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert all("LearningRate=0.0002" in line for line in out.stdout.splitlines())
+    elsewhere = subprocess.run([sys.executable, str(REPO / "study.py"), "run", "s", "--config",
+                                str(REPO / "configs" / "smoke.yaml"), "--gpus", "none", "--dry-run"],
+                               capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert elsewhere.returncode == 0, elsewhere.stderr
+    assert f"--run-dir {tmp_path / 's' / 'ExtCoeff2_seed0'}" in elsewhere.stdout  # the folder it was started in
+
+
+def test_a_folder_of_another_config_is_not_continued(tmp_path: Path):
+    s = tmp_path / "s"
+    (s / "ExtCoeff2_seed0").mkdir(parents=True)
+    (s / "ExtCoeff2_seed0" / "study_run.json").write_text(json.dumps({"config_hash": "0123456789abcdef"}))
+    out = run_study("run", str(s), *TINY, "--axis", "ExtCoeff=2", "--dry-run")
+    assert out.returncode == 2 and "another config" in out.stderr
 
 def test_study_runs_skips_finished_resumes_and_reports(tmp_path: Path):
     s = tmp_path / "s"
@@ -121,7 +145,7 @@ def test_study_runs_skips_finished_resumes_and_reports(tmp_path: Path):
 
 # ---- study report on synthetic run dirs ----------------------------------------------------------------
 def synthetic_run(root: Path, name: str, values: dict, seed: int, rng: np.random.Generator,
-                  first_reward_at: int | None) -> None:
+                  first_reward_at: int | None, cells_per_update: int = 3) -> None:
     run = root / name
     run.mkdir(parents=True)
     (run / "study_run.json").write_text(json.dumps({"name": name, "values": values, "seed": seed,
@@ -133,7 +157,7 @@ def synthetic_run(root: Path, name: str, values: dict, seed: int, rng: np.random
         for u in range(1, 21):
             row = {k: f"{rng.normal():.6g}" for k in METRICS}
             row.update(update=u, agent_steps=u * 1000 + seed * 7, time_s=f"{u * 2.5:.6g}",
-                       rooms_visited_total=1 + u // 10, cells_visited_total=10 + 3 * u)
+                       rooms_visited_total=1 + u // 10, cells_visited_total=10 + cells_per_update * u)
             w.writerow(row)
     episodes = [{"return": 0.0, "length": 50, "agent_steps": s} for s in (3000, 5000)]
     if first_reward_at is not None:
@@ -149,8 +173,8 @@ def test_report_on_synthetic_runs_writes_every_figure_and_the_csv_values(tmp_pat
     rng = np.random.default_rng(0)
     s = tmp_path / "s"
     synthetic_run(s, "ExtCoeff2_seed0", {"ExtCoeff": "2"}, 0, rng, 6000)
-    synthetic_run(s, "ExtCoeff2_seed1", {"ExtCoeff": "2"}, 1, rng, None)
-    synthetic_run(s, "ExtCoeff0_seed0", {"ExtCoeff": "0"}, 0, rng, None)
+    synthetic_run(s, "ExtCoeff2_seed1", {"ExtCoeff": "2"}, 1, rng, None, cells_per_update=4)
+    synthetic_run(s, "ExtCoeff0_seed0", {"ExtCoeff": "0"}, 0, rng, None, cells_per_update=2)
     (s / "study.json").write_text(json.dumps({"runs": ["ExtCoeff2_seed0", "ExtCoeff2_seed1", "ExtCoeff0_seed0"]}))
     assert study.main(["report", str(s), "--eval-episodes", "0"]) == 0
     out = s / "report"
@@ -163,10 +187,12 @@ def test_report_on_synthetic_runs_writes_every_figure_and_the_csv_values(tmp_pat
         rows = metrics_rows(s / name)
         assert r["agent_steps"] == int(rows[-1]["agent_steps"])
         assert r["final_episode_return_mean"] == pytest.approx(float(rows[-1]["episode_return_mean"]))
-        assert r["cells_visited_total"] == int(rows[-1]["cells_visited_total"]) == 70
+        assert r["cells_visited_total"] == int(rows[-1]["cells_visited_total"])
         assert r["rooms_visited_total"] == int(rows[-1]["rooms_visited_total"]) == 3
         assert r["wall_s"] == pytest.approx(float(rows[-1]["time_s"]))
         assert r["steps_per_s"] == pytest.approx(r["agent_steps"] / r["wall_s"])
+    assert [summary[n]["cells_visited_total"] for n in ("ExtCoeff2_seed0", "ExtCoeff2_seed1", "ExtCoeff0_seed0")] \
+        == [70, 90, 50]
     a = summary["ExtCoeff2_seed0"]
     assert a["steps_to_first_reward"] == 6000 and a["best_episode_return"] == 400.0
     assert a["wall_s_to_first_reward"] == pytest.approx(15.0)  # 6,000 steps are update 6's, at 6 x 2.5 s
@@ -175,6 +201,7 @@ def test_report_on_synthetic_runs_writes_every_figure_and_the_csv_values(tmp_pat
     table = [ln for ln in (out / "report.md").read_text().splitlines() if ln.startswith("| ExtCoeff=")]
     assert table[0].startswith("| ExtCoeff=2 | 2 | ") and "none in 1/2; 6,000" in table[0]
     assert table[1].startswith("| ExtCoeff=0 | 1 | 20,000 |") and "none in 1/1" in table[1]
+    assert "| 80 [70, 90] |" in table[0] and "| 50 |" in table[1]  # cells: mean [min, max] over seeds
 
 
 def test_report_refuses_an_empty_study(tmp_path: Path, capsys):
@@ -221,8 +248,12 @@ def test_int_trace_is_the_learners_normalised_rnd_error(tmp_path: Path):
     rms = data["agent"]["obs_rms"]
     x = ((torch.from_numpy(frame).double() - rms["mean"].double()) / (rms["var"].double() + 1e-8).sqrt())
     x = x.clamp(-cfg.obs_clip, cfg.obs_clip).float()[None, None]
+    from common.networks import RNDModel
+
+    rnd = RNDModel(48, 48)
+    rnd.load_state_dict(data["agent"]["rnd"])  # the checkpoint's own predictor and target, loaded here
     with torch.no_grad():
-        err = (trace.agent.rnd.predictor(x) - trace.agent.rnd.target(x)).pow(2).mean()
+        err = (rnd.predictor(x) - rnd.target(x)).pow(2).mean()
     std = float(data["agent"]["reward_rms"]["var"]) ** 0.5
     assert trace.rewards[0] == pytest.approx(float(err) / std, rel=1e-4)
 

@@ -11,7 +11,7 @@ import pytest
 import zstandard
 
 from common import wire
-from common.cells import MAX_CELL, MAX_EPISODE_CELLS
+from common.cells import MAX_CELL, MAX_EPISODE_CELLS, cell_id
 from common.networks import PolicyNet, policy_param_spec
 from common.wire import (MAX_HEADER_BYTES, PROTOCOL_VERSION, SegmentSpec, WireError, decode, encode, validate_segment,
                          validate_warmup, validate_weights)
@@ -40,11 +40,27 @@ def segment_arrays(spec: SegmentSpec = SPEC, k: int = len(STREAMS), seed: int = 
         else:  # trunc_value
             a = np.zeros(shape)
         out[name] = np.asarray(a, dtype=dtype)
-    if k >= 2:
-        out["terminated"][2, 0] = 1
-        out["truncated"][4, 1] = 1
-        out["trunc_value"][4, 1] = 0.5
+    if k >= 2:  # the episode ends of segment_meta's records: stream 5 (column 1) at t 2, stream 2 at t 4
+        out["terminated"][2, 1] = 1
+        out["truncated"][4, 0] = 1
+        out["trunc_value"][4, 0] = 0.5
     return out
+
+
+def valid_cells(n: int) -> list[int]:
+    """``n`` distinct, increasing, well-formed cell ids (rooms 0.., every bucket)."""
+    return sorted(cell_id(0, r, 8 * x, 8 * y) for r in range(n // 1024 + 1) for x in range(32) for y in range(32))[:n]
+
+
+def arrays_ending(episodes: list[dict]) -> dict[str, np.ndarray]:
+    """segment_arrays with an episode end (game over) at each record's (t, stream) and nowhere else."""
+    arrays = segment_arrays()
+    arrays["terminated"][:] = 0
+    arrays["truncated"][:] = 0
+    arrays["trunc_value"][:] = 0
+    for e in episodes:
+        arrays["terminated"][e["t"], STREAMS.index(e["stream"])] = 1
+    return arrays
 
 
 def segment_meta(**over) -> dict:
@@ -573,7 +589,7 @@ BAD_EPISODES = {
     "cells-unsorted": [dict(GOOD_EP, cells=[[6, 30], [5, 7]])],
     "cells-steps-exceed-length": [dict(GOOD_EP, cells=[[5, 30], [6, 8]])],
     "cells-too-many": [dict(GOOD_EP, length=MAX_EPISODE_CELLS + 1,
-                            cells=[[c, 1] for c in range(MAX_EPISODE_CELLS + 1)])],
+                            cells=[[c, 1] for c in valid_cells(MAX_EPISODE_CELLS + 1)])],
 }
 
 
@@ -599,11 +615,27 @@ def test_bools_in_episode_records_refused(field, value):
 
 
 def test_good_episode_records_pass():
+    biggest_cell = cell_id(255, 255, 255, 255)
     eps = [dict(GOOD_EP), {"stream": 7, "t": 0, "return": -3, "length": 1}, dict(GOOD_EP, t=SPEC.rollout_steps - 1),
-           dict(GOOD_EP, rooms=list(range(256))), dict(GOOD_EP, cells=[[0, 1], [5, 30], [MAX_CELL, 6]]),
+           dict(GOOD_EP, rooms=list(range(256))), dict(GOOD_EP, cells=[[0, 1], [5, 30], [biggest_cell, 6]]),
            dict(GOOD_EP, cells=[]), dict(GOOD_EP, length=MAX_EPISODE_CELLS,
-                                         cells=[[c, 1] for c in range(MAX_EPISODE_CELLS)])]
-    check_segment(segment_frames(meta=segment_meta(episodes=eps)))
+                                         cells=[[c, 1] for c in valid_cells(MAX_EPISODE_CELLS)])]
+    for ep in eps:
+        check_segment(segment_frames(meta=segment_meta(episodes=[ep]), arrays=arrays_ending([ep])))
+    both = [dict(GOOD_EP), dict(GOOD_EP, stream=2, t=2)]  # two streams ending at one step
+    check_segment(segment_frames(meta=segment_meta(episodes=both), arrays=arrays_ending(both)))
+
+
+@pytest.mark.parametrize("case", ["no-end-there", "twice", "unknown-field", "rooms-unsorted", "rooms-repeat",
+                                  "room-negative", "room-256", "room-huge", "length-huge", "bucket-out-of-range"])
+def test_episode_records_must_match_the_segment_and_stay_small(case):
+    ep = dict(GOOD_EP)
+    eps = {"no-end-there": [dict(ep, t=3)], "twice": [ep, dict(ep)], "unknown-field": [dict(ep, notes="x" * 100)],
+           "rooms-unsorted": [dict(ep, rooms=[1, 0])], "rooms-repeat": [dict(ep, rooms=[1, 1])],
+           "room-negative": [dict(ep, rooms=[-1])], "room-256": [dict(ep, rooms=[256])],
+           "room-huge": [dict(ep, rooms=[10 ** 400])], "length-huge": [dict(ep, length=10 ** 400, cells=[[5, 10 ** 400]])],
+           "bucket-out-of-range": [dict(ep, cells=[[0x01_01_20_1D, 37]])]}[case]  # x bucket 32 of 0..31
+    refused(segment_frames(meta=segment_meta(episodes=eps), arrays=arrays_ending([ep])))
 
 
 # ---------------------------------------------------------------------------------------------
