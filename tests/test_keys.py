@@ -22,8 +22,14 @@ SMOKE = str(REPO / "configs" / "smoke.yaml")
 PY = sys.executable
 
 
-def launch(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([PY, "launch.py", *args], cwd=REPO, capture_output=True, text=True, timeout=timeout)
+def launch(capsys: pytest.CaptureFixture, *args: str) -> subprocess.CompletedProcess:
+    """launch.py's main in this process (what is tested here happens before any process is started)."""
+    from launch import main
+
+    capsys.readouterr()
+    rc = main(list(args))
+    out = capsys.readouterr()
+    return subprocess.CompletedProcess(args, rc, out.out, out.err)
 
 
 def one_line(stderr: str) -> str:
@@ -54,9 +60,9 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return folders
 
 
-def test_keys_command_writes_both_pairs_with_private_secrets(tmp_path: Path) -> None:
+def test_keys_command_writes_both_pairs_with_private_secrets(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     d = tmp_path / "k"
-    p = launch("keys", str(d))
+    p = launch(capsys, "keys", str(d))
     assert p.returncode == 0, p.stderr
     for name in ("learner", "actor"):
         public, secret = zmq.auth.load_certificate(d / f"{name}.key_secret")
@@ -71,7 +77,7 @@ def test_keys_command_writes_both_pairs_with_private_secrets(tmp_path: Path) -> 
         assert f in p.stdout
     assert "learner.key_secret never leaves" in p.stdout
     before = {f: f.read_bytes() for f in d.rglob("*") if f.is_file()}
-    again = launch("keys", str(d))
+    again = launch(capsys, "keys", str(d))
     assert again.returncode == 2 and "not overwriting" in one_line(again.stderr)
     assert {f: f.read_bytes() for f in d.rglob("*") if f.is_file()} == before
 
@@ -91,14 +97,15 @@ def test_key_folders_are_checked_in_one_line(tmp_path: Path, keys: dict[str, Pat
         load_actor_keys(empty)
 
 
-def test_a_learner_reachable_from_outside_needs_keys_or_insecure(tmp_path: Path) -> None:
+def test_a_learner_reachable_from_outside_needs_keys_or_insecure(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     run_dir = tmp_path / "run"
     for role, bind in (("learner", "tcp://0.0.0.0:5555"), ("local", "tcp://10.1.2.3:5555")):
-        p = launch("--role", role, "--config", SMOKE, "--bind", bind, "--learner-gpu", "-1", "--run-dir", str(run_dir))
+        p = launch(capsys, "--role", role, "--config", SMOKE, "--bind", bind, "--learner-gpu", "-1", "--run-dir",
+                   str(run_dir))
         line = one_line(p.stderr)
         assert p.returncode == 2 and "--keys" in line and "--insecure" in line and bind in line
         assert not run_dir.exists()  # refused before anything was written
-    p = launch("--role", "learner", "--config", SMOKE, "--keys", str(tmp_path), "--insecure")
+    p = launch(capsys, "--role", "learner", "--config", SMOKE, "--keys", str(tmp_path), "--insecure")
     assert p.returncode == 2 and "exclude each other" in one_line(p.stderr)
 
 
