@@ -164,9 +164,17 @@ def test_checkpoint_resumes_exactly(tmp_path: Path) -> None:
         assert torch.equal(pa, pb)
 
 
+def small_state(update: int) -> dict:
+    """The smallest state load_checkpoint accepts: every agent part, counters, normalisers that fit the config."""
+    agent = {k: {} for k in ("policy", "rnd", "optimizer", "reward_rms", "rng", "torch_rng")}
+    agent.update(obs_rms={"mean": torch.zeros(2, 3)}, reward_filter={"state": torch.zeros(1)})
+    return {"config": {"ImageHeight": 2, "ImageWidth": 3, "NumWorkers": 1}, "agent": agent,
+            "counters": {"update": update, "agent_steps": 0}}
+
+
 def test_checkpoint_files_rotate_and_latest_is_newest(tmp_path: Path) -> None:
     for u in range(1, 6):
-        save_checkpoint(tmp_path, {"config": {}, "agent": {}, "counters": {"update": u}}, u, keep=2)
+        save_checkpoint(tmp_path, small_state(u), u, keep=2)
     names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
     assert names == ["ckpt_00000004.pt", "ckpt_00000005.pt", "latest.pt"]
     assert load_checkpoint(tmp_path)["counters"]["update"] == 5
@@ -231,7 +239,7 @@ def test_checkpoints_refused_under_a_torch_below_the_floor(tmp_path: Path, monke
     """weights_only loading had code-execution holes before torch 2.10: an older torch loads nothing."""
     from learner.checkpoint import CheckpointError, check_torch_version
 
-    save_checkpoint(tmp_path, {"config": {}, "agent": {}, "counters": {"update": 1}}, 1, keep=1)
+    save_checkpoint(tmp_path, small_state(1), 1, keep=1)
     assert load_checkpoint(tmp_path)["counters"]["update"] == 1
     for ok in ("2.10.0", "2.11.0+cu128", "2.13.0+cpu", "3.0.0"):
         check_torch_version(ok)
