@@ -187,6 +187,9 @@ class Learner:
         return {"version": version, "learner_run": self.run_id, "retired": retired}
 
     def accept_warmup(self, m: WarmupMoments) -> None:
+        if self.obs_rms_ready:  # the normaliser's start is fixed once warm: later frames would shift it
+            self.reject(WireError("warm-up frames after the warm-up ended, ignored"))
+            return
         self.agent.obs_rms.update_from_moments(m.mean.to(self.agent.device), m.var.to(self.agent.device), m.count)
         self.counters["warmup_frames"] += m.count
         if self.counters["warmup_frames"] >= self.cfg.NumInitSteps * self.cfg.NumWorkers:

@@ -129,6 +129,28 @@ def check_actor_id(actor: object, spec: SegmentSpec) -> int:
     return actor
 
 
+class SeenSegments:
+    """The newest seq seen of each (actor, actor run): an actor numbers its segments 0, 1, 2, ... in the
+    order it sends them, and one connection keeps that order, so a seq at or below it is a replay.
+    Bounded like the retirement table: the newest RUNS_KEPT runs of each actor id."""
+
+    RUNS_KEPT = 4
+
+    def __init__(self) -> None:
+        self.newest: dict[int, dict[int, int]] = {}
+
+    def first_time(self, actor: int, run: int, seq: int) -> bool:
+        """Note (actor, run, seq); False if it, or a later seq of that run, was seen before."""
+        runs = self.newest.setdefault(actor, {})
+        if seq <= runs.get(run, -1):
+            return False
+        runs.pop(run, None)
+        runs[run] = seq  # the most recently seen run last
+        while len(runs) > self.RUNS_KEPT:
+            runs.pop(next(iter(runs)))
+        return True
+
+
 @dataclass(frozen=True)
 class Envelope:
     """What an actor message's header says, read before any array is decompressed."""
@@ -227,6 +249,7 @@ class LearnerIO:
         self.warmups: queue.Queue[WarmupMoments] = queue.Queue()  # at most one item: see _add_warmup
         self._warm: WarmupMoments | None = None  # moments merged while the main thread had not taken the last
         self.pending: deque[Segment] = deque()
+        self.seen = SeenSegments()
         self._pending_streams = 0  # streams in pending, as of the last change made here
         self._cap_streams = pending_segments_per_actor(max_lag) * spec.num_streams  # pending_cap_bytes / stream
         self._per_actor = pending_segments_per_actor(max_lag)
@@ -314,9 +337,15 @@ class LearnerIO:
         except WireError as e:
             self.on_reject(e)
             return
+        if env.kind == "segment" and not self.seen.first_time(env.actor, env.run, env.seq):
+            self.on_reject(WireError("a segment seen before (its actor, run and seq), dropped as a replay"))
+            return
         if env.kind == "segment" and (not self._fresh(env.version)
                                       or self._pending_streams + env.streams > self._cap_streams):
             self.on_stale([env.as_dropped()])
+            return
+        if env.kind == "warmup" and self.enabled:
+            self.on_reject(WireError("warm-up frames after the warm-up ended, ignored"))
             return
         route_message(frames, self.spec, self.on_reject, self._add_warmup, self._add_segment)
 

@@ -174,7 +174,7 @@ def test_unusable_segments_are_dropped_from_their_header_alone() -> None:
         io.admit(segment_frames(1, v, 40 + v, [1], corrupt))
     assert not rejected and not io.pending
     assert [(s.actor, s.version, s.run, s.seq) for s in dropped] == [(1, v, 8, 40 + v) for v in (0, 3, 6, 99)]
-    io.admit(segment_frames(1, 5, 0, [1], corrupt))  # fresh: read in full, and refused
+    io.admit(segment_frames(1, 5, 200, [1], corrupt))  # fresh (and a later seq): read in full, and refused
     assert len(rejected) == 1 and "zstd" in str(rejected[0])
 
 

@@ -1,0 +1,74 @@
+"""Replayed segments and late warm-up frames: a valid segment sent again is consumed once, and warm-up
+frames that come after the warm-up has ended leave the observation normaliser alone. Both are counted."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from common.config import load_config
+from common.networks import NUM_ACTIONS
+from common.wire import SegmentSpec, encode
+from learner.learner_io import LearnerIO, SeenSegments
+from learner.serial import SerialRunner
+
+REPO = Path(__file__).resolve().parents[1]
+CFG = load_config(REPO / "configs" / "smoke.yaml", {"NumWorkers": 2, "RolloutSteps": 8, "BatchSize": 16,
+                                                      "ImageHeight": 48, "ImageWidth": 48, "NumInitSteps": 4})
+SPEC = SegmentSpec.from_config(CFG, NUM_ACTIONS)
+
+
+def io_and_logs(version: int = 0) -> tuple[LearnerIO, list, list]:
+    rejected, dropped = [], []
+    io = LearnerIO(None, None, SPEC, SPEC.num_streams, SPEC.frame_stack, CFG.max_policy_lag, pin=False,
+                   on_reject=rejected.append, on_stale=dropped.extend, version=version)
+    return io, rejected, dropped
+
+
+def real_segment(runner: SerialRunner, seq: int, run: int = 5) -> list[bytes]:
+    i, col = runner.collectors[0]
+    arrays, episodes = col.collect()
+    return encode("segment", {"actor": i, "streams": col.streams, "version": 0, "run": run, "seq": seq,
+                              "episodes": episodes}, arrays)
+
+
+def test_a_segment_sent_twelve_times_is_filed_once(tmp_path: Path) -> None:
+    runner = SerialRunner(CFG, tmp_path, num_actors=1)
+    io, rejected, dropped = io_and_logs()
+    frames = real_segment(runner, seq=3)
+    for _ in range(12):
+        io.admit(frames)
+    assert len(io.pending) == 1 and len(rejected) == 11 and not dropped
+    assert all("replay" in str(e) for e in rejected)
+    io.admit(real_segment(runner, seq=2))  # an older seq of the same actor run: a replay too
+    assert len(io.pending) == 1 and len(rejected) == 12
+    io.admit(real_segment(runner, seq=4))  # the next one is new
+    io.admit(real_segment(runner, seq=0, run=6))  # so is a new actor run (a restarted actor) from seq 0
+    assert len(io.pending) == 3 and len(rejected) == 12
+
+
+def test_seen_segments_keep_the_newest_runs_of_each_actor() -> None:
+    seen = SeenSegments()
+    assert seen.first_time(0, 1, 0) and seen.first_time(0, 1, 1) and not seen.first_time(0, 1, 1)
+    for run in range(2, 2 + SeenSegments.RUNS_KEPT):
+        assert seen.first_time(0, run, 0)
+    assert len(seen.newest[0]) == SeenSegments.RUNS_KEPT and 1 not in seen.newest[0]  # the oldest run went
+    assert seen.first_time(1, 1, 0)  # another actor id has runs of its own
+
+
+def test_warmup_after_the_warmup_ended_is_ignored_and_counted(tmp_path: Path) -> None:
+    runner = SerialRunner(CFG, tmp_path, num_actors=1)
+    runner.warmup()
+    learner = runner.learner
+    assert learner.obs_rms_ready and learner.counters["rejected_messages"] == 0
+    mean, count = learner.agent.obs_rms.mean.clone(), learner.counters["warmup_frames"]
+    bright = np.full((8, 2, SPEC.height, SPEC.width), 255, np.uint8)
+    learner.handle(encode("warmup", {"actor": 0, "streams": [0, 1]}, {"frames": bright}))
+    assert torch.equal(learner.agent.obs_rms.mean, mean) and learner.counters["warmup_frames"] == count
+    assert learner.counters["rejected_messages"] == 1
+
+    io, rejected, _ = io_and_logs()  # the I/O thread refuses them too once batches are being formed
+    io.enabled = True
+    io.admit(encode("warmup", {"actor": 0, "streams": [0, 1]}, {"frames": bright}))
+    assert io.warmups.empty() and io._warm is None and len(rejected) == 1
