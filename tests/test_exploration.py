@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 
 from common.cells import MAX_EPISODE_CELLS, cell_id, cell_parts
-from common.config import load_config
 from common.wire import encode
 from learner import exploration
 from learner.checkpoint import load_checkpoint
@@ -18,13 +17,6 @@ from learner.learner import Learner
 from learner.serial import SerialRunner
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def small_cfg(**kw):
-    base = {"NumWorkers": 2, "RolloutSteps": 8, "NumInitSteps": 4, "BatchSize": 8, "EpochSteps": 1,
-            "MaxStepsPerEpisode": 5, "ImageHeight": 48, "ImageWidth": 48, "NumEpochs": 100}
-    base.update(kw)
-    return load_config(REPO / "configs" / "smoke.yaml", base)
 
 
 def test_counts_rooms_by_episode_and_cells_by_step():
@@ -55,8 +47,8 @@ def test_run_wide_cells_are_capped(monkeypatch):
     assert st.cell_steps[0] == 3  # a known cell still counts past the cap
 
 
-def test_learner_logs_saves_and_resumes_cell_counts(tmp_path: Path):
-    cfg = small_cfg()
+def test_learner_logs_saves_and_resumes_cell_counts(small_cfg, tmp_path: Path):
+    cfg = small_cfg(EpochSteps=1, MaxStepsPerEpisode=5, ImageHeight=48, ImageWidth=48)
     runner = SerialRunner(cfg, tmp_path / "a", num_actors=1)
     seen: Counter[int] = Counter()
     orig = runner.learner._record_episodes
@@ -104,8 +96,8 @@ def _segment_with_episode(runner: SerialRunner, episode: dict) -> list[bytes]:
 
 
 @pytest.mark.parametrize("n", [MAX_EPISODE_CELLS + 1, 1_000_000])
-def test_a_message_claiming_too_many_cells_is_refused_and_counted(tmp_path: Path, n: int):
-    cfg = small_cfg(NumInitSteps=0)
+def test_a_message_claiming_too_many_cells_is_refused_and_counted(small_cfg, tmp_path: Path, n: int):
+    cfg = small_cfg(NumInitSteps=0, EpochSteps=1, MaxStepsPerEpisode=5)
     runner = SerialRunner(cfg, tmp_path, num_actors=1)
     ids = sorted(cell_id(lv, r, 8 * x, 8 * y) for lv in range(n // 2 ** 18 + 1) for r in range(256)
                  for x in range(32) for y in range(32))[:n]

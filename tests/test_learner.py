@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 
-from common.config import load_config
 from common.returns import extrinsic_stream
 from common.wire import encode
 from learner.agent import rnd_update_mask
@@ -18,14 +17,6 @@ from learner.learner import Learner
 from learner.learner_io import LearnerIO, parse_message
 from learner.serial import SerialRunner
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def small_cfg(**kw):
-    base = {"NumWorkers": 2, "RolloutSteps": 8, "NumInitSteps": 4, "BatchSize": 8, "EpochSteps": 2,
-            "MaxStepsPerEpisode": 10, "ImageHeight": 44, "ImageWidth": 44, "NumEpochs": 100}
-    base.update(kw)
-    return load_config(REPO / "configs" / "smoke.yaml", base)
 
 
 def test_extrinsic_stream_clips_cuts_and_bootstraps() -> None:
@@ -44,7 +35,7 @@ def test_rnd_mask_proportion() -> None:
     assert m.dtype == torch.bool and abs(m.float().mean().item() - 0.25) < 0.01
 
 
-def test_serial_training_runs_and_logs_raw_score(tmp_path: Path) -> None:
+def test_serial_training_runs_and_logs_raw_score(small_cfg, tmp_path: Path) -> None:
     cfg = small_cfg()
     runner = SerialRunner(cfg, tmp_path, num_actors=2)
     rows = runner.run(2)
@@ -63,7 +54,7 @@ def _segment_frames(runner: SerialRunner, version: int) -> list[bytes]:
                               "episodes": episodes}, arrays)
 
 
-def test_stale_segments_are_dropped_and_counted(tmp_path: Path) -> None:
+def test_stale_segments_are_dropped_and_counted(small_cfg, tmp_path: Path) -> None:
     """The I/O thread keeps only segments fresh enough for the version that will consume them."""
     cfg = small_cfg(max_policy_lag=1, NumWorkers=1)
     runner = SerialRunner(cfg, tmp_path, num_actors=1)
@@ -85,7 +76,7 @@ def test_stale_segments_are_dropped_and_counted(tmp_path: Path) -> None:
     assert [len(x) for x in stale] == [1, 1] and not pf.pending
 
 
-def test_a_heartbeat_between_an_update_and_its_weights_keeps_the_lag_bound(tmp_path: Path) -> None:
+def test_a_heartbeat_between_an_update_and_its_weights_keeps_the_lag_bound(small_cfg, tmp_path: Path) -> None:
     """Regression: the learner retired a consumed segment before it published that update's weights,
     and a heartbeat sent in between carried the old version with the new retirement. An actor holding
     the old weights then started a segment with them, which arrived one update too stale and was
@@ -118,7 +109,7 @@ def test_a_heartbeat_between_an_update_and_its_weights_keeps_the_lag_bound(tmp_p
     assert rx.version == 1 and rx.unretired() == 1  # with version 1 it may start segment 2
 
 
-def test_ext_raw_score_is_logged_but_clipped_for_learning(tmp_path: Path) -> None:
+def test_ext_raw_score_is_logged_but_clipped_for_learning(small_cfg, tmp_path: Path) -> None:
     cfg = small_cfg(NumWorkers=1)
     runner = SerialRunner(cfg, tmp_path, num_actors=1)
     runner.sync_weights()
@@ -137,7 +128,7 @@ def _params(module: torch.nn.Module) -> list[torch.Tensor]:
     return [p.detach().clone() for p in module.state_dict().values()]
 
 
-def test_checkpoint_resumes_exactly(tmp_path: Path) -> None:
+def test_checkpoint_resumes_exactly(small_cfg, tmp_path: Path) -> None:
     """Resume continues exactly: the same next update from a restored learner as from the original."""
     cfg = small_cfg()
     runner = SerialRunner(cfg, tmp_path / "a", num_actors=1)
@@ -180,7 +171,7 @@ def test_checkpoint_files_rotate_and_latest_is_newest(tmp_path: Path) -> None:
     assert load_checkpoint(tmp_path)["counters"]["update"] == 5
 
 
-def test_target_network_never_changes_in_training(tmp_path: Path) -> None:
+def test_target_network_never_changes_in_training(small_cfg, tmp_path: Path) -> None:
     cfg = small_cfg(NumWorkers=1)
     runner = SerialRunner(cfg, tmp_path, num_actors=1)
     before = _params(runner.learner.agent.rnd.target)
@@ -190,7 +181,7 @@ def test_target_network_never_changes_in_training(tmp_path: Path) -> None:
     assert not all(torch.equal(a, b) for a, b in zip(pred_before, _params(runner.learner.agent.rnd.predictor)))
 
 
-def test_bf16_autocast_policy_keeps_results(tmp_path: Path) -> None:
+def test_bf16_autocast_policy_keeps_results(small_cfg, tmp_path: Path) -> None:
     """The bf16 path (default on CUDA) gives the same targets and losses as fp32 up to bf16 rounding."""
     cfg32 = small_cfg(NumWorkers=1, learner_precision="fp32")
     runner = SerialRunner(cfg32, tmp_path / "a", num_actors=1)
@@ -214,7 +205,7 @@ def test_bf16_autocast_policy_keeps_results(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_compiled_learner_matches_eager(tmp_path: Path) -> None:
+def test_compiled_learner_matches_eager(small_cfg, tmp_path: Path) -> None:
     """learner_compile: the torch.compile path runs and scores like eager (slow: compiling takes minutes on CPU)."""
     cfg = small_cfg(NumWorkers=1, learner_precision="fp32")
     runner = SerialRunner(cfg, tmp_path, num_actors=1)
