@@ -26,7 +26,7 @@ from common.transport import LearnerKeys, LearnerSockets, bind_learner
 from common.wire import SegmentSpec, WireError, encode
 from learner.agent import NonFiniteLoss, RNDAgent
 from learner.batch import Batch, Segment, assemble
-from learner.learner_io import (RUNS_KEPT_PER_ACTOR, LearnerIO, WarmupMoments, max_frame_bytes, recv_queue,
+from learner.learner_io import (LearnerIO, WarmupMoments, max_frame_bytes, note_newest_seq, recv_queue,
                                 route_message)
 from learner.checkpoint import CheckpointError, CheckpointWriteError, save_checkpoint, write_fault
 from learner.exploration import ExplorationStats
@@ -167,10 +167,7 @@ class Learner:
             for s in segments:
                 if not 0 <= s.actor < self.cfg.NumWorkers:
                     continue
-                runs = self.retired.setdefault(s.actor, {})
-                runs[s.run] = max(runs.pop(s.run, -1), s.seq)  # re-inserted: the least recent run goes first
-                while len(runs) > RUNS_KEPT_PER_ACTOR:  # restarts change the run id
-                    runs.pop(next(iter(runs)))
+                note_newest_seq(self.retired.setdefault(s.actor, {}), s.run, s.seq)
 
     def flow_meta(self) -> dict:
         """What actors need for their lag bound: this learner's run id, the retired seqs, and the

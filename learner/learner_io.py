@@ -129,12 +129,18 @@ def check_actor_id(actor: object, spec: SegmentSpec) -> int:
     return actor
 
 
+def note_newest_seq(runs: dict[int, int], run: int, seq: int) -> None:
+    """``runs`` (one actor id's run -> newest seq) takes ``seq`` for ``run`` and moves that run to the end;
+    only the RUNS_KEPT_PER_ACTOR most recent runs stay (restarts change the run id)."""
+    runs[run] = max(runs.pop(run, -1), seq)
+    while len(runs) > RUNS_KEPT_PER_ACTOR:
+        runs.pop(next(iter(runs)))
+
+
 class SeenSegments:
     """The newest seq seen of each (actor, actor run): an actor numbers its segments 0, 1, 2, ... in the
     order it sends them, and one connection keeps that order, so a seq at or below it is a replay.
-    Bounded like the retirement table: the newest RUNS_KEPT runs of each actor id."""
-
-    RUNS_KEPT = 4
+    Bounded like the retirement table: the newest RUNS_KEPT_PER_ACTOR runs of each actor id."""
 
     def __init__(self) -> None:
         self.newest: dict[int, dict[int, int]] = {}
@@ -144,10 +150,7 @@ class SeenSegments:
         runs = self.newest.setdefault(actor, {})
         if seq <= runs.get(run, -1):
             return False
-        runs.pop(run, None)
-        runs[run] = seq  # the most recently seen run last
-        while len(runs) > self.RUNS_KEPT:
-            runs.pop(next(iter(runs)))
+        note_newest_seq(runs, run, seq)
         return True
 
 

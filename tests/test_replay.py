@@ -10,7 +10,7 @@ import torch
 from common.config import load_config
 from common.networks import NUM_ACTIONS
 from common.wire import SegmentSpec, encode
-from learner.learner_io import LearnerIO, SeenSegments
+from learner.learner_io import RUNS_KEPT_PER_ACTOR, LearnerIO, SeenSegments
 from learner.serial import SerialRunner
 
 REPO = Path(__file__).resolve().parents[1]
@@ -51,9 +51,9 @@ def test_a_segment_sent_twelve_times_is_filed_once(tmp_path: Path) -> None:
 def test_seen_segments_keep_the_newest_runs_of_each_actor() -> None:
     seen = SeenSegments()
     assert seen.first_time(0, 1, 0) and seen.first_time(0, 1, 1) and not seen.first_time(0, 1, 1)
-    for run in range(2, 2 + SeenSegments.RUNS_KEPT):
+    for run in range(2, 2 + RUNS_KEPT_PER_ACTOR):
         assert seen.first_time(0, run, 0)
-    assert len(seen.newest[0]) == SeenSegments.RUNS_KEPT and 1 not in seen.newest[0]  # the oldest run went
+    assert len(seen.newest[0]) == RUNS_KEPT_PER_ACTOR and 1 not in seen.newest[0]  # the oldest run went
     assert seen.first_time(1, 1, 0)  # another actor id has runs of its own
 
 
