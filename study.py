@@ -160,6 +160,11 @@ def resume_command(spec: RunSpec, gpu: str | None) -> list[str]:
     return with_device(cmd, gpu)
 
 
+def next_command(spec: RunSpec, state: str, gpu: str | None) -> list[str]:
+    """The command that takes a run on from ``state`` (``run_state``): a continuation or a fresh start."""
+    return resume_command(spec, gpu) if state == "resume" else with_device(spec.command, gpu)
+
+
 def with_device(cmd: list[str], gpu: str | None) -> list[str]:
     """The learner on the CPU (``gpu`` None), or on the one GPU the run sees (``child_env`` shows it only ``gpu``)."""
     return cmd[:2] + ["--learner-gpu", "-1" if gpu is None else "0"] + cmd[2:]
@@ -245,18 +250,20 @@ class Scheduler:
         self.done = len(specs) - len(self.todo)
         self.failed: list[str] = []
         self.stopping = False
-        self._t0, self._steps0 = time.monotonic(), self.total_done()
+        self._t0, self._steps0 = time.monotonic(), sum(self.steps_done().values())
         self._last_print = 0.0
         self._tty = sys.stdout.isatty()
 
-    def total_done(self) -> int:
-        return sum(min(last_agent_steps(s.run_dir), s.total_steps) for s in self.specs)
+    def steps_done(self) -> dict[str, int]:
+        """Each run's agent steps so far (its metrics.csv), up to its total."""
+        return {s.name: min(last_agent_steps(s.run_dir), s.total_steps) for s in self.specs}
+
 
     def start(self, spec: RunSpec, gpu: str | None) -> None:
         state = run_state(spec)
         if state == "fresh" and spec.run_dir.exists():  # no checkpoint: nothing in it can be continued
             shutil.rmtree(spec.run_dir)
-        cmd = resume_command(spec, gpu) if state == "resume" else with_device(spec.command, gpu)
+        cmd = next_command(spec, state, gpu)
         write_run_file(spec, status="running", started=time.time(), launched=shown(cmd))
         log = open(spec.run_dir / "launch.log", "a")
         log.write(f"# study: {shown(cmd)}\n")
@@ -316,10 +323,11 @@ class Scheduler:
         if not force and now - self._last_print < (1.0 if self._tty else PROGRESS_S):
             return
         self._last_print = now
+        steps = self.steps_done()  # each metrics.csv read once a line
         live = [s for s in self.specs if s.name not in self.failed]  # failed runs no longer count towards the ETA
         total = sum(s.total_steps for s in live)
-        done = sum(min(last_agent_steps(s.run_dir), s.total_steps) for s in live)
-        rate = (self.total_done() - self._steps0) / max(now - self._t0, 1e-9)
+        done = sum(steps[s.name] for s in live)
+        rate = (sum(steps.values()) - self._steps0) / max(now - self._t0, 1e-9)
         eta = (total - done) / rate if rate > 0 else float("nan")
         line = (f"study: {self.done}/{len(self.specs)} runs done, {len(self.running)} running | "
                 f"steps {done:,}/{total:,} | {rate:,.0f} steps/s | ETA {fmt_duration(eta)}")
@@ -375,7 +383,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         for i, spec in enumerate(specs):
             state = run_state(spec)
             gpu = slots[i % len(slots)]
-            cmd = resume_command(spec, gpu) if state == "resume" else with_device(spec.command, gpu)
+            cmd = next_command(spec, state, gpu)
             pin = f"CUDA_VISIBLE_DEVICES={gpu} " if gpu is not None else ""
             print(f"# {spec.name}: finished, skipped" if state == "finished" else pin + shlex.join(cmd))
         return 0
