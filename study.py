@@ -603,10 +603,10 @@ def cell_table(runs: list[RunData]) -> dict[tuple[int, int, int], float]:
     return out
 
 
-def room_totals(runs: list[RunData]) -> dict[int, float]:
-    """Room of the first level -> agent steps spent there, the mean over the runs (seeds)."""
+def room_totals(cells: dict[tuple[int, int, int], float]) -> dict[int, float]:
+    """A ``cell_table`` summed per room: room -> agent steps spent there."""
     out: dict[int, float] = {}
-    for (room, _, _), n in cell_table(runs).items():
+    for (room, _, _), n in cells.items():
         out[room] = out.get(room, 0) + n
     return out
 
@@ -616,7 +616,7 @@ def plot_room_maps(groups: dict[str, list[RunData]], layout: list[list[int]], pa
     plt = pyplot()
     from matplotlib.colors import LogNorm
 
-    totals = {label: room_totals(runs) for label, runs in groups.items()}
+    totals = {label: room_totals(cell_table(runs)) for label, runs in groups.items()}
     peak = max([1] + [n for t in totals.values() for n in t.values()])
     norm, cmap = LogNorm(1, max(peak, 10)), plt.get_cmap("viridis")
     width = max(len(row) for row in layout)
@@ -645,13 +645,14 @@ def plot_heat_maps(groups: dict[str, list[RunData]], path: Path, rooms_each: int
     from common.cells import CELL_BUCKET, bucket_count
 
     n = bucket_count()
-    rooms_each = min(rooms_each, max(len(room_totals(runs)) for runs in groups.values()))
-    every = [k for runs in groups.values() for k in cell_table(runs)]
+    tables = {label: cell_table(runs) for label, runs in groups.items()}
+    rooms_each = min(rooms_each, max(len(room_totals(t)) for t in tables.values()))
+    every = [k for t in tables.values() for k in t]
     xlim = (max(0, min(k[1] for k in every) - 1) * CELL_BUCKET, min(n, max(k[1] for k in every) + 2) * CELL_BUCKET)
     ylim = (max(0, min(k[2] for k in every) - 1) * CELL_BUCKET, min(n, max(k[2] for k in every) + 2) * CELL_BUCKET)
     fig, axes = plt.subplots(len(groups), rooms_each, figsize=(3.2 * rooms_each, 2.9 * len(groups)), squeeze=False)
-    for row, (label, runs) in zip(axes, groups.items()):
-        cells, totals = cell_table(runs), room_totals(runs)
+    for row, (label, cells) in zip(axes, tables.items()):
+        totals = room_totals(cells)
         top = sorted(totals, key=lambda k: -totals[k])[:rooms_each]
         for ax in row:
             ax.axis("off")
