@@ -67,10 +67,6 @@ class ExplorationStats:
         self.cell_steps = Counter({int(c): int(n) for c, n in state["cell_steps"]})
         self.cells_dropped = int(state["cells_dropped"])
 
-    def load_rooms(self, rooms: list[int]) -> None:
-        """Rooms of a checkpoint that predates visit counts: each counted as visited once."""
-        self.room_episodes = Counter({int(r): 1 for r in rooms})
-
     def to_json(self, update: int, agent_steps: int, episodes: int) -> dict[str, Any]:
         """The run-wide counts as ``exploration.json`` holds them."""
         room_steps = self.room_steps()

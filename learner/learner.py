@@ -332,7 +332,7 @@ class Learner:
 
     def state(self) -> dict[str, Any]:
         return {"config": self.cfg.to_dict(), "agent": self.agent.state_dict(), "counters": dict(self.counters),
-                "obs_rms_ready": self.obs_rms_ready, "rooms_seen": sorted(self.exploration.room_episodes),
+                "obs_rms_ready": self.obs_rms_ready,
                 "exploration": self.exploration.state(),
                 "recent_episodes": [list(r) for r in self.recent], "elapsed_s": self.elapsed_s(),
                 "actor_restarts": self.actor_restarts()}
@@ -351,12 +351,8 @@ class Learner:
         self.agent.load_state_dict(data["agent"])
         self.counters.update({k: int(v) for k, v in data["counters"].items()})
         self.obs_rms_ready = bool(data["obs_rms_ready"])
-        if "exploration" in data:
-            self.exploration.load(data["exploration"])
-        else:
-            self.exploration.load_rooms(data["rooms_seen"])
-        self.recent.extend((float(r[0]), int(r[1]), int(r[2]), int(r[3]) if len(r) > 3 else 0)
-                           for r in data["recent_episodes"])
+        self.exploration.load(data["exploration"])
+        self.recent.extend((float(a), int(b), int(c), int(d)) for a, b, c, d in data["recent_episodes"])
         self.elapsed_before = float(data.get("elapsed_s", 0.0))
         self.restarts_before = int(data.get("actor_restarts", 0))
 
