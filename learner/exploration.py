@@ -17,7 +17,7 @@ from common.cells import CELL_BUCKET, cell_parts
 
 # Distinct cells a run keeps counts for. Montezuma's 3 levels of 24 rooms have a few hundred
 # reachable cells per room; past the cap (only a hostile or broken actor gets there) new cells are
-# counted in ``cells_dropped`` instead, so the learner's memory stays bounded (9 MiB when full, measured).
+# counted in ``cells_dropped`` instead, so the learner's memory stays bounded (about 70 bytes a cell).
 MAX_RUN_CELLS = 1 << 17
 
 
