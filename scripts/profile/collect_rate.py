@@ -3,15 +3,21 @@
   python scripts/profile/collect_rate.py 4 5
   ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 python scripts/profile/collect_rate.py 4 5
 """
-import sys, time
-sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[2]))
+import sys
+import time
+from pathlib import Path
+
 import torch
-torch.set_num_threads(1)
-from common.config import load_config
+
 from actors.rollout import build_collector
-cfg = load_config(str(__import__("pathlib").Path(__file__).resolve().parents[2] / "configs" / "smoke.yaml"), {"NumWorkers": int(sys.argv[1])})
-col = build_collector(cfg, 0, 1); col.collect()
+from common.config import load_config
+
+torch.set_num_threads(1)
+cfg = load_config(str(Path(__file__).resolve().parents[2] / "configs" / "smoke.yaml"), {"NumWorkers": int(sys.argv[1])})
+col = build_collector(cfg, 0, 1)
+col.collect()
 n, t0 = 0, time.perf_counter()
 while time.perf_counter() - t0 < float(sys.argv[2]):
-    b, _ = col.collect(); n += b["actions"].size
+    b, _ = col.collect()
+    n += b["actions"].size
 print(round(n / (time.perf_counter() - t0)))

@@ -12,13 +12,12 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
+from bench import bench_learner
+from common.config import load_config
+
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
-
-import torch  # noqa: E402
-
-from bench import bench_learner  # noqa: E402
-from common.config import load_config  # noqa: E402
 
 VARIANTS = (("fp32", False), ("auto", False), ("auto", True))  # auto = bf16 autocast on CUDA
 

@@ -14,16 +14,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+import numpy as np
+import torch
+import torch.nn.functional as F
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-
-from actors.env import AtariEnv  # noqa: E402
-from common.networks import RNDModel  # noqa: E402
+from actors.env import AtariEnv
+from common.networks import RNDModel
 
 _CONV, _LINEAR = F.conv2d, F.linear
 
@@ -100,7 +97,10 @@ def main() -> int:
     torch.manual_seed(0)
     seen, unseen = montezuma_frames(3000, seed=1), montezuma_frames(1000, seed=2)
     mean, std = seen.mean(0), seen.std(0) + 1e-8
-    norm = lambda f: ((f - mean) / std).clamp(-5, 5).unsqueeze(1)  # the learner's whitening (paper 2.4)
+
+    def norm(f: torch.Tensor) -> torch.Tensor:  # the learner's whitening (paper 2.4)
+        return ((f - mean) / std).clamp(-5, 5).unsqueeze(1)
+
     sets = {"seen": norm(seen), "unseen": norm(unseen)}
     model = RNDModel()
     opt = torch.optim.Adam(model.predictor.parameters(), lr=1e-4)
