@@ -94,7 +94,7 @@ def parse_arm(text: str) -> dict[str, str]:
 def grid_values(axes: list[tuple[str, list[str]]], arms: list[dict[str, str]]) -> list[dict[str, str]]:
     """Every configuration: each arm (or none) crossed with every combination of the axes' values."""
     keys = [k for k, _ in axes]
-    combos = [dict(zip(keys, vals)) for vals in itertools.product(*(v for _, v in axes))]
+    combos = [dict(zip(keys, vals, strict=True)) for vals in itertools.product(*(v for _, v in axes))]
     out = [{**arm, **combo} for arm in (arms or [{}]) for combo in combos]
     names = [tuple(sorted(v.items())) for v in out]
     if len(set(names)) != len(names):
@@ -621,7 +621,7 @@ def plot_room_maps(groups: dict[str, list[RunData]], layout: list[list[int]], pa
     norm, cmap = LogNorm(1, max(peak, 10)), plt.get_cmap("viridis")
     width = max(len(row) for row in layout)
     fig, axes = plt.subplots(1, len(groups), figsize=(4.2 * len(groups), 2.6), squeeze=False)
-    for ax, (label, steps) in zip(axes[0], totals.items()):
+    for ax, (label, steps) in zip(axes[0], totals.items(), strict=True):
         for r, row in enumerate(layout):
             for i, room in enumerate(row):
                 x, n = (width - len(row)) / 2 + i, steps.get(room, 0)
@@ -651,12 +651,12 @@ def plot_heat_maps(groups: dict[str, list[RunData]], path: Path, rooms_each: int
     xlim = (max(0, min(k[1] for k in every) - 1) * CELL_BUCKET, min(n, max(k[1] for k in every) + 2) * CELL_BUCKET)
     ylim = (max(0, min(k[2] for k in every) - 1) * CELL_BUCKET, min(n, max(k[2] for k in every) + 2) * CELL_BUCKET)
     fig, axes = plt.subplots(len(groups), rooms_each, figsize=(3.2 * rooms_each, 2.9 * len(groups)), squeeze=False)
-    for row, (label, cells) in zip(axes, tables.items()):
+    for row, (label, cells) in zip(axes, tables.items(), strict=True):
         totals = room_totals(cells)
         top = sorted(totals, key=lambda k: -totals[k])[:rooms_each]
         for ax in row:
             ax.axis("off")
-        for ax, room in zip(row, top):
+        for ax, room in zip(row, top, strict=False):  # a configuration may have seen fewer rooms than the row holds
             grid = np.zeros((n, n))
             for (rm, xb, yb), steps in cells.items():
                 if rm == room:

@@ -11,11 +11,11 @@ default for ``tf.nn.leaky_relu``, which the release calls without one. Orthogona
 from __future__ import annotations
 
 import math
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 from torch import nn
-
 
 NUM_ACTIONS = 18  # the full ALE action set, for every game
 LEAKY_SLOPE = 0.2  # tf.nn.leaky_relu's default alpha
@@ -32,7 +32,7 @@ class PolicyOutput(NamedTuple):
 
 def _conv_stack(in_ch: int, convs: tuple[tuple[int, int], ...], act: Callable[[], nn.Module]) -> nn.Sequential:
     layers: list[nn.Module] = []
-    for out_ch, (k, s) in zip((32, 64, 64), convs):
+    for out_ch, (k, s) in zip((32, 64, 64), convs, strict=True):
         layers += [nn.Conv2d(in_ch, out_ch, k, stride=s), act()]
         in_ch = out_ch
     return nn.Sequential(*layers, nn.Flatten())

@@ -178,7 +178,7 @@ def render(runs: list[Run], binned: list[list[Bin]], summaries: list[dict[str, f
     names = ["agent steps", "wall time (s)", "steps/s", "policy lag", "return (last 20%)", "rooms",
              "mean binned return"]
     lines += ["", "## Summary", "", "| run | " + " | ".join(names) + " |", "| --- |" + " ---: |" * len(names)]
-    for r, s in zip(runs, summaries):
+    for r, s in zip(runs, summaries, strict=True):
         lines.append(f"| {r.label} | " + " | ".join(_f(s[k], fmt) for k, fmt in cols) + " |")
     return "\n".join(lines) + "\n"
 
@@ -204,10 +204,10 @@ def main(argv: list[str] | None = None) -> int:
             raise InputError(f"--labels has {len(labels)} names for {len(a.run_dirs)} runs")
         if a.bins < 1 or (a.max_steps is not None and a.max_steps < 1):
             raise InputError("--bins and --max-steps must be >= 1")
-        runs = [load_run(d, lab) for d, lab in zip(a.run_dirs, labels)]
+        runs = [load_run(d, lab) for d, lab in zip(a.run_dirs, labels, strict=True)]
         stop = common_steps(runs, a.max_steps)
         binned = [bin_run(r, stop, a.bins) for r in runs]
-        text = render(runs, binned, [summarise(r, b, stop) for r, b in zip(runs, binned)])
+        text = render(runs, binned, [summarise(r, b, stop) for r, b in zip(runs, binned, strict=True)])
         if a.markdown is not None:
             a.markdown.write_text(text)
     except (InputError, OSError) as e:
