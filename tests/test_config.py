@@ -9,8 +9,19 @@ from pathlib import Path
 import pytest
 import yaml
 
-from common.config import (Config, ConfigError, docs_table, dump_yaml, from_dict, load_config, load_yaml,
-                           parse_overrides, rom_name, shape_keys, verify)
+from common.config import (
+    Config,
+    ConfigError,
+    docs_table,
+    dump_yaml,
+    from_dict,
+    load_config,
+    load_yaml,
+    parse_overrides,
+    rom_name,
+    shape_keys,
+    verify,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 SEED_CONFIG = REPO / "configs" / "report.yaml"  # the report's config, verbatim

@@ -212,7 +212,7 @@ def test_game_over_terminates_not_truncates():
     env = AtariEnv(GAME, seed=1, max_episode_steps=100_000)
     env.reset()
     rng = np.random.default_rng(1)
-    for n in range(1, 3001):
+    for n in range(1, 3001):  # noqa: B007 - n is read after the loop
         obs, r, term, trunc, info = env.step(int(rng.integers(18)))
         if term or trunc:
             break
@@ -227,7 +227,7 @@ def test_game_over_at_the_cap_is_termination():
     env.reset()
     rng = np.random.default_rng(1)
     acts = []
-    for n in range(1, 3001):
+    for n in range(1, 3001):  # noqa: B007 - n is read after the loop
         acts.append(int(rng.integers(18)))
         *_, term, _trunc, _ = env.step(acts[-1])
         if term:
@@ -328,7 +328,7 @@ def test_cells_from_ram_after_climbing_down_the_first_ladder():
         expected[key] = expected.get(key, 0) + 1
     assert trunc
     assert xs == [77] * 12  # on the ladder x stays put ...
-    assert ys[:5] == [235] * 5 and all(b < a for a, b in zip(ys[4:], ys[5:]))  # ... while y falls
+    assert ys[:5] == [235] * 5 and all(b < a for a, b in zip(ys[4:], ys[5:], strict=False))  # ... while y falls
     cells = info["episode"]["cells"]
     got = {tuple(cell_parts(c)): n for c, n in cells}
     assert got == expected

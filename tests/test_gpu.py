@@ -35,7 +35,7 @@ def test_cuda_scores_match_the_cpu(tmp_path: Path, precision: str) -> None:
         batch = assemble(copy.deepcopy(segments), cfg.FrameStack, pin=device != "cpu").to(device)
         out[device] = [t.cpu() for t in agent.score(batch)]
     tol = 0.05 if precision == "auto" else 5e-3
-    for a, b in zip(out["cpu"], out["cuda:0"]):
+    for a, b in zip(out["cpu"], out["cuda:0"], strict=True):
         torch.testing.assert_close(a, b, atol=tol, rtol=tol)
 
 
@@ -83,7 +83,8 @@ def test_actor_policy_step_on_cuda(tmp_path: Path) -> None:
     assert (sample_actions(col.policy, obs, col.gen)[0] == actions).all()  # it samples with the collector's gen
     assert actions.dtype.kind == "i" and ((0 <= actions) & (actions < 18)).all()
     with torch.inference_mode():
-        want = torch.log_softmax(cpu_policy(torch.from_numpy(obs)).logits, -1)[torch.arange(3), torch.from_numpy(actions)]
+        logits = cpu_policy(torch.from_numpy(obs)).logits
+        want = torch.log_softmax(logits, -1)[torch.arange(3), torch.from_numpy(actions)]
     torch.testing.assert_close(torch.from_numpy(logp), want, atol=1e-2, rtol=1e-2)
     arrays, _ = col.collect()
     assert arrays["actions"].shape == (cfg.RolloutSteps, 3) and (arrays["behaviour_logp"] <= 0).all()

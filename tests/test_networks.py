@@ -90,7 +90,7 @@ def test_policy_rows_are_independent(policy):
     full = policy(obs)
     for i in range(4):
         one = policy(obs[i:i + 1])
-        for a, b in zip(full, one):
+        for a, b in zip(full, one, strict=True):
             torch.testing.assert_close(a[i:i + 1], b, rtol=1e-4, atol=1e-5)
 
 
@@ -105,16 +105,16 @@ def test_conv_stack(net, in_ch, layers):
 
 def test_policy_layers(policy):
     net = policy
-    sizes = [(l.in_features, l.out_features) for l in net.trunk.modules() if isinstance(l, nn.Linear)]
+    sizes = [(m.in_features, m.out_features) for m in net.trunk.modules() if isinstance(m, nn.Linear)]
     assert sizes == [(POLICY_CONV_OUT, 256), (256, 448)]
     assert not any(isinstance(m, nn.LeakyReLU) for m in net.modules())
     assert net.pi_head.out_features == 18 and net.v_ext.out_features == 1 and net.v_int.out_features == 1
 
 
 def test_rnd_layers(target, predictor):
-    assert [(l.in_features, l.out_features) for l in _linears(target)] == [(RND_CONV_OUT, 512)]
-    assert [(l.in_features, l.out_features) for l in _linears(predictor)] == [(RND_CONV_OUT, 512), (512, 512),
-                                                                             (512, 512)]
+    assert [(lin.in_features, lin.out_features) for lin in _linears(target)] == [(RND_CONV_OUT, 512)]
+    assert [(lin.in_features, lin.out_features) for lin in _linears(predictor)] == [(RND_CONV_OUT, 512), (512, 512),
+                                                                                   (512, 512)]
     for net in (target, predictor):  # the RND convs use LeakyReLU with TF's default slope, 0.2
         leaky = [m for m in net.modules() if isinstance(m, nn.LeakyReLU)]
         assert len(leaky) == 3 and all(m.negative_slope == 0.2 for m in leaky)
@@ -165,8 +165,8 @@ def test_orthogonal_init_policy(policy):
     net = policy
     for c in _convs(net):
         assert _gram_gain(c.weight) == pytest.approx(math.sqrt(2), rel=1e-5)
-    for l in (l for l in net.trunk.modules() if isinstance(l, nn.Linear)):
-        assert _gram_gain(l.weight) == pytest.approx(math.sqrt(2), rel=1e-5)
+    for lin in (m for m in net.trunk.modules() if isinstance(m, nn.Linear)):
+        assert _gram_gain(lin.weight) == pytest.approx(math.sqrt(2), rel=1e-5)
     assert _gram_gain(net.pi_extra.weight) == pytest.approx(0.1, rel=1e-5)
     assert _gram_gain(net.v_extra.weight) == pytest.approx(0.1, rel=1e-5)
     assert _gram_gain(net.pi_head.weight) == pytest.approx(0.01, rel=1e-5)
@@ -216,8 +216,8 @@ def test_rnd_forward_is_convs_with_slope_point_two_written_out(net):
         h = torch.where(h > 0, h, 0.2 * h)
     h = h.flatten(1)
     lins = _linears(net)
-    for i, l in enumerate(lins):
-        h = h @ l.weight.T + l.bias
+    for i, lin in enumerate(lins):
+        h = h @ lin.weight.T + lin.bias
         if i < len(lins) - 1:
             h = torch.relu(h)
     torch.testing.assert_close(net(x), h, rtol=1e-4, atol=1e-5)
@@ -231,7 +231,7 @@ def test_policy_forward_written_out(policy):
     for c in _convs(policy):
         h = torch.relu(torch.nn.functional.conv2d(h, c.weight, c.bias, stride=c.stride))
     assert h.shape[1:] == (64, 6, 6)
-    fc1, fc2 = [l for l in policy.trunk.modules() if isinstance(l, nn.Linear)]
+    fc1, fc2 = [m for m in policy.trunk.modules() if isinstance(m, nn.Linear)]
     x = torch.relu(fc2(torch.relu(fc1(h.flatten(1)))))
     xv = x + torch.relu(policy.v_extra(x))
     out = policy(obs)

@@ -25,7 +25,7 @@ def surrogate_reference(logp, logp_ref, adv, eps):
     logp_ref_i); the derivative is -(1/N) r_i A_i where the unclipped term is the smaller one, else 0."""
     n = len(logp)
     loss, grad = 0.0, []
-    for lp, lr, a in zip(logp, logp_ref, adv):
+    for lp, lr, a in zip(logp, logp_ref, adv, strict=True):
         r = np.exp(lp - lr)
         unclipped, clipped = r * a, min(max(r, 1 - eps), 1 + eps) * a
         loss -= min(unclipped, clipped) / n
@@ -77,7 +77,7 @@ def make_agent_and_batch(vtrace: bool) -> tuple[RNDAgent, object]:
 def policy_grads(agent: RNDAgent, loss: torch.Tensor) -> list[torch.Tensor]:
     params = list(agent.policy.parameters())
     return [g if g is not None else torch.zeros_like(p)
-            for g, p in zip(torch.autograd.grad(loss, params, allow_unused=True), params)]
+            for g, p in zip(torch.autograd.grad(loss, params, allow_unused=True), params, strict=True)]
 
 
 @pytest.mark.parametrize("perturb", [0.0, 0.05])
@@ -116,6 +116,6 @@ def test_surrogate_gradient_and_clipping(vtrace: bool, perturb: float) -> None:
         assert 0 < clipped.float().mean() < 1  # the clipping branches were exercised
     active = ratio * adv <= ratio.clamp(1 - eps, 1 + eps) * adv  # where the min picks the unclipped term
     want = policy_grads(agent, -(active * ratio * adv * logp).sum() / n)
-    for g_, w in zip(got, want):
+    for g_, w in zip(got, want, strict=True):
         torch.testing.assert_close(g_, w, rtol=1e-4, atol=1e-7)
     assert sum(float(w.abs().sum()) for w in want) > 0

@@ -20,11 +20,11 @@ def gae_reference(rewards, values, bootstrap_value, discounts, lam):
         delta = [r[t][b] + g[t][b] * big_v[t + 1] - big_v[t] for t in range(n_t)]
         for t in range(n_t):
             total = 0.0
-            for l in range(n_t - t):
+            for j in range(n_t - t):
                 coef = 1.0
-                for k in range(t, t + l):
+                for k in range(t, t + j):
                     coef *= g[k][b] * lam
-                total += coef * delta[t + l]
+                total += coef * delta[t + j]
             adv[t][b] = total
     return adv
 

@@ -60,7 +60,7 @@ def test_dry_run_prints_the_default_grid_and_refuses_bad_keys(tmp_path: Path):
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     assert len(lines) == 3  # the report's study: ExtCoeff 2, 1, 0 at the config's IntCoeff 1
-    for line, v in zip(lines, ["2", "1", "0"]):
+    for line, v in zip(lines, ["2", "1", "0"], strict=True):
         assert "launch.py" in line and f"ExtCoeff={v}" in line and "seed=0" in line and "--learner-gpu -1" in line
         assert f"ExtCoeff{v}_seed0" in line
     plan = json.loads((tmp_path / "s" / "study.json").read_text())  # the plan, for the report of a scheduler's runs
