@@ -16,6 +16,7 @@ import torch
 from actors.env import AtariEnv, make_env
 from common.config import Config, ConfigError
 from common.networks import NUM_ACTIONS, PolicyNet
+from common.precision import autocast, autocast_dtype
 from common.timing import Timings
 from common.wire import SegmentSpec
 
@@ -32,11 +33,17 @@ def env_split(num_envs: int, num_actors: int, actor_id: int) -> list[int]:
 
 
 @torch.inference_mode()  # cheaper than no_grad: no version counters, no views tracked
-def sample_actions(policy: PolicyNet, obs: np.ndarray, gen: torch.Generator) -> tuple[np.ndarray, np.ndarray]:
+def sample_actions(policy: PolicyNet, obs: np.ndarray, gen: torch.Generator,
+                   dtype: torch.dtype | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The actor's policy step: uint8 obs [K, S, H, W] -> (actions [K], their log-probs [K]) as CPU arrays.
 
-    It runs where ``gen`` lives, which is where the policy lives; on the CPU the moves are no-ops."""
-    logp_all = torch.log_softmax(policy.logits(torch.from_numpy(obs).to(gen.device)), -1)
+    The network runs under ``dtype`` autocast (None: fp32); the softmax, the sample and the log-probs
+    are fp32 from the logits it gave, so the log-probs sent are exactly those of the distribution that
+    sampled (V-trace's mu). It runs where ``gen`` lives, which is where the policy lives; on the CPU
+    the moves are no-ops."""
+    with autocast(gen.device, dtype):
+        logits = policy.logits(torch.from_numpy(obs).to(gen.device))
+    logp_all = torch.log_softmax(logits.float(), -1)
     a = torch.multinomial(logp_all.exp(), 1, generator=gen)
     return a.squeeze(1).cpu().numpy(), logp_all.gather(1, a).squeeze(1).cpu().numpy()
 
@@ -45,10 +52,11 @@ class RolloutCollector:
     """Steps ``envs`` with ``policy``; buffers are preallocated once from ``spec``."""
 
     def __init__(self, envs: list[AtariEnv], stream_ids: list[int], policy: PolicyNet, spec: SegmentSpec,
-                 seed: int = 0):
+                 seed: int = 0, dtype: torch.dtype | None = None):
         if len(envs) != len(stream_ids):
             raise ValueError("one stream id per env")
         self.envs, self.streams, self.policy, self.spec = envs, list(stream_ids), policy, spec
+        self.dtype = dtype  # the policy step's autocast dtype (None: fp32); bootstrap values stay fp32
         self.gen = torch.Generator(device=next(policy.parameters()).device).manual_seed(seed)  # where the policy is
         self.rng = np.random.default_rng(seed)
         k = len(envs)
@@ -60,7 +68,7 @@ class RolloutCollector:
         self.timings = Timings()  # phases "infer" and "env"; the actor reports and resets them
 
     def _act(self, obs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return sample_actions(self.policy, obs, self.gen)
+        return sample_actions(self.policy, obs, self.gen, self.dtype)
 
     @torch.inference_mode()
     def _value_ext(self, obs: np.ndarray) -> np.ndarray:
@@ -125,7 +133,8 @@ def build_collector(cfg: Config, actor_id: int, num_actors: int, incarnation: in
     envs = [make_env(cfg, seed=seed + s) for s in streams]
     policy = PolicyNet(NUM_ACTIONS, cfg.FrameStack, cfg.ImageHeight, cfg.ImageWidth).eval().to(device)
     spec = SegmentSpec.from_config(cfg, NUM_ACTIONS)
-    return RolloutCollector(envs, streams, policy, spec, seed=seed + 7919 * (actor_id + 1))
+    return RolloutCollector(envs, streams, policy, spec, seed=seed + 7919 * (actor_id + 1),
+                            dtype=autocast_dtype(cfg.actor_precision, device))
 
 
 def check_actor_device(device: str) -> str:

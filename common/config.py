@@ -97,9 +97,14 @@ class Config:
     actor_timeout_s: float = _f(60.0, "An actor that hears nothing from its learner this long exits.",
                                 MIN_ACTOR_TIMEOUT_S, 86_400.0)
     learner_precision: Literal["auto", "fp32", "bf16"] = _f(
-        "auto", "Policy network math on the learner: fp32, bf16 (autocast), or auto (bf16 on CUDA, fp32 on CPU). "
-                "The RND networks always run in fp32 (on CUDA with TF32 matmuls and convolutions).")
+        "auto", "Policy network math on the learner: fp32, bf16 (autocast of the convs and shared layers; the "
+                "heads stay fp32), or auto (bf16 on CUDA and on a CPU with native bf16, AVX512_BF16 or AMX; fp32 "
+                "elsewhere). The RND networks always run in fp32 (on CUDA with TF32 matmuls and convolutions).")
     learner_compile: bool = _f(False, "torch.compile the learner's networks (slow first update, faster after).")
+    actor_precision: Literal["auto", "fp32", "bf16"] = _f(
+        "auto", "The actors' policy step: fp32, bf16 (autocast of the network; softmax, sampling and the "
+                "log-probs sent stay fp32, so they are those of the distribution that sampled), or auto (the "
+                "rule of learner_precision, on the actor's device).")
     actor_device: str = _f("cpu", "Where actors run their policy step: cpu, or cuda / cuda:N when the actors' "
                                   "machine has a GPU (the envs always step on the CPU).")
 

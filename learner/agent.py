@@ -14,6 +14,7 @@ import torch
 from common.config import Config
 from common.networks import PolicyNet, PolicyOutput, RNDModel
 from common.normalize import RewardForwardFilter, RunningMeanStd
+from common.precision import autocast, autocast_dtype
 from common.ppo import clipped_surrogate
 from common.returns import extrinsic_stream, gae
 from common.vtrace import truncated_ratios, vtrace
@@ -41,13 +42,6 @@ class BatchStats:
     explained_var_int: float
     reward_rms_std: float
     vtrace_rho_mean: float  # mean of min(rho_bar, pi_0/mu) over the batch: 1 when the actors' policy is pi_0
-
-
-def amp_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype of the policy network, or None for plain fp32."""
-    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
-        return torch.bfloat16
-    return None
 
 
 def rnd_update_mask(n: int, proportion: float, gen: torch.Generator) -> torch.Tensor:
@@ -84,7 +78,7 @@ class RNDAgent:
         torch.manual_seed(cfg.seed)
         self.policy = PolicyNet(num_actions, cfg.FrameStack, cfg.ImageHeight, cfg.ImageWidth).to(self.device)
         self.rnd = RNDModel(cfg.ImageHeight, cfg.ImageWidth).to(self.device)
-        self.amp_dtype = amp_dtype(cfg.learner_precision, self.device)
+        self.amp_dtype = autocast_dtype(cfg.learner_precision, self.device)
         # TF32 for the fp32 parts (the heads, RND): inputs rounded to 10 mantissa bits, fp32 accumulation.
         # Emulated, it moved RND's per-frame error by at most 0.43% and kept the frames' novelty ranking
         # (Spearman 1.00000) with the predictor's error down 139-fold; bf16 moved it 5-12x as much
@@ -107,8 +101,7 @@ class RNDAgent:
         """The policy on uint8 obs [M, S, H, W]: the convs and shared layers under bf16 autocast if
         configured, the heads in fp32 (bf16's 8-bit mantissa would blur values next to sparse rewards; on CUDA
         their matmul inputs are TF32, 10 bits, and sums and outputs stay fp32)."""
-        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
-                            enabled=self.amp_dtype is not None):
+        with autocast(self.device, self.amp_dtype):
             x = self.features_fn(obs)
         return self.policy.heads(x.float())
 

@@ -1,0 +1,41 @@
+"""Which dtype the policy network's autocast region uses, per device. No processes or sockets here.
+
+bf16 keeps fp32's exponent with an 8-bit mantissa. It pays where the hardware multiplies bf16
+natively: CUDA GPUs, and CPUs with AVX512_BF16 or AMX (oneDNN then runs bf16 convolutions and
+matmuls with fp32 accumulation). On other CPUs oneDNN emulates it, which is slower than fp32, so
+``auto`` stays fp32 there.
+"""
+from __future__ import annotations
+
+from contextlib import nullcontext
+from typing import ContextManager
+
+import torch
+
+NATIVE_BF16_CPU_FEATURES = ("avx512_bf16", "amx_bf16")
+
+
+def cpu_has_native_bf16() -> bool:
+    """True when this CPU multiplies bf16 natively (AVX512_BF16 or AMX), as PyTorch detects it."""
+    caps = torch.cpu.get_capabilities() if hasattr(torch.cpu, "get_capabilities") else {}
+    return any(bool(caps.get(f)) for f in NATIVE_BF16_CPU_FEATURES)
+
+
+def autocast_dtype(precision: str, device: torch.device | str) -> torch.dtype | None:
+    """The autocast dtype for ``precision`` (auto / fp32 / bf16) on ``device``, or None for plain fp32.
+
+    ``auto`` is bf16 on CUDA and on a CPU with native bf16, fp32 elsewhere."""
+    if precision == "bf16":
+        return torch.bfloat16
+    if precision == "fp32":
+        return None
+    kind = torch.device(device).type
+    native = kind == "cuda" or (kind == "cpu" and cpu_has_native_bf16())
+    return torch.bfloat16 if native else None
+
+
+def autocast(device: torch.device | str, dtype: torch.dtype | None) -> ContextManager:
+    """An autocast region of ``dtype`` on ``device``'s kind, or no region at all when ``dtype`` is None."""
+    if dtype is None:
+        return nullcontext()
+    return torch.autocast(torch.device(device).type, dtype=dtype)
