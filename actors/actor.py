@@ -19,10 +19,19 @@ import zmq
 from actors.rollout import build_collector
 from actors.supervisor import EXIT_LEARNER_GONE, EXIT_MISMATCH, EXIT_OK, EXIT_REFUSED
 from common.config import Config, shape_keys
+from common.flow import ActorGate
 from common.networks import PolicyNet, policy_param_spec
-from common.transport import (ActorKeys, HandshakeWatch, KeysError, curve_client, is_local, load_actor_keys,
-                              send_with_timeout, weights_address)
-from common.wire import WireError, decode, encode, validate_heartbeat, validate_weights
+from common.transport import (
+    ActorKeys,
+    HandshakeWatch,
+    KeysError,
+    curve_client,
+    is_local,
+    load_actor_keys,
+    send_with_timeout,
+    weights_address,
+)
+from common.wire import FlowMeta, Message, WeightsMeta, WireError, decode, encode, validate_heartbeat, validate_weights
 
 log = logging.getLogger("actor")
 LISTEN_BEFORE_GIVING_UP_S = 2.0  # two of the learner's heartbeat periods
@@ -39,31 +48,32 @@ class ActorStop(Exception):
 
 
 class WeightsReceiver:
-    """Keeps the policy at the newest weights heard on the SUB socket, and what the learner has retired.
-
-    Flow control (the lag bound): the learner reports, with its weights and heartbeats, the newest
-    sequence number it has *retired* (consumed in an update, or dropped) of each actor process. An
-    actor starts segment n only when at most ``max_policy_lag`` of its segments are still unretired,
-    so every segment is consumed at most ``max_policy_lag`` updates after the weights it used.
-    """
+    """Keeps the policy at the newest weights heard on the SUB socket, and hands what the learner
+    reports to this actor's flow-control ``gate`` (``common/flow.py`` ``ActorGate``: what was sent,
+    what is retired, whether one more segment keeps the lag bound)."""
 
     def __init__(self, sock: zmq.Socket, policy: PolicyNet, timeout_s: float, shape_keys: dict | None = None,
                  actor_id: int = 0, run_id: int = 0, watch: HandshakeWatch | None = None):
         self.sock, self.policy, self.timeout_s, self.watch = sock, policy, timeout_s, watch
         self.shape_keys = shape_keys
-        self.actor_id, self.run_id = actor_id, run_id
+        self.gate = ActorGate(actor_id, run_id)
         self.param_spec = policy_param_spec(policy)
-        self.version = -1
         self.warmup_steps = 0
-        self.retired = -1  # newest retired seq of this actor process, as the learner reported it
-        self.learner_run: int | None = None
         self.warmed_for: int | None = None  # the learner run this actor sent its warm-up frames to
-        self.retired_floor = -1  # seqs sent before the learner restarted: the new learner will never report them
-        self.sent_seq = -1  # newest seq this actor has sent
         self.last_heard = time.monotonic()  # the newest message that passed validation
         self.rejected = 0
         self.refused_in_a_row = 0  # messages refused since the last valid one
         self.last_refusal = ""
+
+    @property
+    def version(self) -> int:
+        """The version of the weights the policy holds; -1 before any."""
+        return self.gate.version
+
+    @property
+    def learner_run(self) -> int | None:
+        """The run id of the learner whose weights the policy holds."""
+        return self.gate.learner_run
 
     def poll(self, wait_s: float = 0.0) -> None:
         """Drain what is queued (waiting up to ``wait_s`` for the first), then check the learner is alive."""
@@ -71,34 +81,38 @@ class WeightsReceiver:
         self.check_alive()
 
     def _drain(self, wait_s: float) -> None:
-        """Read what is queued (waiting up to ``wait_s`` for the first); load only the newest weights."""
-        newest, beats = None, []
+        """Read what is queued (waiting up to ``wait_s`` for the first); load only the newest weights,
+        then count the heartbeats' retirements (the gate takes only those the held weights cover)."""
+        newest: tuple[Message, WeightsMeta] | None = None
+        beats: list[FlowMeta] = []
         timeout_ms = int(wait_s * 1000)
         while self.sock.poll(timeout_ms, zmq.POLLIN):
             timeout_ms = 0
-            frames = self.sock.recv_multipart()
             try:
-                msg = decode(frames)
-                if msg.kind == "stop":
-                    raise ActorStop("learner finished training", clean=True)
-                if msg.kind == "heartbeat":
-                    validate_heartbeat(msg)
-                    beats.append(msg)
-                    self._heard()
-                    continue
-                self._check_shape_keys(msg.meta.get("shape_keys"))
-                validate_weights(msg, self.param_spec)
+                msg, meta = self._read(self.sock.recv_multipart())
             except WireError as e:
                 self._refused(e)
                 continue
             self._heard()
-            if newest is None or msg.meta["version"] >= newest.meta["version"] or self._new_learner(msg):
-                newest = msg
+            if isinstance(meta, FlowMeta):
+                beats.append(meta)
+            elif self.gate.supersedes(meta.flow, newest[1].flow if newest is not None else None):
+                newest = (msg, meta)
         if newest is not None:
-            self._load(newest)
-        for beat in beats:  # retirements count only once the weights they follow are here
-            if beat.meta["learner_run"] == self.learner_run and beat.meta["version"] <= self.version:
-                self._note_retired(beat.meta["retired"])
+            self._load(*newest)
+        for beat in beats:
+            self.gate.hear_heartbeat(beat)
+
+    def _read(self, frames: list[bytes]) -> tuple[Message, FlowMeta | WeightsMeta]:
+        """Decode and validate a heartbeat (-> its FlowMeta) or weights (-> WeightsMeta); a stop ends
+        the actor, anything else raises WireError."""
+        msg = decode(frames)
+        if msg.kind == "stop":
+            raise ActorStop("learner finished training", clean=True)
+        if msg.kind == "heartbeat":
+            return msg, validate_heartbeat(msg)
+        self._check_shape_keys(msg.meta.get("shape_keys"))
+        return msg, validate_weights(msg, self.param_spec)
 
     def _heard(self) -> None:
         self.last_heard = time.monotonic()
@@ -112,28 +126,13 @@ class WeightsReceiver:
             log.warning("dropped a bad message from the learner: %s", e)
         self.last_refusal = str(e)
 
-    def _new_learner(self, msg) -> bool:
-        return msg.meta["learner_run"] != self.learner_run
-
-    def _load(self, msg) -> None:
-        if self._new_learner(msg):  # a (re)started learner: our earlier segments will never be reported
-            self.learner_run = msg.meta["learner_run"]
-            self.retired_floor = self.sent_seq
-            self.retired = -1
-        if msg.meta["version"] != self.version:
+    def _load(self, msg: Message, meta: WeightsMeta) -> None:
+        """Hold these weights: the policy's parameters (unless it holds this version already), the
+        warm-up the learner asks for, and the gate's view of the learner."""
+        if meta.flow.version != self.gate.version:
             self.policy.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in msg.arrays.items()})
-            self.version = msg.meta["version"]
-        self.warmup_steps = msg.meta["warmup_steps"]
-        self._note_retired(msg.meta["retired"])
-
-    def _note_retired(self, retired: list) -> None:
-        for actor, run, seq in retired:
-            if actor == self.actor_id and run == self.run_id:
-                self.retired = max(self.retired, seq)
-
-    def unretired(self) -> int:
-        """Segments sent and not yet consumed or dropped by the learner."""
-        return self.sent_seq - max(self.retired, self.retired_floor)
+        self.warmup_steps = meta.warmup_steps
+        self.gate.hold_weights(meta.flow)
 
     def _check_shape_keys(self, theirs: object) -> None:
         """A learner configured with other shapes would reject every segment: say so and stop."""
@@ -154,9 +153,9 @@ class WeightsReceiver:
         while self.version < 0:
             self.poll(wait_s=0.5)
 
-    def wait_until_unretired_at_most(self, max_lag: int) -> None:
-        """Block until starting one more segment keeps the lag bound (see the class docstring)."""
-        while self.unretired() > max_lag:
+    def wait_until_gate_opens(self, max_lag: int) -> None:
+        """Block until starting one more segment keeps the lag bound (``ActorGate.can_start``)."""
+        while not self.gate.can_start(max_lag):
             self.poll(wait_s=0.5)
 
     def check_alive(self) -> None:
@@ -211,16 +210,16 @@ def run_actor(cfg: Config, actor_id: int, num_actors: int, learner_addr: str, in
         while True:
             with timings.time("wait"):
                 weights.poll()
-                weights.wait_until_unretired_at_most(cfg.max_policy_lag)
+                weights.wait_until_gate_opens(cfg.max_policy_lag)
             if weights.needs_warmup():  # the first learner, or a fresh one that took over
                 warm_up(collector, weights, send)
-            seq = weights.sent_seq + 1
+            seq = weights.gate.next_seq()
             arrays, episodes = collector.collect()
             meta = {"version": weights.version, "run": run_id, "seq": seq, "episodes": episodes,
                     "timings": last_split}
             with timings.time("send"):
                 send("segment", meta, arrays)
-            weights.sent_seq = seq
+            weights.gate.sent(seq)
             last_split = timings.split()  # travels with the next segment
     except ActorStop as e:
         print(f"actor {actor_id}: {e}", file=sys.stderr, flush=True)

@@ -51,6 +51,56 @@ class Message:
 
 
 # ---------------------------------------------------------------------------------------------
+# what the validators return: a message's fields, typed, once they have been checked
+
+
+@dataclass(frozen=True)
+class FlowMeta:
+    """The flow-control fields of every weights and heartbeat message: the learner's policy
+    ``version``, its ``learner_run`` id, and ``retired``, ((actor, actor run, newest retired seq), ...),
+    read together with that version (see ``common/flow.py``)."""
+
+    version: int
+    learner_run: int
+    retired: tuple[tuple[int, int, int], ...]
+
+    def wire(self) -> dict[str, Any]:
+        """The header fields, in the order the learner has always sent them."""
+        return {"version": self.version, "learner_run": self.learner_run,
+                "retired": [list(t) for t in self.retired]}
+
+
+@dataclass(frozen=True)
+class WeightsMeta:
+    """A weights message's fields: its flow metadata and the warm-up steps the learner asks of each env."""
+
+    flow: FlowMeta
+    warmup_steps: int
+
+
+@dataclass(frozen=True)
+class SegmentMeta:
+    """A segment's fields: who sent it (actor id, actor run, seq), the policy version it was collected
+    with, its global stream ids, its episode records and the actor's phase seconds."""
+
+    actor: int
+    version: int
+    run: int
+    seq: int
+    streams: list[int]
+    episodes: list[dict[str, Any]]
+    timings: dict[str, float]
+
+
+@dataclass(frozen=True)
+class WarmupMeta:
+    """A warm-up message's fields: the actor id and the global stream ids of its frames."""
+
+    actor: int
+    streams: list[int]
+
+
+# ---------------------------------------------------------------------------------------------
 # encoding / decoding
 
 
@@ -238,7 +288,7 @@ def _check_flags(arrays: dict[str, np.ndarray], *names: str) -> None:
         _require(int(arrays[n].max(initial=0)) <= 1, f"array {n!r} is not 0/1")
 
 
-def validate_segment(msg: Message, spec: SegmentSpec) -> None:
+def validate_segment(msg: Message, spec: SegmentSpec) -> SegmentMeta:
     """Everything a segment must satisfy before it may reach a batch; raises WireError."""
     _require(msg.kind == "segment", f"expected a segment, got {msg.kind}")
     m = msg.meta
@@ -255,6 +305,7 @@ def validate_segment(msg: Message, spec: SegmentSpec) -> None:
     _require(not bool((a["terminated"] & a["truncated"]).any()), "a step both terminated and truncated")
     _check_episodes(m.get("episodes"), streams, a["terminated"] | a["truncated"])
     _check_timings(m.get("timings", {}))
+    return SegmentMeta(m["actor"], m["version"], m["run"], m["seq"], streams, m["episodes"], m.get("timings", {}))
 
 
 def _check_timings(tm: Any) -> None:
@@ -298,36 +349,43 @@ def _check_cells(cells: Any, length: int) -> None:
     _require(not cells or sum(c[1] for c in cells) == length, "episode cell steps do not add up to its length")
 
 
-def validate_warmup(msg: Message, spec: SegmentSpec) -> None:
+def validate_warmup(msg: Message, spec: SegmentSpec) -> WarmupMeta:
+    """Warm-up frames: uint8 [n <= T, K, H, W] of the message's K streams; raises WireError."""
     _require(msg.kind == "warmup", f"expected warmup, got {msg.kind}")
-    _int(msg.meta, "actor")
+    actor = _int(msg.meta, "actor")
     streams = _streams(msg.meta, spec)
     _require(set(msg.arrays) == {"frames"}, "warmup carries exactly 'frames'")
     f = msg.arrays["frames"]
     _require(f.dtype == np.uint8 and f.ndim == 4 and 0 < f.shape[0] <= spec.rollout_steps
              and f.shape[1:] == (len(streams), spec.height, spec.width),
              f"warmup frames {f.dtype}{list(f.shape)} do not fit")
+    return WarmupMeta(actor, streams)
 
 
-def _check_retired(meta: dict) -> None:
-    """``learner_run`` and ``retired``: [[actor, actor_run, newest retired seq], ...] (flow control)."""
-    _int(meta, "learner_run")
+def _flow_meta(meta: dict) -> FlowMeta:
+    """``version``, ``learner_run`` and ``retired``: [[actor, actor_run, newest retired seq], ...] (flow control)."""
+    version = _int(meta, "version")
+    learner_run = _int(meta, "learner_run")
     r = meta.get("retired")
     _require(isinstance(r, list) and len(r) <= 1 << 16, "field 'retired' is not a list")
     _require(all(isinstance(x, list) and len(x) == 3 and all(_is_int(v) and v >= 0 for v in x) for x in r),
              "field 'retired' holds something other than [actor, run, seq] triples")
+    return FlowMeta(version, learner_run, tuple((a, run, seq) for a, run, seq in r))
 
 
-def validate_heartbeat(msg: Message) -> None:
+def validate_heartbeat(msg: Message) -> FlowMeta:
+    """A heartbeat: no arrays, flow metadata only; raises WireError."""
     _require(msg.kind == "heartbeat" and not msg.arrays, "bad heartbeat")
-    _int(msg.meta, "version")
-    _check_retired(msg.meta)
+    return _flow_meta(msg.meta)
 
 
-def validate_weights(msg: Message, param_spec: list[tuple[str, tuple[int, ...]]]) -> None:
+def validate_weights(msg: Message, param_spec: list[tuple[str, tuple[int, ...]]]) -> WeightsMeta:
+    """Weights: every policy tensor of ``param_spec`` [(name, shape), ...], float32, plus flow metadata
+    and the warm-up steps; raises WireError."""
     _require(msg.kind == "weights", f"expected weights, got {msg.kind}")
-    _int(msg.meta, "version")
-    _int(msg.meta, "warmup_steps")
-    _check_retired(msg.meta)
+    _int(msg.meta, "version")  # before warmup_steps: a message wrong in both is refused for its version
+    warmup_steps = _int(msg.meta, "warmup_steps")
+    flow = _flow_meta(msg.meta)
     want = {n: (np.dtype(np.float32), s) for n, s in param_spec}
     _check_arrays(msg.arrays, want)
+    return WeightsMeta(flow, warmup_steps)

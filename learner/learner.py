@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import re
-import secrets
 import threading
 import time
 from collections import Counter, deque
@@ -20,16 +19,16 @@ import torch
 import zmq
 
 from common.config import Config, shape_keys
+from common.flow import LearnerLedger
 from common.networks import NUM_ACTIONS
 from common.timing import Timings
 from common.transport import LearnerKeys, LearnerSockets, bind_learner
 from common.wire import SegmentSpec, WireError, encode
 from learner.agent import NonFiniteLoss, RNDAgent
 from learner.batch import Batch, Segment, assemble
-from learner.learner_io import (LearnerIO, WarmupMoments, max_frame_bytes, note_newest_seq, recv_queue,
-                                route_message)
 from learner.checkpoint import CheckpointError, CheckpointWriteError, save_checkpoint, write_fault
 from learner.exploration import ExplorationStats
+from learner.learner_io import LearnerIO, WarmupMoments, max_frame_bytes, recv_queue, route_message
 from learner.logs import RunLogger
 
 log = logging.getLogger("learner")
@@ -75,15 +74,14 @@ class Learner:
         self.agent = RNDAgent(cfg, NUM_ACTIONS, device)
         self.spec = SegmentSpec.from_config(cfg, NUM_ACTIONS)
         self.supervisor = supervisor
-        self.counters: dict[str, int] = {"update": 0, "agent_steps": 0, "rejected_messages": 0,
-                                         "dropped_stale_segments": 0, "episodes": 0, "warmup_frames": 0}
+        self.ledger = LearnerLedger(cfg.NumWorkers)  # the version, this process's run id, the retirements
+        self._counts: dict[str, int] = {"agent_steps": 0, "rejected_messages": 0,
+                                        "dropped_stale_segments": 0, "episodes": 0, "warmup_frames": 0}
         self.obs_rms_ready = cfg.NumInitSteps == 0
         self.exploration = ExplorationStats()
         self.recent: deque[tuple[float, int, int, int]] = deque(maxlen=100)  # (return, length, rooms, cells)
         self.rejected_by_reason: Counter[str] = Counter()
         self._counter_lock = threading.Lock()
-        self.run_id = secrets.randbits(62)  # a new id per learner process: actors then forget old flow state
-        self.retired: dict[int, dict[int, int]] = {}  # actor -> {actor run id -> newest retired seq}
         self.elapsed_before, self.restarts_before = 0.0, 0
         if resume is not None:
             self._load(resume)
@@ -100,7 +98,7 @@ class Learner:
         self.shutting_down = False
         self.logger = RunLogger(self.run_dir, resume_update=self.version if resume is not None else None,
                                 tensorboard=tensorboard,
-                                purge_step=self.counters["agent_steps"] if resume is not None else None)
+                                purge_step=self._counts["agent_steps"] if resume is not None else None)
         self.ctx = zmq.Context.instance()
         self.sockets: LearnerSockets | None = None
         self.io: LearnerIO | None = None
@@ -115,18 +113,24 @@ class Learner:
         self.io = LearnerIO(self.sockets.pull, self.sockets.pub, self.spec, self.cfg.NumWorkers, self.cfg.FrameStack,
                             self.cfg.max_policy_lag, pin=self.agent.device.type == "cuda",
                             on_reject=self.reject, on_stale=self.count_stale, version=self.version,
-                            heartbeat_meta=self.flow_meta)
+                            heartbeat_meta=self.ledger.flow_meta)
 
     @property
     def version(self) -> int:
         """Policy version = updates done; weights published after update u carry version u."""
-        return self.counters["update"]
+        return self.ledger.version
+
+    @property
+    def counters(self) -> dict[str, int]:
+        """The run's counters as checkpoints and metrics name them (a copy): the update, then the rest."""
+        with self._counter_lock:
+            return {"update": self.version, **self._counts}
 
     def publish_weights(self) -> None:
         state = self.agent.policy.state_dict()
         # a snapshot: the I/O thread sends it later, while the next update changes the parameters
         arrays = {k: v.detach().to("cpu", torch.float32, copy=True).numpy() for k, v in state.items()}
-        meta = {**self.flow_meta(), "warmup_steps": 0 if self.obs_rms_ready else self.cfg.NumInitSteps,
+        meta = {**self.ledger.flow_meta().wire(), "warmup_steps": 0 if self.obs_rms_ready else self.cfg.NumInitSteps,
                 "shape_keys": shape_keys(self.cfg)}
         self.io.publish_weights(self.version, encode("weights", meta, arrays))
 
@@ -141,7 +145,7 @@ class Learner:
         """A bad message: counted, and logged once per reason. Called from the I/O thread."""
         reason = reject_reason(e)
         with self._counter_lock:
-            self.counters["rejected_messages"] += 1
+            self._counts["rejected_messages"] += 1
             if reason not in self.rejected_by_reason and len(self.rejected_by_reason) >= MAX_REJECT_REASONS:
                 reason = OTHER_REASONS  # a peer varying its faults must not grow this table or the log
             first = self.rejected_by_reason[reason] == 0
@@ -156,40 +160,16 @@ class Learner:
         """Segments too old for the next update, or newer than any weights of this run (an old run's).
         Called from the I/O thread."""
         with self._counter_lock:
-            self.counters["dropped_stale_segments"] += len(segments)
-        self.retire(segments)
-
-    def retire(self, segments: list[Segment]) -> None:
-        """Note segments as consumed or dropped; actors learn it with the next weights or heartbeat.
-        The table every heartbeat carries stays small: actor ids below NumWorkers (the I/O thread
-        refuses others), and per id the RUNS_KEPT_PER_ACTOR runs retired most recently."""
-        with self._counter_lock:
-            for s in segments:
-                if not 0 <= s.actor < self.cfg.NumWorkers:
-                    continue
-                note_newest_seq(self.retired.setdefault(s.actor, {}), s.run, s.seq)
-
-    def flow_meta(self) -> dict:
-        """What actors need for their lag bound: this learner's run id, the retired seqs, and the
-        version they go with (the meta of every heartbeat; weights messages add their own fields).
-
-        The version is read with the retirements: a segment is retired after the update that consumed
-        it has moved the version on (``step_on_batch``), so a heartbeat that reports the retirement
-        also carries the new version, and an actor counts it only once it holds those weights. With
-        the last published version instead, a heartbeat sent between an update and its weights let an
-        actor start a segment with the old weights, one update too stale to be used."""
-        with self._counter_lock:
-            retired = [[a, r, q] for a, runs in self.retired.items() for r, q in runs.items()]
-            version = self.version
-        return {"version": version, "learner_run": self.run_id, "retired": retired}
+            self._counts["dropped_stale_segments"] += len(segments)
+        self.ledger.retire(segments)
 
     def accept_warmup(self, m: WarmupMoments) -> None:
         if self.obs_rms_ready:  # the normaliser's start is fixed once warm: later frames would shift it
             self.reject(WireError("warm-up frames after the warm-up ended, ignored"))
             return
         self.agent.obs_rms.update_from_moments(m.mean.to(self.agent.device), m.var.to(self.agent.device), m.count)
-        self.counters["warmup_frames"] += m.count
-        if self.counters["warmup_frames"] >= self.cfg.NumInitSteps * self.cfg.NumWorkers:
+        self._counts["warmup_frames"] += m.count
+        if self._counts["warmup_frames"] >= self.cfg.NumInitSteps * self.cfg.NumWorkers:
             self.obs_rms_ready = True
 
     def handle(self, frames: list[bytes]) -> None:
@@ -228,10 +208,9 @@ class Learner:
         with self.timings.time("learn"):
             batch = batch.to(self.agent.device)
             metrics = self.agent.update(batch)
-        self.counters["update"] += 1
-        self.counters["agent_steps"] += batch.T * batch.B
+        self._counts["agent_steps"] += batch.T * batch.B
+        self.ledger.advance(segments)  # the version moves on and the segments are retired at once
         self._in_update = False
-        self.retire(segments)  # after the version moved on: see flow_meta
         self._record_episodes(segments)
         return self._row(metrics, segments)
 
@@ -244,33 +223,33 @@ class Learner:
                 record = {k: v for k, v in e.items() if k != "cells"}  # the run-wide counts keep the cells
                 if "cells" in e:
                     record["cells_visited"] = cells
-                records.append({**record, "update": self.version, "agent_steps": self.counters["agent_steps"],
+                records.append({**record, "update": self.version, "agent_steps": self._counts["agent_steps"],
                                 "actor": seg.actor, "policy_version": seg.version})
-        self.counters["episodes"] += len(records)
+        self._counts["episodes"] += len(records)
         self.logger.log_episodes(records)
 
     def _row(self, metrics: dict[str, float], segments: list[Segment]) -> dict[str, Any]:
         now = time.monotonic()
         lags = [self.version - 1 - s.version for s in segments]  # the update just done was version-1 -> version
-        self._step_times.append((now, self.counters["agent_steps"]))
+        self._step_times.append((now, self._counts["agent_steps"]))
         (t0, s0), (t1, s1) = self._step_times[0], self._step_times[-1]
         sps = (s1 - s0) / (t1 - t0) if t1 > t0 else float("nan")
         split = self.timings.split()
         recent = np.array(self.recent, dtype=np.float64).reshape(-1, 4)
         nan = float("nan")
-        row = {"update": self.version, "agent_steps": self.counters["agent_steps"],
-               "frames": self.counters["agent_steps"] * self.cfg.FrameSkip, "time_s": self.elapsed_s(),
+        row = {"update": self.version, "agent_steps": self._counts["agent_steps"],
+               "frames": self._counts["agent_steps"] * self.cfg.FrameSkip, "time_s": self.elapsed_s(),
                "episode_return_mean": recent[:, 0].mean() if len(recent) else nan,
                "episode_length_mean": recent[:, 1].mean() if len(recent) else nan,
                "rooms_per_episode_mean": recent[:, 2].mean() if len(recent) else nan,
                "cells_per_episode_mean": recent[:, 3].mean() if len(recent) else nan,
-               "episodes": self.counters["episodes"], "rooms_visited_total": self.exploration.rooms_visited,
+               "episodes": self._counts["episodes"], "rooms_visited_total": self.exploration.rooms_visited,
                "cells_visited_total": self.exploration.cells_visited,
                "obs_rms_mean": float(self.agent.obs_rms.mean.mean()),
                "policy_lag_mean": float(np.mean(lags)), "policy_lag_max": int(max(lags)),  # lag at consumption
                "steps_per_second": sps, "wait_data_s": split.get("wait_data", 0.0),
-               "learn_s": split.get("learn", 0.0), "rejected_messages": self.counters["rejected_messages"],
-               "dropped_stale_segments": self.counters["dropped_stale_segments"],
+               "learn_s": split.get("learn", 0.0), "rejected_messages": self._counts["rejected_messages"],
+               "dropped_stale_segments": self._counts["dropped_stale_segments"],
                "actor_restarts": self.actor_restarts(),
                **actor_phases(segments), **metrics}
         return row
@@ -283,7 +262,7 @@ class Learner:
         try:
             self.io.start()
             self.publish_weights()
-            while self.counters["agent_steps"] < self.total_steps and not self.stop_requested:
+            while self._counts["agent_steps"] < self.total_steps and not self.stop_requested:
                 with self.timings.time("wait_data"):
                     got = self.next_batch()
                 if got is None:
@@ -331,7 +310,7 @@ class Learner:
         return self.restarts_before + (self.supervisor.restarts if self.supervisor is not None else 0)
 
     def state(self) -> dict[str, Any]:
-        return {"config": self.cfg.to_dict(), "agent": self.agent.state_dict(), "counters": dict(self.counters),
+        return {"config": self.cfg.to_dict(), "agent": self.agent.state_dict(), "counters": self.counters,
                 "obs_rms_ready": self.obs_rms_ready,
                 "exploration": self.exploration.state(),
                 "recent_episodes": [list(r) for r in self.recent], "elapsed_s": self.elapsed_s(),
@@ -349,7 +328,9 @@ class Learner:
 
     def _restore(self, data: dict[str, Any]) -> None:
         self.agent.load_state_dict(data["agent"])
-        self.counters.update({k: int(v) for k, v in data["counters"].items()})
+        counts = {k: int(v) for k, v in data["counters"].items()}
+        self.ledger = LearnerLedger(self.cfg.NumWorkers, counts.pop("update", 0))
+        self._counts.update(counts)
         self.obs_rms_ready = bool(data["obs_rms_ready"])
         self.exploration.load(data["exploration"])
         self.recent.extend((float(a), int(b), int(c), int(d)) for a, b, c, d in data["recent_episodes"])
@@ -368,7 +349,7 @@ class Learner:
                 self._saved_path = save_checkpoint(self.run_dir, self.state(), self.version,
                                                    self.cfg.keep_checkpoints)
                 self.exploration.write_json(self.run_dir / "exploration.json", self.version,
-                                            self.counters["agent_steps"], self.counters["episodes"])
+                                            self._counts["agent_steps"], self._counts["episodes"])
             except OSError as e:  # exploration.json: the checkpoint itself says so in save_checkpoint
                 self._save_failed = True
                 raise write_fault(e, self.run_dir / "exploration.json", self.run_dir / "checkpoints") from None

@@ -32,10 +32,19 @@ from dataclasses import dataclass
 import torch
 import zmq
 
+from common.flow import RUNS_KEPT_PER_ACTOR, SeenSegments
 from common.normalize import RunningMeanStd
-from common.wire import MAX_HEADER_BYTES, SegmentSpec, WireError, decode, encode, validate_segment, validate_warmup
+from common.wire import (
+    MAX_HEADER_BYTES,
+    FlowMeta,
+    SegmentSpec,
+    WireError,
+    decode,
+    encode,
+    validate_segment,
+    validate_warmup,
+)
 from learner.batch import Batch, Segment, assemble
-
 
 HEARTBEAT_S = 1.0
 RESEND_WEIGHTS_S = 5.0
@@ -58,7 +67,6 @@ def recv_queue(max_lag: int) -> int:
 # ---- bounds on what peers can make the learner hold ----------------------------------------------------
 MAX_DRAIN = 256  # messages read per pass of the I/O loop: batches, stale drops and heartbeats go on under a flood
 DRAIN_BUDGET_S = 0.05  # and at most this long per pass
-RUNS_KEPT_PER_ACTOR = 4  # retirement table: the newest run ids (restarts) of each actor id
 _TRIPLE_DIGITS = 19 + 19 + 5  # len('[a,r,q],') less a's digits: run and seq are < 2**62 (19 digits)
 
 
@@ -129,31 +137,6 @@ def check_actor_id(actor: object, spec: SegmentSpec) -> int:
     return actor
 
 
-def note_newest_seq(runs: dict[int, int], run: int, seq: int) -> None:
-    """``runs`` (one actor id's run -> newest seq) takes ``seq`` for ``run`` and moves that run to the end;
-    only the RUNS_KEPT_PER_ACTOR most recent runs stay (restarts change the run id)."""
-    runs[run] = max(runs.pop(run, -1), seq)
-    while len(runs) > RUNS_KEPT_PER_ACTOR:
-        runs.pop(next(iter(runs)))
-
-
-class SeenSegments:
-    """The newest seq seen of each (actor, actor run): an actor numbers its segments 0, 1, 2, ... in the
-    order it sends them, and one connection keeps that order, so a seq at or below it is a replay.
-    Bounded like the retirement table: the newest RUNS_KEPT_PER_ACTOR runs of each actor id."""
-
-    def __init__(self) -> None:
-        self.newest: dict[int, dict[int, int]] = {}
-
-    def first_time(self, actor: int, run: int, seq: int) -> bool:
-        """Note (actor, run, seq); False if it, or a later seq of that run, was seen before."""
-        runs = self.newest.setdefault(actor, {})
-        if seq <= runs.get(run, -1):
-            return False
-        note_newest_seq(runs, run, seq)
-        return True
-
-
 @dataclass(frozen=True)
 class Envelope:
     """What an actor message's header says, read before any array is decompressed."""
@@ -207,10 +190,8 @@ def parse_message(frames: list[bytes], spec: SegmentSpec) -> Segment | WarmupMom
     if msg.kind in ("segment", "warmup"):
         check_actor_id(msg.meta.get("actor"), spec)
     if msg.kind == "segment":
-        validate_segment(msg, spec)
-        m = msg.meta
-        return Segment(m["actor"], m["version"], m["streams"], msg.arrays, m["episodes"], m.get("timings", {}),
-                       m["run"], m["seq"])
+        m = validate_segment(msg, spec)
+        return Segment(m.actor, m.version, m.streams, msg.arrays, m.episodes, m.timings, m.run, m.seq)
     if msg.kind == "warmup":
         validate_warmup(msg, spec)
         moments = RunningMeanStd((spec.height, spec.width), epsilon=0.0)  # exact moments of these frames only
@@ -242,7 +223,7 @@ class LearnerIO:
     def __init__(self, sock: zmq.Socket | None, pub: zmq.Socket | None, spec: SegmentSpec, num_envs: int,
                  frame_stack: int, max_lag: int, pin: bool, on_reject: Callable[[WireError], None],
                  on_stale: Callable[[list[Segment]], None], version: int = 0,
-                 heartbeat_meta: Callable[[], dict] | None = None):
+                 heartbeat_meta: Callable[[], FlowMeta] | None = None):
         self.sock, self.pub = sock, pub
         self.spec, self.num_envs, self.frame_stack, self.max_lag = spec, num_envs, frame_stack, max_lag
         self.pin, self.on_reject, self.on_stale, self.heartbeat_meta = pin, on_reject, on_stale, heartbeat_meta
@@ -315,8 +296,8 @@ class LearnerIO:
 
     def heartbeat_frames(self) -> list[bytes]:
         """A heartbeat: the learner's ``heartbeat_meta()`` (version, learner_run, retired), read at
-        once. Not this thread's ``_version``: see ``Learner.flow_meta`` for why."""
-        return encode("heartbeat", self.heartbeat_meta(), {})
+        once. Not this thread's ``_version``: see ``LearnerLedger.flow_meta`` for why."""
+        return encode("heartbeat", self.heartbeat_meta().wire(), {})
 
     # ---- incoming ---------------------------------------------------------------------------------
     def _drain(self) -> None:

@@ -5,8 +5,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import torch
 
 from common.config import Config, load_config
+from common.wire import encode
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -20,3 +22,37 @@ def small_cfg() -> Callable[..., Config]:
                 "MaxStepsPerEpisode": 10, "ImageHeight": 44, "ImageWidth": 44, "NumEpochs": 100}
         return load_config(REPO / "configs" / "smoke.yaml", {**base, **kw})
     return make
+
+
+class FakeSub:
+    """A SUB socket stand-in for an actor's ``WeightsReceiver``: hands over queued messages."""
+
+    def __init__(self) -> None:
+        self.queue: list[list[bytes]] = []
+
+    def poll(self, timeout_ms: int, flags: int = 0) -> int:
+        return 1 if self.queue else 0
+
+    def recv_multipart(self) -> list[bytes]:
+        return [bytes(f) for f in self.queue.pop(0)]
+
+
+def encode_weights(policy: torch.nn.Module, version: int, learner_run: int, retired: list | tuple = (),
+                   warmup_steps: int = 0) -> list[bytes]:
+    """A weights message of ``policy``'s parameters, as the learner's ``publish_weights`` lays it out
+    (without shape_keys, which a receiver built without them does not check)."""
+    arrays = {k: v.numpy() for k, v in policy.state_dict().items()}
+    return encode("weights", {"version": version, "warmup_steps": warmup_steps, "learner_run": learner_run,
+                              "retired": [list(t) for t in retired]}, arrays)
+
+
+@pytest.fixture
+def fake_sub() -> FakeSub:
+    """An empty stand-in SUB socket."""
+    return FakeSub()
+
+
+@pytest.fixture
+def weights_frames() -> Callable[..., list[bytes]]:
+    """``encode_weights``: (policy, version, learner_run, retired=(), warmup_steps=0) -> frames."""
+    return encode_weights

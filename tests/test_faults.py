@@ -31,12 +31,6 @@ def tiny_cfg(**kw):
     return load_config(REPO / "configs" / "smoke.yaml", base)
 
 
-def weights_msg(policy: PolicyNet, version: int, learner_run: int, warmup_steps: int = 0) -> list[bytes]:
-    arrays = {k: v.numpy() for k, v in policy.state_dict().items()}
-    return encode("weights", {"version": version, "warmup_steps": warmup_steps, "learner_run": learner_run,
-                              "retired": []}, arrays)
-
-
 class LateSub:
     """A SUB socket whose queued messages reach the socket only once someone listens for a while, as
     when a process resumes after SIGSTOP and ZeroMQ's I/O thread has yet to hand over what the kernel
@@ -64,10 +58,10 @@ def policy() -> PolicyNet:
     return PolicyNet(18, 4, 44, 44)
 
 
-def test_a_resumed_actor_reads_what_is_queued_before_judging_silence(policy: PolicyNet) -> None:
+def test_a_resumed_actor_reads_what_is_queued_before_judging_silence(policy: PolicyNet, weights_frames) -> None:
     sub = LateSub(delay_s=0.2)
     rx = WeightsReceiver(sub, policy, timeout_s=3.0, actor_id=0, run_id=5)
-    sub.queue.append(weights_msg(policy, 0, learner_run=1))
+    sub.queue.append(weights_frames(policy, 0, learner_run=1))
     sub.listened = 1.0
     rx.poll()
     sub.listened = 0.0
@@ -80,20 +74,20 @@ def test_a_resumed_actor_reads_what_is_queued_before_judging_silence(policy: Pol
         rx.poll()
 
 
-def test_a_fresh_learner_behind_running_actors_gets_warmup_frames(policy: PolicyNet) -> None:
+def test_a_fresh_learner_behind_running_actors_gets_warmup_frames(policy: PolicyNet, weights_frames) -> None:
     sub = LateSub(delay_s=0.0)
     rx = WeightsReceiver(sub, policy, timeout_s=30, actor_id=0, run_id=5)
-    sub.queue.append(weights_msg(policy, 0, learner_run=1, warmup_steps=8))
+    sub.queue.append(weights_frames(policy, 0, learner_run=1, warmup_steps=8))
     rx.poll()
     assert rx.needs_warmup()
     rx.warmed_for = rx.learner_run  # what warm_up notes once the frames are sent
-    sub.queue.append(weights_msg(policy, 3, learner_run=1, warmup_steps=8))
+    sub.queue.append(weights_frames(policy, 3, learner_run=1, warmup_steps=8))
     rx.poll()
     assert not rx.needs_warmup()  # the same learner, still warming up: frames already sent
-    sub.queue.append(weights_msg(policy, 0, learner_run=2, warmup_steps=8))  # a fresh learner took over
+    sub.queue.append(weights_frames(policy, 0, learner_run=2, warmup_steps=8))  # a fresh learner took over
     rx.poll()
     assert rx.needs_warmup()
-    sub.queue.append(weights_msg(policy, 7, learner_run=3, warmup_steps=0))  # a resumed one: warm already
+    sub.queue.append(weights_frames(policy, 7, learner_run=3, warmup_steps=0))  # a resumed one: warm already
     rx.poll()
     assert not rx.needs_warmup()
 
@@ -320,7 +314,7 @@ def test_a_full_disk_during_a_checkpoint_is_one_line_and_latest_stays(runner: Se
     from learner.checkpoint import CheckpointWriteError
 
     learner, ckpt_dir = runner.learner, runner.learner.run_dir / "checkpoints"
-    learner.counters["update"] += 1  # a new update to checkpoint
+    learner.ledger.advance([])  # a new update to checkpoint
     before = (ckpt_dir / "latest.pt").read_bytes()
 
     def full(obj, f, *a, **kw):

@@ -18,7 +18,6 @@ from learner.learner_io import LearnerIO, parse_message
 from learner.serial import SerialRunner
 
 
-
 def test_extrinsic_stream_clips_cuts_and_bootstraps() -> None:
     r = torch.tensor([[100.0], [-3.0], [0.5], [0.0]])
     term = torch.tensor([[0.0], [1.0], [0.0], [0.0]])
@@ -76,37 +75,39 @@ def test_stale_segments_are_dropped_and_counted(small_cfg, tmp_path: Path) -> No
     assert [len(x) for x in stale] == [1, 1] and not pf.pending
 
 
-def test_a_heartbeat_between_an_update_and_its_weights_keeps_the_lag_bound(small_cfg, tmp_path: Path) -> None:
+def test_a_heartbeat_between_an_update_and_its_weights_keeps_the_lag_bound(small_cfg, tmp_path: Path, fake_sub,
+                                                                          weights_frames) -> None:
     """Regression: the learner retired a consumed segment before it published that update's weights,
     and a heartbeat sent in between carried the old version with the new retirement. An actor holding
     the old weights then started a segment with them, which arrived one update too stale and was
-    dropped (1 segment of 1,000 in a 2M-step run of configs/montezuma_cpu_check.yaml)."""
+    dropped (1 segment of 1,000 in a 2M-step run of configs/montezuma_cpu_check.yaml). The real learner
+    and receiver here; ``tests/test_flow.py`` replays it on the ledger and the gate alone."""
     from actors.actor import WeightsReceiver
-    from tests.test_robustness import FakeSub, _weights
 
     cfg = small_cfg(max_policy_lag=1, NumWorkers=1)
     runner = SerialRunner(cfg, tmp_path, num_actors=1)
     learner, (_, col) = runner.learner, runner.collectors[0]
 
     def weights() -> list[bytes]:  # what publish_weights sends, without the I/O thread
-        return _weights(learner.agent.policy, **learner.flow_meta())
+        flow = learner.ledger.flow_meta()
+        return weights_frames(learner.agent.policy, flow.version, flow.learner_run, flow.retired)
 
-    rx = WeightsReceiver(FakeSub(), col.policy, timeout_s=60, actor_id=0, run_id=0)
+    rx = WeightsReceiver(fake_sub, col.policy, timeout_s=60, actor_id=0, run_id=0)
     rx.sock.queue.append(weights())
     rx.poll()
     runner.collect()
     runner.collect()  # segments 0 and 1, both with version 0: as many as lag 1 allows in flight
-    rx.sent_seq = 1
+    rx.gate.sent(1)
     first = [s for s in learner.pending if s.seq == 0]
     learner.step_on(first)  # update 0 -> 1 consumes segment 0; its weights are not published yet
     io = LearnerIO(None, None, learner.spec, 1, cfg.FrameStack, 1, pin=False, on_reject=lambda e: None,
-                   on_stale=lambda s: None, heartbeat_meta=learner.flow_meta)
+                   on_stale=lambda s: None, heartbeat_meta=learner.ledger.flow_meta)
     rx.sock.queue.append(io.heartbeat_frames())
     rx.poll()
-    assert rx.version == 0 and rx.unretired() == 2  # no segment 2 with version-0 weights: too stale at update 2
+    assert rx.version == 0 and rx.gate.unretired() == 2  # no segment 2 with version-0 weights: too stale at update 2
     rx.sock.queue.append(weights())
     rx.poll()
-    assert rx.version == 1 and rx.unretired() == 1  # with version 1 it may start segment 2
+    assert rx.version == 1 and rx.gate.unretired() == 1  # with version 1 it may start segment 2
 
 
 def test_ext_raw_score_is_logged_but_clipped_for_learning(small_cfg, tmp_path: Path) -> None:

@@ -1,5 +1,6 @@
 """Replayed segments and late warm-up frames: a valid segment sent again is consumed once, and warm-up
-frames that come after the warm-up has ended leave the observation normaliser alone. Both are counted."""
+frames that come after the warm-up has ended leave the observation normaliser alone. Both are counted.
+(The replay check alone, ``SeenSegments``, is tested in tests/test_flow.py.)"""
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,7 +11,7 @@ import torch
 from common.config import load_config
 from common.networks import NUM_ACTIONS
 from common.wire import SegmentSpec, encode
-from learner.learner_io import RUNS_KEPT_PER_ACTOR, LearnerIO, SeenSegments
+from learner.learner_io import LearnerIO
 from learner.serial import SerialRunner
 
 REPO = Path(__file__).resolve().parents[1]
@@ -46,15 +47,6 @@ def test_a_segment_sent_twelve_times_is_filed_once(tmp_path: Path) -> None:
     io.admit(real_segment(runner, seq=4))  # the next one is new
     io.admit(real_segment(runner, seq=0, run=6))  # so is a new actor run (a restarted actor) from seq 0
     assert len(io.pending) == 3 and len(rejected) == 12
-
-
-def test_seen_segments_keep_the_newest_runs_of_each_actor() -> None:
-    seen = SeenSegments()
-    assert seen.first_time(0, 1, 0) and seen.first_time(0, 1, 1) and not seen.first_time(0, 1, 1)
-    for run in range(2, 2 + RUNS_KEPT_PER_ACTOR):
-        assert seen.first_time(0, run, 0)
-    assert len(seen.newest[0]) == RUNS_KEPT_PER_ACTOR and 1 not in seen.newest[0]  # the oldest run went
-    assert seen.first_time(1, 1, 0)  # another actor id has runs of its own
 
 
 def test_warmup_after_the_warmup_ended_is_ignored_and_counted(tmp_path: Path) -> None:

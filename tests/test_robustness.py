@@ -98,63 +98,43 @@ def test_sent_frames_are_copied_before_the_buffer_is_reused() -> None:
         push.close(0)
 
 
-class FakeSub:
-    """A SUB socket stand-in: hands over queued messages."""
-
-    def __init__(self) -> None:
-        self.queue: list[list[bytes]] = []
-
-    def poll(self, timeout_ms: int, flags: int = 0) -> int:
-        return 1 if self.queue else 0
-
-    def recv_multipart(self) -> list[bytes]:
-        return [bytes(f) for f in self.queue.pop(0)]
-
-
-def _weights(policy, version: int, learner_run: int, retired: list) -> list[bytes]:
-    arrays = {k: v.numpy() for k, v in policy.state_dict().items()}
-    return encode("weights", {"version": version, "warmup_steps": 0, "learner_run": learner_run,
-                              "retired": retired}, arrays)
-
-
-def test_actor_flow_control_keeps_the_lag_bound() -> None:
-    """An actor may have at most max_policy_lag segments that the learner has not retired yet."""
+def test_actor_flow_control_keeps_the_lag_bound(fake_sub, weights_frames) -> None:
+    """An actor may have at most max_policy_lag segments that the learner has not retired yet (through the
+    receiver and the wire; ``tests/test_flow.py`` has the gate alone)."""
     from common.networks import PolicyNet
 
-    policy = PolicyNet(18, 4, 44, 44)
-    sub = FakeSub()
+    policy, sub = PolicyNet(18, 4, 44, 44), fake_sub
     rx = WeightsReceiver(sub, policy, timeout_s=60, actor_id=3, run_id=11)
-    sub.queue.append(_weights(policy, 0, learner_run=1, retired=[]))
+    sub.queue.append(weights_frames(policy, 0, learner_run=1, retired=[]))
     rx.poll()
-    assert rx.version == 0 and rx.unretired() == 0
-    rx.sent_seq = 1  # two segments (0, 1) sent
-    assert rx.unretired() == 2  # lag 1 allows no third one yet
-    sub.queue.append(_weights(policy, 1, learner_run=1, retired=[[3, 11, 0], [3, 99, 7], [4, 11, 9]]))
+    assert rx.version == 0 and rx.gate.unretired() == 0
+    rx.gate.sent(1)  # two segments (0, 1) sent
+    assert rx.gate.unretired() == 2  # lag 1 allows no third one yet
+    sub.queue.append(weights_frames(policy, 1, learner_run=1, retired=[[3, 11, 0], [3, 99, 7], [4, 11, 9]]))
     rx.poll()
-    assert rx.unretired() == 1  # only its own (actor 3, run 11) retirements count
+    assert rx.gate.unretired() == 1  # only its own (actor 3, run 11) retirements count
     beat = encode("heartbeat", {"version": 5, "learner_run": 1, "retired": [[3, 11, 1]]}, {})
     sub.queue.append(beat)
     rx.poll()
-    assert rx.unretired() == 1  # a heartbeat ahead of the weights this actor holds does not count yet
-    sub.queue.append(_weights(policy, 5, learner_run=1, retired=[[3, 11, 0]]))
+    assert rx.gate.unretired() == 1  # a heartbeat ahead of the weights this actor holds does not count yet
+    sub.queue.append(weights_frames(policy, 5, learner_run=1, retired=[[3, 11, 0]]))
     sub.queue.append(beat)
     rx.poll()
-    assert rx.unretired() == 0
+    assert rx.gate.unretired() == 0
 
 
-def test_actor_forgets_flow_state_when_the_learner_restarts() -> None:
+def test_actor_forgets_flow_state_when_the_learner_restarts(fake_sub, weights_frames) -> None:
     from common.networks import PolicyNet
 
-    policy = PolicyNet(18, 4, 44, 44)
-    sub = FakeSub()
+    policy, sub = PolicyNet(18, 4, 44, 44), fake_sub
     rx = WeightsReceiver(sub, policy, timeout_s=60, actor_id=0, run_id=5)
-    sub.queue.append(_weights(policy, 105, learner_run=1, retired=[[0, 5, 40]]))
+    sub.queue.append(weights_frames(policy, 105, learner_run=1, retired=[[0, 5, 40]]))
     rx.poll()
-    rx.sent_seq = 42
-    assert rx.unretired() == 2
-    sub.queue.append(_weights(policy, 100, learner_run=2, retired=[]))  # resumed from an older checkpoint
+    rx.gate.sent(42)
+    assert rx.gate.unretired() == 2
+    sub.queue.append(weights_frames(policy, 100, learner_run=2, retired=[]))  # resumed from an older checkpoint
     rx.poll()
-    assert rx.version == 100 and rx.unretired() == 0  # the new learner will never report seqs 41, 42
+    assert rx.version == 100 and rx.gate.unretired() == 0  # the new learner will never report seqs 41, 42
 
 
 def test_segments_newer_than_any_published_weights_are_dropped() -> None:
@@ -209,7 +189,7 @@ def test_no_checkpoint_of_a_half_applied_update(tmp_path: Path) -> None:
     assert names == ["ckpt_00000001.pt", "latest.pt"]
 
 
-def test_an_actor_that_refuses_every_learner_message_says_so_and_exits() -> None:
+def test_an_actor_that_refuses_every_learner_message_says_so_and_exits(fake_sub, weights_frames) -> None:
     """Messages that arrive but all fail validation (say a retirement table past the header cap)
     are not a live learner: after actor_timeout_s the actor stops with the reason, not silently."""
     import time
@@ -217,10 +197,9 @@ def test_an_actor_that_refuses_every_learner_message_says_so_and_exits() -> None
     from actors.actor import ActorStop
     from common.networks import PolicyNet
 
-    policy = PolicyNet(18, 4, 44, 44)
-    sub = FakeSub()
+    policy, sub = PolicyNet(18, 4, 44, 44), fake_sub
     rx = WeightsReceiver(sub, policy, timeout_s=0.3, actor_id=0, run_id=5)
-    sub.queue.append(_weights(policy, 0, learner_run=1, retired=[]))
+    sub.queue.append(weights_frames(policy, 0, learner_run=1, retired=[]))
     rx.poll()
     bad = encode("heartbeat", {"version": 0, "learner_run": 1, "retired": [[0, 5, -1]]}, {})
     deadline = time.monotonic() + 5
