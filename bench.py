@@ -18,19 +18,17 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
+import torch
+import zmq
+
+from common.config import Config, ConfigError, dump_yaml, load_config
+
 REPO = Path(__file__).resolve().parent
-sys.path.insert(0, str(REPO))
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import zmq  # noqa: E402
-
-from common.config import Config, ConfigError, dump_yaml, load_config  # noqa: E402
-
 DEFAULT_CONFIG = REPO / "configs" / "montezuma.yaml"
 SKIPPABLE = {"actors_total", "learner", "e2e_sync", "e2e_async"}  # the single actor and its limits always run
 
@@ -315,17 +313,15 @@ def bench_e2e(cfg: Config, n: int, device: str, seconds: float, lag: int, cfg_di
     run_dir = cfg_dir / f"run_lag{lag}"
     learner = Learner(cfg, run_dir, device, bind=bind, total_steps=1 << 62, supervisor=sup, tensorboard=False)
     marks: list[tuple[float, int, dict]] = []
-    orig_log = learner.logger.log_update
 
-    def log_update(row: dict) -> None:  # note time and steps at each update, then stop after `seconds`
-        orig_log(row)
+    def mark(row: dict) -> None:  # note time and steps at each update, then stop after `seconds`
         marks.append((time.perf_counter(), row["agent_steps"], row))
         if len(marks) >= 3 and marks[-1][0] - marks[1][0] >= seconds:
-            learner.stop_requested = True
+            learner.request_stop()
 
-    learner.logger.log_update = log_update
+    learner.on_update.append(mark)
     learner.logger.progress = lambda row, total: None  # keep the bench's own output readable
-    watchdog = threading.Timer(seconds * 4 + 300, lambda: setattr(learner, "stop_requested", True))
+    watchdog = threading.Timer(seconds * 4 + 300, learner.request_stop)
     watchdog.start()
     sup.start()
     try:
@@ -394,72 +390,94 @@ def print_table(r: dict) -> None:
               f"{t['bound']:,.1f}  {'ok' if t['ok'] else 'MISSED'}")
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    # a TERM (timeout, a job's time limit) runs the clean-ups: actors paused mid-measurement are resumed and stopped
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    try:
-        cfg = load_config(args.config, args.overrides)
-    except ConfigError as e:
-        print(f"bench: error: {e}", file=sys.stderr)
-        return 2
+def setup(args: argparse.Namespace) -> tuple[Config, str, int, set[str]]:
+    """The config, the learner's device, the actor count and the parts to skip; UsageError on bad input."""
     from actors.rollout import check_actor_device
     from launch import UsageError, default_actors, resolve_device
 
     try:
+        cfg = load_config(args.config, args.overrides)
         device = resolve_device(args.learner_gpu)
         check_actor_device(cfg.actor_device)
-    except (UsageError, ConfigError) as e:
-        print(f"bench: error: {e}", file=sys.stderr)
-        return 2
+    except ConfigError as e:
+        raise UsageError(str(e)) from None
     n = args.actors or default_actors(cfg)
     skip = set(filter(None, args.skip.split(",")))
     if skip - SKIPPABLE:
-        print(f"bench: error: --skip: unknown part(s) {','.join(sorted(skip - SKIPPABLE))}; "
-              f"choose from {','.join(sorted(SKIPPABLE))}", file=sys.stderr)
-        return 2
-    envs_per_actor = -(-cfg.NumWorkers // n)
+        raise UsageError(f"--skip: unknown part(s) {','.join(sorted(skip - SKIPPABLE))}; "
+                         f"choose from {','.join(sorted(SKIPPABLE))}")
+    return cfg, device, n, skip
+
+
+def machine_facts(args: argparse.Namespace, cfg: Config, device: str, n: int) -> dict:
+    """The head of the results: config, devices, cores, actors, envs, seconds, and the wire's bytes per step."""
     shown = Path(args.config).resolve()
     shown = shown.relative_to(REPO) if shown.is_relative_to(REPO) else shown
     r: dict = {"config": str(shown), "device": torch.cuda.get_device_name(device) if "cuda" in device
                else f"cpu ({platform.processor() or platform.machine()})", "cpu_count": os.cpu_count(),
-               "actors": n, "envs": cfg.NumWorkers, "envs_per_actor": envs_per_actor, "seconds": args.seconds,
-               "actor_device": cfg.actor_device}
-    s = args.seconds
+               "actors": n, "envs": cfg.NumWorkers, "envs_per_actor": -(-cfg.NumWorkers // n),
+               "seconds": args.seconds, "actor_device": cfg.actor_device}
     wb = wire_bytes(cfg)
     r["wire_bytes_per_step"], r["wire_bytes_per_step_zstd"] = wb["none"], wb["zstd"]
-    phases = {}
+    return r
+
+
+def measure_single_core(cfg: Config, r: dict, phases: dict, seconds: float, tmpd: Path) -> None:
+    """One actor process and its two single-core limits (emulator, policy step), into ``r`` and ``phases``."""
+    one = bench_actor_vs_ceiling(load_config(None, {**cfg.to_dict(), "NumWorkers": r["envs_per_actor"]}), seconds,
+                                 tmpd)
+    r["actor_steps_per_s_per_process"], phases["actor"] = one["steps_per_s"], one["phases"]
+    ale, infer = one["ale"], one["infer"]
+    r["ale_steps_per_s_per_core"], r["infer_samples_per_s_per_core"] = float(np.mean(ale)), float(np.mean(infer))
+    r["actor_ceiling_steps_per_s"] = 1 / (1 / r["ale_steps_per_s_per_core"]
+                                          + 1 / r["infer_samples_per_s_per_core"])
+    r["single_core_spread"] = {"ale": ale, "infer": infer, "actor": one["windows"]}
+
+
+def measure_parts(cfg: Config, device: str, n: int, skip: set[str], r: dict, phases: dict, seconds: float,
+                  tmpd: Path, save_partial: Callable[[], None]) -> None:
+    """All actors, the learner alone, and the whole system at lag 0 and 1 (less those in ``skip``);
+    ``save_partial()`` after each, so that a bench stopped by a time limit keeps what it measured."""
+    if "actors_total" not in skip:
+        all_ = bench_actors(cfg, n, seconds, tmpd)
+        r["actors_total_steps_per_s"], phases["actors_total"] = all_["steps_per_s"], all_["phases"]
+        save_partial()
+    if "learner" not in skip:
+        lr = bench_learner(cfg, device, seconds)
+        r["learner_steps_per_s"], phases["learner"] = lr["steps_per_s"], lr["phases"]
+        save_partial()
+    for lag, key in ((0, "e2e_sync"), (1, "e2e_async")):
+        if key in skip:
+            continue
+        e = bench_e2e(cfg, n, device, seconds, lag, tmpd)
+        r[f"{key}_steps_per_s"], phases[key] = e["steps_per_s"], e["phases"]
+        if lag == 1:
+            r["policy_lag_mean"] = e["policy_lag_mean"]
+        save_partial()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    # a TERM (timeout, a job's time limit) runs the clean-ups: actors paused mid-measurement are resumed and stopped
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    from launch import UsageError
+
+    try:
+        cfg, device, n, skip = setup(args)
+    except UsageError as e:
+        print(f"bench: error: {e}", file=sys.stderr)
+        return 2
+    r = machine_facts(args, cfg, device, n)
+    phases: dict = {}
 
     def save_partial() -> None:  # after each part: a bench stopped by a time limit keeps what it measured
         if args.json:
             Path(args.json).write_text(json.dumps({**r, "phases": phases, "partial": True}, indent=2))
 
     with tempfile.TemporaryDirectory(prefix="rnd-bench-") as tmp:
-        tmpd = Path(tmp)
-        one = bench_actor_vs_ceiling(load_config(None, {**cfg.to_dict(), "NumWorkers": envs_per_actor}), s, tmpd)
-        r["actor_steps_per_s_per_process"], phases["actor"] = one["steps_per_s"], one["phases"]
-        ale, infer = one["ale"], one["infer"]
-        r["ale_steps_per_s_per_core"], r["infer_samples_per_s_per_core"] = float(np.mean(ale)), float(np.mean(infer))
-        r["actor_ceiling_steps_per_s"] = 1 / (1 / r["ale_steps_per_s_per_core"]
-                                              + 1 / r["infer_samples_per_s_per_core"])
-        r["single_core_spread"] = {"ale": ale, "infer": infer, "actor": one["windows"]}
+        measure_single_core(cfg, r, phases, args.seconds, Path(tmp))
         save_partial()
-        if "actors_total" not in skip:
-            all_ = bench_actors(cfg, n, s, tmpd)
-            r["actors_total_steps_per_s"], phases["actors_total"] = all_["steps_per_s"], all_["phases"]
-            save_partial()
-        if "learner" not in skip:
-            lr = bench_learner(cfg, device, s)
-            r["learner_steps_per_s"], phases["learner"] = lr["steps_per_s"], lr["phases"]
-            save_partial()
-        for lag, key in ((0, "e2e_sync"), (1, "e2e_async")):
-            if key in skip:
-                continue
-            e = bench_e2e(cfg, n, device, s, lag, tmpd)
-            r[f"{key}_steps_per_s"], phases[key] = e["steps_per_s"], e["phases"]
-            if lag == 1:
-                r["policy_lag_mean"] = e["policy_lag_mean"]
-            save_partial()
+        measure_parts(cfg, device, n, skip, r, phases, args.seconds, Path(tmp), save_partial)
     r["phases"] = phases
     r["targets"] = targets(r, "cuda" in device)
     print_table(r)

@@ -19,12 +19,11 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent
-sys.path.insert(0, str(REPO))
+from common.config import Config, ConfigError, dump_yaml, from_dict, load_config, parse_overrides, rom_name
+from common.transport import KeysError
+from learner.checkpoint import CheckpointError, CheckpointWriteError
 
-from common.config import Config, ConfigError, dump_yaml, from_dict, load_config, parse_overrides, rom_name  # noqa: E402
-from common.transport import KeysError  # noqa: E402
-from learner.checkpoint import CheckpointError, CheckpointWriteError  # noqa: E402
+REPO = Path(__file__).resolve().parent
 
 DEFAULT_CONFIG = REPO / "configs" / "montezuma.yaml"
 DEFAULT_REMOTE_BIND = "tcp://0.0.0.0:5555"
@@ -199,7 +198,7 @@ def install_stop_handlers(learner) -> dict:
         print(f"\nlaunch: signal {signum}: finishing the update, writing a checkpoint, stopping actors (a second "
               "signal stops at once: the update in progress is dropped, latest.pt keeps the last checkpoint)",
               file=sys.stderr, flush=True)
-        learner.stop_requested = True
+        learner.request_stop()
 
     return {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
 
@@ -256,7 +255,7 @@ def run_learner(args: argparse.Namespace, cfg: Config, resume: dict | None, loca
             supervisor.start()
         learner.train()
     except StopNow as e:
-        kept = "the update in progress was dropped; " if learner._in_update else ""
+        kept = "the update in progress was dropped; " if learner.update_in_progress else ""
         print(f"launch: stopped at once by signal {e.signum}; {kept}{checkpoint_note(learner, latest)}",
               file=sys.stderr, flush=True)
         return 128 + e.signum

@@ -1,16 +1,18 @@
 """The learner process: PULL segments -> validate -> batch -> update -> PUB weights; logs, checkpoints.
 
 It owns all learning state (networks, optimizer, normalisers, per-stream reward filters), so one
-checkpoint resumes everything. Game-specific facts never appear here: rooms and exploration cells
+checkpoint resumes everything. Its parts: the batches come from a ``BatchSource``
+(``learner/batch_source.py``: the I/O thread's, or messages handed in), the flow-control state from a
+``LearnerLedger`` (``common/flow.py``), what the run counts from ``RunStats``
+(``learner/run_stats.py``). Game-specific facts never appear here: rooms and exploration cells
 arrive as episode stats and are counted run-wide (``learner/exploration.py``).
 """
 from __future__ import annotations
 
 import logging
-import re
-import threading
 import time
-from collections import Counter, deque
+from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -26,23 +28,14 @@ from common.transport import LearnerKeys, LearnerSockets, bind_learner
 from common.wire import SegmentSpec, WireError, encode
 from learner.agent import NonFiniteLoss, RNDAgent
 from learner.batch import Batch, Segment, assemble
+from learner.batch_source import BatchSource, InProcessBatchSource, SocketBatchSource
 from learner.checkpoint import CheckpointError, CheckpointWriteError, save_checkpoint, write_fault
 from learner.exploration import ExplorationStats
-from learner.learner_io import LearnerIO, WarmupMoments, max_frame_bytes, recv_queue, route_message
+from learner.learner_io import LearnerIO, WarmupMoments, max_frame_bytes, recv_queue
 from learner.logs import RunLogger
+from learner.run_stats import MAX_REJECT_REASONS, OTHER_REASONS, RunStats, reject_reason
 
 log = logging.getLogger("learner")
-
-
-MAX_REJECT_REASONS = 64  # distinct faults logged; later new ones are counted under OTHER_REASONS
-OTHER_REASONS = "other"
-_NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:e[+-]?\d+)?")
-
-
-def reject_reason(e: WireError) -> str:
-    """What makes two rejections the same fault: the whole reason with its numbers masked, so that
-    different faults of one array log apart while one fault with changing sizes or ids logs once."""
-    return _NUMBER.sub("#", str(e))
 
 
 class Supervisor(Protocol):
@@ -62,8 +55,18 @@ def actor_phases(segments: list[Segment]) -> dict[str, float]:
     return out
 
 
+def policy_lags(segments: list[Segment], version: int) -> dict[str, float]:
+    """How stale the segments of the update that just made ``version`` were: versions between the
+    weights each used and the update's start (``version - 1``)."""
+    lags = [version - 1 - s.version for s in segments]
+    return {"policy_lag_mean": float(np.mean(lags)), "policy_lag_max": int(max(lags))}
+
+
 class Learner:
-    """Wires the agent to sockets, logs and checkpoints. ``step_on(segments)`` is the socket-free core."""
+    """Wires the agent to its batch source, logs and checkpoints. ``step_on(segments)`` is the socket-free core.
+
+    With ``bind`` the batches come from the I/O thread; without, from messages handed in with ``handle``.
+    ``on_update`` holds callables given each metrics row as it is logged."""
 
     def __init__(self, cfg: Config, run_dir: Path, device: torch.device | str = "cpu", bind: str | None = None,
                  total_steps: int | None = None, supervisor: Supervisor | None = None, resume: dict | None = None,
@@ -75,21 +78,13 @@ class Learner:
         self.spec = SegmentSpec.from_config(cfg, NUM_ACTIONS)
         self.supervisor = supervisor
         self.ledger = LearnerLedger(cfg.NumWorkers)  # the version, this process's run id, the retirements
-        self._counts: dict[str, int] = {"agent_steps": 0, "rejected_messages": 0,
-                                        "dropped_stale_segments": 0, "episodes": 0, "warmup_frames": 0}
+        self.stats = RunStats(lambda: supervisor.restarts if supervisor is not None else 0)
         self.obs_rms_ready = cfg.NumInitSteps == 0
-        self.exploration = ExplorationStats()
-        self.recent: deque[tuple[float, int, int, int]] = deque(maxlen=100)  # (return, length, rooms, cells)
-        self.rejected_by_reason: Counter[str] = Counter()
-        self._counter_lock = threading.Lock()
-        self.elapsed_before, self.restarts_before = 0.0, 0
         if resume is not None:
             self._load(resume)
         self.timings = Timings()
-        self.pending: deque[Segment] = deque()
         self.stop_requested = False
-        self._step_times: deque[tuple[float, int]] = deque(maxlen=11)
-        self._start = time.monotonic()
+        self.on_update: list[Callable[[dict[str, Any]], None]] = []
         self._saved_version: int | None = None
         self._in_update = False
         self._saved_path: Path | None = None
@@ -98,10 +93,11 @@ class Learner:
         self.shutting_down = False
         self.logger = RunLogger(self.run_dir, resume_update=self.version if resume is not None else None,
                                 tensorboard=tensorboard,
-                                purge_step=self._counts["agent_steps"] if resume is not None else None)
+                                purge_step=self.stats.counters["agent_steps"] if resume is not None else None)
         self.ctx = zmq.Context.instance()
         self.sockets: LearnerSockets | None = None
         self.io: LearnerIO | None = None
+        self.source: BatchSource = InProcessBatchSource(self.spec, cfg.FrameStack, self.reject, self.accept_warmup)
         if bind is not None:
             self._bind(bind, keys)
 
@@ -114,6 +110,7 @@ class Learner:
                             self.cfg.max_policy_lag, pin=self.agent.device.type == "cuda",
                             on_reject=self.reject, on_stale=self.count_stale, version=self.version,
                             heartbeat_meta=self.ledger.flow_meta)
+        self.source = SocketBatchSource(self.io, self.accept_warmup, lambda: self.obs_rms_ready)
 
     @property
     def version(self) -> int:
@@ -123,15 +120,29 @@ class Learner:
     @property
     def counters(self) -> dict[str, int]:
         """The run's counters as checkpoints and metrics name them (a copy): the update, then the rest."""
-        with self._counter_lock:
-            return {"update": self.version, **self._counts}
+        return self.stats.snapshot(self.version)
+
+    @property
+    def exploration(self) -> ExplorationStats:
+        """The run-wide room and cell counts."""
+        return self.stats.exploration
+
+    @property
+    def recent(self) -> deque[tuple[float, int, int, int]]:
+        """The recent episodes: (return, length, rooms, cells)."""
+        return self.stats.recent
+
+    @property
+    def update_in_progress(self) -> bool:
+        """Whether an update is half-applied now (a checkpoint would hold it half-way)."""
+        return self._in_update
 
     def publish_weights(self) -> None:
         state = self.agent.policy.state_dict()
         # a snapshot: the I/O thread sends it later, while the next update changes the parameters
         arrays = {k: v.detach().to("cpu", torch.float32, copy=True).numpy() for k, v in state.items()}
-        meta = {**self.ledger.flow_meta().wire(), "warmup_steps": 0 if self.obs_rms_ready else self.cfg.NumInitSteps,
-                "shape_keys": shape_keys(self.cfg)}
+        meta = {**self.ledger.flow_meta().wire(),
+                "warmup_steps": 0 if self.obs_rms_ready else self.cfg.NumInitSteps, "shape_keys": shape_keys(self.cfg)}
         self.io.publish_weights(self.version, encode("weights", meta, arrays))
 
     def stop_actors(self) -> None:
@@ -143,13 +154,7 @@ class Learner:
     # ---- incoming messages -----------------------------------------------------------------------
     def reject(self, e: WireError) -> None:
         """A bad message: counted, and logged once per reason. Called from the I/O thread."""
-        reason = reject_reason(e)
-        with self._counter_lock:
-            self._counts["rejected_messages"] += 1
-            if reason not in self.rejected_by_reason and len(self.rejected_by_reason) >= MAX_REJECT_REASONS:
-                reason = OTHER_REASONS  # a peer varying its faults must not grow this table or the log
-            first = self.rejected_by_reason[reason] == 0
-            self.rejected_by_reason[reason] += 1
+        reason, first = self.stats.note_rejection(reject_reason(e))
         if first and reason == OTHER_REASONS:
             log.warning("dropped a bad message (%s); %d kinds of fault logged, further new ones are only counted",
                         e, MAX_REJECT_REASONS)
@@ -159,8 +164,7 @@ class Learner:
     def count_stale(self, segments: list[Segment]) -> None:
         """Segments too old for the next update, or newer than any weights of this run (an old run's).
         Called from the I/O thread."""
-        with self._counter_lock:
-            self._counts["dropped_stale_segments"] += len(segments)
+        self.stats.count("dropped_stale_segments", len(segments))
         self.ledger.retire(segments)
 
     def accept_warmup(self, m: WarmupMoments) -> None:
@@ -168,22 +172,31 @@ class Learner:
             self.reject(WireError("warm-up frames after the warm-up ended, ignored"))
             return
         self.agent.obs_rms.update_from_moments(m.mean.to(self.agent.device), m.var.to(self.agent.device), m.count)
-        self._counts["warmup_frames"] += m.count
-        if self._counts["warmup_frames"] >= self.cfg.NumInitSteps * self.cfg.NumWorkers:
+        self.stats.count("warmup_frames", m.count)
+        if self.stats.counters["warmup_frames"] >= self.cfg.NumInitSteps * self.cfg.NumWorkers:
             self.obs_rms_ready = True
+
+    @property
+    def inbox(self) -> InProcessBatchSource:
+        """The in-process source of a learner built without sockets: messages handed in by the caller."""
+        if not isinstance(self.source, InProcessBatchSource):
+            raise TypeError("this learner takes its messages on its sockets")
+        return self.source
 
     def handle(self, frames: list[bytes]) -> None:
         """In-process path (serial runner, tests): decode, validate and file one message."""
-        route_message(frames, self.spec, self.reject, self.accept_warmup, self.pending.append)
+        self.inbox.handle(frames)
+
+    @property
+    def pending(self) -> deque[Segment]:
+        """In-process path: the segments handed in and not yet in a batch."""
+        return self.inbox.pending
 
     def next_batch(self) -> tuple[Batch, list[Segment]] | None:
-        """Socket path: wait for the I/O thread's next batch (normaliser warm, segments fresh enough).
-        Returns None if a stop was requested meanwhile."""
+        """Wait for the source's next batch (socket path: normaliser warm, segments fresh enough);
+        meanwhile dead actors are restarted. Returns None if a stop was requested meanwhile."""
         while not self.stop_requested:
-            while not self.io.warmups.empty():
-                self.accept_warmup(self.io.warmups.get())
-            self.io.enabled = self.obs_rms_ready
-            got = self.io.get(self.version, timeout=0.1)
+            got = self.source.next_batch(self.version, timeout=0.1)
             if got is not None:
                 return got
             self.idle()
@@ -199,60 +212,46 @@ class Learner:
 
     # ---- the update --------------------------------------------------------------------------------
     def step_on(self, segments: list[Segment]) -> dict[str, Any]:
-        """One update on ``segments`` (in-process path); returns the logged metrics row."""
+        """One update on ``segments`` (in-process path); returns the metrics row (not logged)."""
         return self.step_on_batch(assemble(segments, self.cfg.FrameStack), segments)
 
     def step_on_batch(self, batch: Batch, segments: list[Segment]) -> dict[str, Any]:
-        """One update on an assembled host batch; returns the logged metrics row."""
+        """One update on an assembled host batch; returns the metrics row (not logged: see ``log``)."""
         self._in_update = True  # a checkpoint now would hold a half-applied update
         with self.timings.time("learn"):
             batch = batch.to(self.agent.device)
             metrics = self.agent.update(batch)
-        self._counts["agent_steps"] += batch.T * batch.B
+        self.stats.count("agent_steps", batch.T * batch.B)
         self.ledger.advance(segments)  # the version moves on and the segments are retired at once
         self._in_update = False
         self._record_episodes(segments)
         return self._row(metrics, segments)
 
     def _record_episodes(self, segments: list[Segment]) -> None:
-        records = []
-        for seg in segments:
-            for e in seg.episodes:
-                rooms, cells = self.exploration.add_episode(e)
-                self.recent.append((float(e["return"]), int(e["length"]), rooms, cells))
-                record = {k: v for k, v in e.items() if k != "cells"}  # the run-wide counts keep the cells
-                if "cells" in e:
-                    record["cells_visited"] = cells
-                records.append({**record, "update": self.version, "agent_steps": self._counts["agent_steps"],
-                                "actor": seg.actor, "policy_version": seg.version})
-        self._counts["episodes"] += len(records)
-        self.logger.log_episodes(records)
+        """Count the segments' episodes in the run statistics and log their records."""
+        self.logger.log_episodes(self.stats.record_episodes(segments, self.version))
 
     def _row(self, metrics: dict[str, float], segments: list[Segment]) -> dict[str, Any]:
-        now = time.monotonic()
-        lags = [self.version - 1 - s.version for s in segments]  # the update just done was version-1 -> version
-        self._step_times.append((now, self._counts["agent_steps"]))
-        (t0, s0), (t1, s1) = self._step_times[0], self._step_times[-1]
-        sps = (s1 - s0) / (t1 - t0) if t1 > t0 else float("nan")
+        version, counters, stats = self.version, self.stats.counters, self.stats
         split = self.timings.split()
-        recent = np.array(self.recent, dtype=np.float64).reshape(-1, 4)
-        nan = float("nan")
-        row = {"update": self.version, "agent_steps": self._counts["agent_steps"],
-               "frames": self._counts["agent_steps"] * self.cfg.FrameSkip, "time_s": self.elapsed_s(),
-               "episode_return_mean": recent[:, 0].mean() if len(recent) else nan,
-               "episode_length_mean": recent[:, 1].mean() if len(recent) else nan,
-               "rooms_per_episode_mean": recent[:, 2].mean() if len(recent) else nan,
-               "cells_per_episode_mean": recent[:, 3].mean() if len(recent) else nan,
-               "episodes": self._counts["episodes"], "rooms_visited_total": self.exploration.rooms_visited,
-               "cells_visited_total": self.exploration.cells_visited,
-               "obs_rms_mean": float(self.agent.obs_rms.mean.mean()),
-               "policy_lag_mean": float(np.mean(lags)), "policy_lag_max": int(max(lags)),  # lag at consumption
-               "steps_per_second": sps, "wait_data_s": split.get("wait_data", 0.0),
-               "learn_s": split.get("learn", 0.0), "rejected_messages": self._counts["rejected_messages"],
-               "dropped_stale_segments": self._counts["dropped_stale_segments"],
-               "actor_restarts": self.actor_restarts(),
-               **actor_phases(segments), **metrics}
-        return row
+        return {"update": version, "agent_steps": counters["agent_steps"],
+                "frames": counters["agent_steps"] * self.cfg.FrameSkip, "time_s": stats.elapsed_s(),
+                **stats.episode_means(),
+                "episodes": counters["episodes"], "rooms_visited_total": stats.exploration.rooms_visited,
+                "cells_visited_total": stats.exploration.cells_visited,
+                "obs_rms_mean": float(self.agent.obs_rms.mean.mean()),
+                **policy_lags(segments, version),  # lag at consumption
+                "steps_per_second": stats.steps_per_second(), "wait_data_s": split.get("wait_data", 0.0),
+                "learn_s": split.get("learn", 0.0), "rejected_messages": counters["rejected_messages"],
+                "dropped_stale_segments": counters["dropped_stale_segments"],
+                "actor_restarts": stats.actor_restarts(),
+                **actor_phases(segments), **metrics}
+
+    def log(self, row: dict[str, Any]) -> None:
+        """Log one metrics row, then hand it to every ``on_update`` hook."""
+        self.logger.log_update(row)
+        for hook in self.on_update:
+            hook(row)
 
     # ---- the loop ------------------------------------------------------------------------------------
     def train(self) -> dict[str, Any] | None:
@@ -262,7 +261,7 @@ class Learner:
         try:
             self.io.start()
             self.publish_weights()
-            while self._counts["agent_steps"] < self.total_steps and not self.stop_requested:
+            while self.stats.counters["agent_steps"] < self.total_steps and not self.stop_requested:
                 with self.timings.time("wait_data"):
                     got = self.next_batch()
                 if got is None:
@@ -274,7 +273,7 @@ class Learner:
                     break
                 self.publish_weights()
                 self.idle()  # a busy learner may never wait: restart dead actors here too
-                self.logger.log_update(last_row)
+                self.log(last_row)
                 self.logger.progress(last_row, self.total_steps)
                 if self.version % self.cfg.checkpoint_every == 0:
                     self.save()
@@ -282,11 +281,15 @@ class Learner:
             self.shutdown()
         return last_row
 
+    def request_stop(self) -> None:
+        """Finish the update in progress, then stop: the loop ends and shutdown checkpoints."""
+        self.stop_requested = True
+
     def fail(self, why: str) -> None:
         """End the run as a failure: the loop stops, shutdown checkpoints what is whole."""
         if self.failure is None:
             self.failure = why
-        self.stop_requested = True
+        self.request_stop()
 
     def shutdown(self) -> None:
         """Checkpoint (unless an update was cut off half-way, or a save already failed: then latest.pt
@@ -301,20 +304,11 @@ class Learner:
             self.close()
 
     # ---- state ----------------------------------------------------------------------------------------
-    def elapsed_s(self) -> float:
-        """Training wall time, summed over resumed sessions."""
-        return self.elapsed_before + time.monotonic() - self._start
-
-    def actor_restarts(self) -> int:
-        """Actor restarts, summed over resumed sessions."""
-        return self.restarts_before + (self.supervisor.restarts if self.supervisor is not None else 0)
-
     def state(self) -> dict[str, Any]:
-        return {"config": self.cfg.to_dict(), "agent": self.agent.state_dict(), "counters": self.counters,
-                "obs_rms_ready": self.obs_rms_ready,
-                "exploration": self.exploration.state(),
-                "recent_episodes": [list(r) for r in self.recent], "elapsed_s": self.elapsed_s(),
-                "actor_restarts": self.actor_restarts()}
+        """Everything a checkpoint holds: config, agent, counters, obs_rms_ready, and the run statistics."""
+        stats = self.stats.state(self.version)
+        return {"config": self.cfg.to_dict(), "agent": self.agent.state_dict(), "counters": stats.pop("counters"),
+                "obs_rms_ready": self.obs_rms_ready, **stats}
 
     def _load(self, data: dict[str, Any]) -> None:
         """Restore a checkpoint (``load_checkpoint`` checked its parts); what still does not fit this
@@ -328,14 +322,8 @@ class Learner:
 
     def _restore(self, data: dict[str, Any]) -> None:
         self.agent.load_state_dict(data["agent"])
-        counts = {k: int(v) for k, v in data["counters"].items()}
-        self.ledger = LearnerLedger(self.cfg.NumWorkers, counts.pop("update", 0))
-        self._counts.update(counts)
+        self.ledger = LearnerLedger(self.cfg.NumWorkers, self.stats.restore(data))
         self.obs_rms_ready = bool(data["obs_rms_ready"])
-        self.exploration.load(data["exploration"])
-        self.recent.extend((float(a), int(b), int(c), int(d)) for a, b, c, d in data["recent_episodes"])
-        self.elapsed_before = float(data.get("elapsed_s", 0.0))
-        self.restarts_before = int(data.get("actor_restarts", 0))
 
     @property
     def saved_version(self) -> int | None:
@@ -348,8 +336,8 @@ class Learner:
             try:
                 self._saved_path = save_checkpoint(self.run_dir, self.state(), self.version,
                                                    self.cfg.keep_checkpoints)
-                self.exploration.write_json(self.run_dir / "exploration.json", self.version,
-                                            self._counts["agent_steps"], self._counts["episodes"])
+                self.stats.exploration.write_json(self.run_dir / "exploration.json", self.version,
+                                                  self.stats.counters["agent_steps"], self.stats.counters["episodes"])
             except OSError as e:  # exploration.json: the checkpoint itself says so in save_checkpoint
                 self._save_failed = True
                 raise write_fault(e, self.run_dir / "exploration.json", self.run_dir / "checkpoints") from None

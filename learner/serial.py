@@ -14,11 +14,13 @@ from learner.learner import Learner
 
 
 class SerialRunner:
-    """``num_actors`` collectors share the learner's process; actor policies copy the learner's weights."""
+    """``num_actors`` collectors share the learner's process; actor policies copy the learner's weights.
+    Messages reach the learner through its in-process batch source (``source``)."""
 
     def __init__(self, cfg: Config, run_dir: Path, num_actors: int = 1, tensorboard: bool = False):
         self.cfg = cfg
         self.learner = Learner(cfg, run_dir, "cpu", bind=None, tensorboard=tensorboard)
+        self.source = self.learner.inbox
         self.collectors = [(i, build_collector(cfg, i, num_actors)) for i in range(num_actors)]
         self.seq = 0
 
@@ -29,7 +31,7 @@ class SerialRunner:
     def warmup(self) -> None:
         for i, col in self.collectors:
             for frames in col.warmup(self.cfg.NumInitSteps):
-                self.learner.handle(encode("warmup", {"actor": i, "streams": col.streams}, {"frames": frames}))
+                self.source.handle(encode("warmup", {"actor": i, "streams": col.streams}, {"frames": frames}))
 
     def collect(self) -> None:
         """Every actor collects one segment with its current weights and sends it through the wire format."""
@@ -37,7 +39,7 @@ class SerialRunner:
             arrays, episodes = col.collect()
             meta = {"actor": i, "streams": col.streams, "version": self.learner.version, "run": 0, "seq": self.seq,
                     "episodes": episodes}
-            self.learner.handle(encode("segment", meta, arrays))
+            self.source.handle(encode("segment", meta, arrays))
         self.seq += 1
 
     def run(self, updates: int) -> list[dict]:
@@ -47,9 +49,7 @@ class SerialRunner:
         rows = []
         for _ in range(updates):
             self.collect()
-            segments = list(self.learner.pending)
-            self.learner.pending.clear()
-            rows.append(self.learner.step_on(segments))
-            self.learner.logger.log_update(rows[-1])
+            rows.append(self.learner.step_on_batch(*self.source.next_batch(self.learner.version, timeout=0.0)))
+            self.learner.log(rows[-1])
             self.sync_weights()
         return rows

@@ -9,6 +9,7 @@ import torch
 
 from common.config import Config, load_config
 from common.wire import encode
+from learner.batch import Batch, Segment, assemble
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -56,3 +57,19 @@ def fake_sub() -> FakeSub:
 def weights_frames() -> Callable[..., list[bytes]]:
     """``encode_weights``: (policy, version, learner_run, retired=(), warmup_steps=0) -> frames."""
     return encode_weights
+
+
+class SameBatches:
+    """A ``BatchSource`` that hands out a batch of the same segments every time it is asked."""
+
+    def __init__(self, segments: list[Segment], frame_stack: int) -> None:
+        self.segments, self.frame_stack = segments, frame_stack
+
+    def next_batch(self, version: int, timeout: float) -> tuple[Batch, list[Segment]]:
+        return assemble(self.segments, self.frame_stack), self.segments
+
+
+@pytest.fixture
+def same_batches() -> Callable[[list[Segment], int], SameBatches]:
+    """``SameBatches``: (segments, frame_stack) -> a batch source that never runs dry."""
+    return SameBatches

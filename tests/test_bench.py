@@ -38,7 +38,6 @@ def test_bench_short_cpu_run(tmp_path: Path) -> None:
 
 def test_wire_bytes_per_step_with_the_paper_config() -> None:
     """With the paper's 128-step rollouts a step costs one 84x84 frame plus ~3% and a few bytes: <= 8192."""
-    sys.path.insert(0, str(REPO))
     from bench import wire_bytes
     from common.config import load_config
 

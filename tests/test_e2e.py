@@ -32,7 +32,6 @@ def read_metrics(run_dir: Path) -> list[dict[str, str]]:
 
 
 def free_addr() -> str:
-    sys.path.insert(0, str(REPO))
     from common.transport import free_tcp_address
 
     return free_tcp_address()
@@ -178,7 +177,6 @@ def test_killed_actor_is_restarted_and_sigterm_checkpoints(tmp_path: Path) -> No
     rows = read_metrics(run_dir)
     assert int(rows[-1]["actor_restarts"]) >= 1
     assert (run_dir / "checkpoints" / "latest.pt").is_file()
-    sys.path.insert(0, str(REPO))
     from learner.checkpoint import load_checkpoint
 
     assert load_checkpoint(run_dir)["counters"]["update"] == int(rows[-1]["update"])
@@ -215,7 +213,6 @@ def test_a_second_signal_during_an_update_stops_cleanly(tmp_path: Path) -> None:
     assert "a second signal stops at once" in err
     assert p.returncode == 128 + signal.SIGTERM, err
     assert "the update in progress was dropped" in err and "latest.pt holds update 1" in err
-    sys.path.insert(0, str(REPO))
     from learner.checkpoint import load_checkpoint
 
     assert [int(r["update"]) for r in read_metrics(run_dir)] == [1]

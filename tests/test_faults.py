@@ -227,7 +227,7 @@ def test_rejections_are_logged_once_per_actual_reason(runner: SerialRunner, capl
         for i in range(3 * MAX_REJECT_REASONS):  # a peer varying its faults
             learner.reject(WireError(f"unknown kind 'k{'x' * i}'"))
     lines = [r.getMessage() for r in caplog.records]
-    assert len(lines) == MAX_REJECT_REASONS + 1 and len(learner.rejected_by_reason) == MAX_REJECT_REASONS + 1
+    assert len(lines) == MAX_REJECT_REASONS + 1 and len(learner.stats.rejected_by_reason) == MAX_REJECT_REASONS + 1
     assert learner.counters["rejected_messages"] == 3 + 3 * MAX_REJECT_REASONS
 
 
@@ -244,7 +244,7 @@ def test_a_failed_resume_leaves_the_run_dir_as_it_was(runner: SerialRunner, caps
     assert (run_dir / "config.yaml").read_text() == before
 
 
-def test_a_second_signal_during_an_update_stops_at_once_and_cleanly(runner: SerialRunner, monkeypatch,
+def test_a_second_signal_during_an_update_stops_at_once_and_cleanly(runner: SerialRunner, monkeypatch, same_batches,
                                                                     capsys: pytest.CaptureFixture) -> None:
     """launch.py's learner with real signals, sent from inside its second update (the data comes from
     this process's collector). Before, the second one raised KeyboardInterrupt out of the launcher."""
@@ -253,12 +253,11 @@ def test_a_second_signal_during_an_update_stops_at_once_and_cleanly(runner: Seri
 
     import launch
     from learner.agent import RNDAgent
-    from learner.batch import assemble
+    from learner.batch_source import SocketBatchSource
 
     runner.collect()
-    segments = list(runner.learner.pending)
-    runner.learner.pending.clear()
-    monkeypatch.setattr(Learner, "next_batch", lambda self: (assemble(segments, runner.cfg.FrameStack), segments))
+    source = same_batches(runner.source.take(), runner.cfg.FrameStack)
+    monkeypatch.setattr(SocketBatchSource, "next_batch", lambda _, version, timeout: source.next_batch(version, 0))
     real_update, calls = RNDAgent.update, []
 
     def update(self, batch):
@@ -286,19 +285,15 @@ def test_a_second_signal_during_an_update_stops_at_once_and_cleanly(runner: Seri
     assert signal.getsignal(signal.SIGTERM) is handler and len(calls) == 2  # the launcher's handlers are gone
 
 
-def test_a_non_finite_loss_stops_the_run_unpublished(runner: SerialRunner, tmp_path: Path) -> None:
+def test_a_non_finite_loss_stops_the_run_unpublished(runner: SerialRunner, tmp_path: Path, same_batches) -> None:
     """Before, NaN weights went out to every actor (which refused them) and training went on."""
-    from learner.batch import assemble
-
     cfg = tiny_cfg(LearningRate=1.0)  # the config's largest: the losses overflow in the first minibatch
     learner = Learner(cfg, runner.learner.run_dir, "cpu", bind=free_tcp_address(), total_steps=10 ** 9,
                       resume=load_checkpoint(runner.learner.run_dir), tensorboard=False)
     for g in learner.agent.optimizer.param_groups:
         g["lr"] = cfg.LearningRate  # the resumed optimizer state brought the old rate back
     runner.collect()
-    segments = list(runner.learner.pending)
-    runner.learner.pending.clear()
-    learner.next_batch = lambda: (assemble(segments, cfg.FrameStack), segments)
+    learner.source = same_batches(runner.source.take(), cfg.FrameStack)
     published = []
     learner.publish_weights = lambda: published.append(learner.version)
     learner.train()
