@@ -13,8 +13,9 @@ import zstandard
 from common import wire
 from common.cells import MAX_CELL, MAX_EPISODE_CELLS, cell_id
 from common.networks import PolicyNet, policy_param_spec
-from common.wire import (MAX_HEADER_BYTES, PROTOCOL_VERSION, SegmentSpec, WireError, decode, encode, validate_segment,
-                         validate_warmup, validate_weights)
+from common.wire import (MAX_HEADER_BYTES, PROTOCOL_VERSION, FlowMeta, SegmentMeta, SegmentSpec, WarmupMeta,
+                         WeightsMeta, WireError, decode, encode, validate_heartbeat, validate_segment, validate_warmup,
+                         validate_weights)
 
 REPO = Path(__file__).resolve().parents[1]
 SPEC = SegmentSpec(rollout_steps=5, frame_stack=4, height=12, width=10, num_actions=18, num_streams=8)
@@ -745,6 +746,24 @@ def test_validate_weights_refuses_bad(policy):
 
 # ---------------------------------------------------------------------------------------------
 # nothing pickled, anywhere on the wire path
+
+
+def test_validators_return_the_fields_typed(policy):
+    seg = validate_segment(decode(segment_frames()), SPEC)
+    assert seg == SegmentMeta(1, 3, 77, 0, list(STREAMS), segment_meta()["episodes"], {})
+    assert validate_warmup(decode(warmup_frames(actor=2)), SPEC) == WarmupMeta(2, [0, 1])
+    w = validate_weights(decode(weights_message(policy, warmup_steps=6)[0]), policy_param_spec(policy))
+    assert w == WeightsMeta(FlowMeta(4, 9, ((0, 77, 3),)), 6)
+    beat = decode(wire_encode("heartbeat", {"version": 5, "learner_run": 9, "retired": [[1, 2, 3], [0, 4, 5]]}, {}))
+    assert validate_heartbeat(beat) == FlowMeta(5, 9, ((1, 2, 3), (0, 4, 5)))
+
+
+def test_flow_meta_encodes_as_the_fields_always_did():
+    """The typed flow fields go out byte for byte as the dict the learner built before them."""
+    old = {"version": 7, "learner_run": 1 << 61, "retired": [[0, 5, 2], [1, 6, 0]]}
+    flow = FlowMeta(7, 1 << 61, ((0, 5, 2), (1, 6, 0)))
+    assert wire_encode("heartbeat", flow.wire(), {}) == wire_encode("heartbeat", old, {})
+    assert flow.wire() == old and list(flow.wire()) == list(old)
 
 
 def _sources() -> list[Path]:
