@@ -210,15 +210,22 @@ class RNDAgent:
         v_loss = 0.5 * ((out.value_ext - tg.vs_ext[idx]).pow(2).mean()
                         + (out.value_int - tg.vs_int[idx]).pow(2).mean())
         entropy = -(logp_all.exp() * logp_all).sum(-1).mean()
-        err = self.rnd_fn(self.normalise_frames(batch.next_frames(idx)))
-        mask = rnd_update_mask(err.shape[0], cfg.RNDUpdateProportion, self.gen).to(err.device, err.dtype)
-        rnd_loss = (err * mask).sum() / mask.sum().clamp(min=1.0)
+        rnd_loss = self.predictor_loss(batch, idx)
         loss = pg_loss + cfg.value_coeff * v_loss - cfg.PPOEntropyCoeff * entropy + rnd_loss
         with torch.no_grad():
             info = {"policy_loss": pg_loss.detach(), "value_loss": v_loss.detach(), "entropy": entropy.detach(),
                     "rnd_loss": rnd_loss.detach(), "approx_kl": ((ratio - 1) - log_ratio).mean(),
                     "clip_fraction": ((ratio - 1).abs() > cfg.PPORewardEps).float().mean()}
         return loss, info
+
+    def predictor_loss(self, batch: Batch, idx: torch.Tensor) -> torch.Tensor:
+        """RND's predictor loss on the masked part of minibatch ``idx`` [M]: the mean error of the samples
+        the mask keeps (0 if none). Only those go through the predictor: the others' gradient is zero."""
+        keep = rnd_update_mask(idx.shape[0], self.cfg.RNDUpdateProportion, self.gen).to(idx.device)
+        chosen = idx[keep] if self.cfg.RNDUpdateProportion < 1.0 else idx
+        if chosen.shape[0] == 0:
+            return torch.zeros((), device=self.device)
+        return self.rnd_fn(self.normalise_frames(batch.next_frames(chosen))).mean()
 
     def update(self, batch: Batch) -> dict[str, float]:
         """One learner update on ``batch``: targets once, then EpochSteps epochs of shuffled minibatches."""
