@@ -62,7 +62,7 @@ class RolloutCollector:
         k = len(envs)
         self.buffers = {n: np.zeros(shape, dtype) for n, (dtype, shape) in spec.segment_arrays(k).items()}
         self.obs = np.zeros((k, spec.frame_stack, spec.height, spec.width), np.uint8)  # [K, S, H, W]
-        for i, (env, s) in enumerate(zip(envs, stream_ids)):
+        for i, (env, s) in enumerate(zip(envs, stream_ids, strict=True)):
             env.stack = self.obs[i]  # each env shifts its frames straight into the policy's batch: no copies
             env.reset(seed=seed + s)
         self.timings = Timings()  # phases "infer" and "env"; the actor reports and resets them

@@ -7,8 +7,7 @@ matmuls with fp32 accumulation). On other CPUs oneDNN emulates it, which is slow
 """
 from __future__ import annotations
 
-from contextlib import nullcontext
-from typing import ContextManager
+from contextlib import AbstractContextManager, nullcontext
 
 import torch
 
@@ -34,7 +33,7 @@ def autocast_dtype(precision: str, device: torch.device | str) -> torch.dtype | 
     return torch.bfloat16 if native else None
 
 
-def autocast(device: torch.device | str, dtype: torch.dtype | None) -> ContextManager:
+def autocast(device: torch.device | str, dtype: torch.dtype | None) -> AbstractContextManager:
     """An autocast region of ``dtype`` on ``device``'s kind, or no region at all when ``dtype`` is None."""
     if dtype is None:
         return nullcontext()

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import Any
 
 import numpy as np
@@ -163,7 +164,7 @@ def _decode(frames: list[bytes], max_bytes: int | None) -> Message:
     if max_bytes is not None and declared > max_bytes:
         raise WireError(f"message declares {declared} bytes of arrays, more than the {max_bytes} allowed")
     arrays = {}
-    for (name, dtype, shape), buf in zip(parsed, frames[1:]):
+    for (name, dtype, shape), buf in zip(parsed, frames[1:], strict=True):
         if name in arrays:
             raise WireError(f"array {name!r} appears twice")
         arrays[name] = _buffer_to_array(buf, dtype, shape, compression, name)
@@ -334,7 +335,7 @@ def _check_episodes(eps: Any, streams: list[int], ended: np.ndarray) -> None:
         _require(_is_int(ln) and 0 < ln <= MAX_EPISODE_LENGTH, "bad episode length")
         rooms = e.get("rooms", [])
         _require(isinstance(rooms, list) and all(_is_int(x) and 0 <= x <= 255 for x in rooms)
-                 and all(a < b for a, b in zip(rooms, rooms[1:])), "bad episode rooms")
+                 and all(a < b for a, b in pairwise(rooms)), "bad episode rooms")
         _check_cells(e.get("cells", []), ln)
 
 
@@ -345,7 +346,7 @@ def _check_cells(cells: Any, length: int) -> None:
     _require(all(isinstance(c, list) and len(c) == 2 and _is_int(c[0]) and 0 <= c[0] <= MAX_CELL
                  and _is_int(c[1]) and c[1] > 0 for c in cells), "episode cells are not [cell id, steps] pairs")
     _require(all(max(cell_parts(c[0])[2:]) < bucket_count() for c in cells), "episode cell bucket out of range")
-    _require(all(a[0] < b[0] for a, b in zip(cells, cells[1:])), "episode cell ids are not increasing")
+    _require(all(a[0] < b[0] for a, b in pairwise(cells)), "episode cell ids are not increasing")
     _require(not cells or sum(c[1] for c in cells) == length, "episode cell steps do not add up to its length")
 
 

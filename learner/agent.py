@@ -14,8 +14,8 @@ import torch
 from common.config import Config
 from common.networks import PolicyNet, PolicyOutput, RNDModel
 from common.normalize import RewardForwardFilter, RunningMeanStd
-from common.precision import autocast, autocast_dtype
 from common.ppo import clipped_surrogate
+from common.precision import autocast, autocast_dtype
 from common.returns import extrinsic_stream, gae
 from common.vtrace import truncated_ratios, vtrace
 from learner.batch import Batch

@@ -20,8 +20,16 @@ from common.config import load_config
 from common.networks import NUM_ACTIONS
 from common.transport import free_tcp_address, weights_address
 from common.wire import SegmentSpec, encode
-from learner.learner_io import (LearnerIO, flood_memory_bound, max_frame_bytes, merge_moments, pending_cap_bytes,
-                                pending_segments_per_actor, retired_table_bytes, stream_bytes)
+from learner.learner_io import (
+    LearnerIO,
+    flood_memory_bound,
+    max_frame_bytes,
+    merge_moments,
+    pending_cap_bytes,
+    pending_segments_per_actor,
+    retired_table_bytes,
+    stream_bytes,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "configs" / "smoke.yaml"

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 import stat
 import subprocess
 import sys
@@ -13,9 +12,19 @@ import pytest
 import zmq
 import zmq.auth
 
-from common.transport import (ActorKeys, HandshakeWatch, KeysError, bind_learner, create_keys, curve_client,
-                              free_tcp_address, handshake_refusal, load_actor_keys, load_learner_keys,
-                              weights_address)
+from common.transport import (
+    ActorKeys,
+    HandshakeWatch,
+    KeysError,
+    bind_learner,
+    create_keys,
+    curve_client,
+    free_tcp_address,
+    handshake_refusal,
+    load_actor_keys,
+    load_learner_keys,
+    weights_address,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = str(REPO / "configs" / "smoke.yaml")
@@ -152,7 +161,7 @@ def test_curve_admits_only_authorized_actors_on_both_channels(keys: dict[str, Pa
         deadline = time.monotonic() + 5
         verdicts: dict[str, str] = {}
         while time.monotonic() < deadline and len(verdicts) < 3:
-            for name, ((push, pw), (sub, sw)) in clients.items():
+            for name, ((_push, pw), (_sub, sw)) in clients.items():
                 why = pw.refusal() or sw.refusal()
                 if why is not None:
                     verdicts[name] = why

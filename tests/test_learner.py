@@ -150,9 +150,9 @@ def test_checkpoint_resumes_exactly(small_cfg, tmp_path: Path) -> None:
     row_b = resumed.step_on(copy.deepcopy(segments))
     for k in ("policy_loss", "value_loss", "rnd_loss", "int_reward_per_rollout", "approx_kl"):
         assert row_a[k] == row_b[k], k
-    for pa, pb in zip(_params(runner.learner.agent.policy), _params(resumed.agent.policy)):
+    for pa, pb in zip(_params(runner.learner.agent.policy), _params(resumed.agent.policy), strict=True):
         assert torch.equal(pa, pb)
-    for pa, pb in zip(_params(runner.learner.agent.rnd), _params(resumed.agent.rnd)):
+    for pa, pb in zip(_params(runner.learner.agent.rnd), _params(resumed.agent.rnd), strict=True):
         assert torch.equal(pa, pb)
 
 
@@ -178,8 +178,9 @@ def test_target_network_never_changes_in_training(small_cfg, tmp_path: Path) -> 
     before = _params(runner.learner.agent.rnd.target)
     pred_before = _params(runner.learner.agent.rnd.predictor)
     runner.run(1)
-    assert all(torch.equal(a, b) for a, b in zip(before, _params(runner.learner.agent.rnd.target)))
-    assert not all(torch.equal(a, b) for a, b in zip(pred_before, _params(runner.learner.agent.rnd.predictor)))
+    assert all(torch.equal(a, b) for a, b in zip(before, _params(runner.learner.agent.rnd.target), strict=True))
+    predictor = _params(runner.learner.agent.rnd.predictor)
+    assert not all(torch.equal(a, b) for a, b in zip(pred_before, predictor, strict=True))
 
 
 def test_bf16_autocast_policy_keeps_results(small_cfg, tmp_path: Path) -> None:
@@ -200,7 +201,7 @@ def test_bf16_autocast_policy_keeps_results(small_cfg, tmp_path: Path) -> None:
         batch = assemble(copy.deepcopy(segments), cfg32.FrameStack)
         logp, v_ext, v_int = agent.score(batch)
         results[prec] = (logp, v_ext, v_int)
-    for a, b in zip(results["fp32"], results["bf16"]):
+    for a, b in zip(results["fp32"], results["bf16"], strict=True):
         torch.testing.assert_close(a, b, atol=0.05, rtol=0.05)
     assert not torch.equal(results["fp32"][0], results["bf16"][0])  # bf16 really ran
 
@@ -223,7 +224,7 @@ def test_compiled_learner_matches_eager(small_cfg, tmp_path: Path) -> None:
         agent.load_state_dict(copy.deepcopy(state))
         out[comp] = agent.score(assemble(copy.deepcopy(segments), cfg.FrameStack))
         agent.update(assemble(copy.deepcopy(segments), cfg.FrameStack))  # backward through the compiled graph
-    for a, b in zip(out[False], out[True]):
+    for a, b in zip(out[False], out[True], strict=True):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
 
 

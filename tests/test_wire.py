@@ -13,9 +13,22 @@ import zstandard
 from common import wire
 from common.cells import MAX_CELL, MAX_EPISODE_CELLS, cell_id
 from common.networks import PolicyNet, policy_param_spec
-from common.wire import (MAX_HEADER_BYTES, PROTOCOL_VERSION, FlowMeta, SegmentMeta, SegmentSpec, WarmupMeta,
-                         WeightsMeta, WireError, decode, encode, validate_heartbeat, validate_segment, validate_warmup,
-                         validate_weights)
+from common.wire import (
+    MAX_HEADER_BYTES,
+    PROTOCOL_VERSION,
+    FlowMeta,
+    SegmentMeta,
+    SegmentSpec,
+    WarmupMeta,
+    WeightsMeta,
+    WireError,
+    decode,
+    encode,
+    validate_heartbeat,
+    validate_segment,
+    validate_warmup,
+    validate_weights,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 SPEC = SegmentSpec(rollout_steps=5, frame_stack=4, height=12, width=10, num_actions=18, num_streams=8)
@@ -634,7 +647,8 @@ def test_episode_records_must_match_the_segment_and_stay_small(case):
     eps = {"no-end-there": [dict(ep, t=3)], "twice": [ep, dict(ep)], "unknown-field": [dict(ep, notes="x" * 100)],
            "rooms-unsorted": [dict(ep, rooms=[1, 0])], "rooms-repeat": [dict(ep, rooms=[1, 1])],
            "room-negative": [dict(ep, rooms=[-1])], "room-256": [dict(ep, rooms=[256])],
-           "room-huge": [dict(ep, rooms=[10 ** 400])], "length-huge": [dict(ep, length=10 ** 400, cells=[[5, 10 ** 400]])],
+           "room-huge": [dict(ep, rooms=[10 ** 400])],
+           "length-huge": [dict(ep, length=10 ** 400, cells=[[5, 10 ** 400]])],
            "bucket-out-of-range": [dict(ep, cells=[[0x01_01_20_1D, 37]])]}[case]  # x bucket 32 of 0..31
     refused(segment_frames(meta=segment_meta(episodes=eps), arrays=arrays_ending([ep])))
 
@@ -702,7 +716,7 @@ def test_validate_weights_accepts_good_and_round_trips(policy, compression):
     other = PolicyNet(18, 4, NET_HW, NET_HW)
     import torch
     other.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in msg.arrays.items()})
-    for (k, v), (k2, v2) in zip(policy.state_dict().items(), other.state_dict().items()):
+    for (k, v), (k2, v2) in zip(policy.state_dict().items(), other.state_dict().items(), strict=True):
         assert k == k2 and torch.equal(v, v2)
 
 
@@ -723,12 +737,13 @@ def test_validate_weights_refuses_bad(policy):
     bad(weights_message(policy, retired={"0": 1})[0])
     frames, arrays = weights_message(policy)
     bad(with_header(frames, version=...))
-    bad(wire_encode("segment", {"version": 4, "warmup_steps": 0, "learner_run": 9, "retired": []}, arrays))  # wrong kind
+    meta = {"version": 4, "warmup_steps": 0, "learner_run": 9, "retired": []}
+    bad(wire_encode("segment", meta, arrays))  # wrong kind
     first = next(iter(arrays))
     missing = dict(arrays)
     del missing[first]
-    bad(wire_encode("weights", {"version": 4, "warmup_steps": 0, "learner_run": 9, "retired": []}, missing))
-    bad(wire_encode("weights", {"version": 4, "warmup_steps": 0, "learner_run": 9, "retired": []}, dict(arrays, extra=np.zeros(3, np.float32))))
+    bad(wire_encode("weights", meta, missing))
+    bad(wire_encode("weights", meta, dict(arrays, extra=np.zeros(3, np.float32))))
     wrong_shape = dict(arrays)
     wrong_shape[first] = wrong_shape[first][:1].copy()
     bad(wire_encode("weights", {"version": 4, "warmup_steps": 0, "learner_run": 9, "retired": []}, wrong_shape))
