@@ -87,20 +87,22 @@ def policy_step_inputs(cfg: Config, batch: int, device: str = "cpu"):
 
 
 def bench_infer(cfg: Config, batch: int, seconds: float) -> float:
-    """The actor's own policy step (forward + sampling) at the actor's batch size, on one CPU thread and on
-    ``actor_device`` (a GPU's figure includes the copies to and from it)."""
+    """The actor's own policy step (forward + sampling, at ``actor_precision``) at the actor's batch size, on one
+    CPU thread and on ``actor_device`` (a GPU's figure includes the copies to and from it)."""
     from actors.rollout import check_actor_device, sample_actions
+    from common.precision import autocast_dtype
 
     device = check_actor_device(cfg.actor_device)
+    dtype = autocast_dtype(cfg.actor_precision, device)  # the actor's own precision: its ceiling uses it too
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         policy, obs = policy_step_inputs(cfg, batch, device)
         gen = torch.Generator(device=device).manual_seed(0)
-        sample_actions(policy, obs, gen)  # a GPU's first call pays for its kernels' set-up
+        sample_actions(policy, obs, gen, dtype)  # a GPU's first call pays for its kernels' set-up
         n, t0 = 0, time.perf_counter()
         while time.perf_counter() - t0 < seconds or n == 0:
-            sample_actions(policy, obs, gen)
+            sample_actions(policy, obs, gen, dtype)
             n += batch
         return n / (time.perf_counter() - t0)
     finally:
