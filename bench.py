@@ -7,6 +7,7 @@
 
 All figures are agent steps per second unless named (1 agent step = FrameSkip emulator frames).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -81,8 +82,9 @@ def policy_step_inputs(cfg: Config, batch: int, device: str = "cpu"):
     from common.networks import NUM_ACTIONS, PolicyNet
 
     policy = PolicyNet(NUM_ACTIONS, cfg.FrameStack, cfg.ImageHeight, cfg.ImageWidth).eval().to(device)
-    obs = np.random.default_rng(0).integers(0, 255, (batch, cfg.FrameStack, cfg.ImageHeight, cfg.ImageWidth),
-                                            dtype=np.uint8)
+    obs = np.random.default_rng(0).integers(
+        0, 255, (batch, cfg.FrameStack, cfg.ImageHeight, cfg.ImageWidth), dtype=np.uint8
+    )
     return policy, obs
 
 
@@ -134,8 +136,13 @@ class Sink:
 
             policy = PolicyNet(NUM_ACTIONS, self.cfg.FrameStack, self.cfg.ImageHeight, self.cfg.ImageWidth)
             arrays = {k: v.numpy() for k, v in policy.state_dict().items()}
-            meta = {"version": 0, "warmup_steps": 0, "shape_keys": shape_keys(self.cfg), "learner_run": 0,
-                    "retired": []}  # no flow control: the actors' lag bound is lifted for this measurement
+            meta = {
+                "version": 0,
+                "warmup_steps": 0,
+                "shape_keys": shape_keys(self.cfg),
+                "learner_run": 0,
+                "retired": [],
+            }  # no flow control: the actors' lag bound is lifted for this measurement
             self._weights = encode("weights", meta, arrays)
         self.pub.send_multipart(self._weights)
 
@@ -170,8 +177,13 @@ class Sink:
         if t0 is None or steps == 0:
             raise RuntimeError("the actors sent too little to measure; raise --seconds")
         dt = time.perf_counter() - t0
-        return {"steps_per_s": steps / dt, "steps": steps, "seconds": dt, "bytes_per_step": nbytes / steps,
-                "phases": {k: float(np.mean(v)) for k, v in phases.items()}}
+        return {
+            "steps_per_s": steps / dt,
+            "steps": steps,
+            "seconds": dt,
+            "bytes_per_step": nbytes / steps,
+            "phases": {k: float(np.mean(v)) for k, v in phases.items()},
+        }
 
     def drain(self) -> int:
         """Drop what has arrived and not been read; returns how many messages."""
@@ -252,8 +264,13 @@ def bench_actor_vs_ceiling(cfg: Config, seconds: float, cfg_dir: Path, rounds: i
                 phases.append(w["phases"])
             ale.append(bench_ale(cfg, seconds / rounds / 2))
             infer.append(bench_infer(cfg, k, seconds / rounds / 2))
-    return {"steps_per_s": steps / secs, "windows": windows, "ale": ale, "infer": infer,
-            "phases": {name: float(np.mean([ph[name] for ph in phases])) for name in phases[0]} if phases else {}}
+    return {
+        "steps_per_s": steps / secs,
+        "windows": windows,
+        "ale": ale,
+        "infer": infer,
+        "phases": {name: float(np.mean([ph[name] for ph in phases])) for name in phases[0]} if phases else {},
+    }
 
 
 # ---- learner on synthetic batches -------------------------------------------------------------------------
@@ -270,7 +287,8 @@ def synthetic_segments(cfg: Config, rng: np.random.Generator):
         "behaviour_logp": np.full((t, k), -np.log(18), np.float32),
         "rewards": (rng.random((t, k)) < 0.01).astype(np.float32),
         "terminated": (rng.random((t, k)) < 0.002).astype(np.uint8),
-        "truncated": np.zeros((t, k), np.uint8), "trunc_value": np.zeros((t, k), np.float32),
+        "truncated": np.zeros((t, k), np.uint8),
+        "trunc_value": np.zeros((t, k), np.float32),
     }
     return [Segment(0, 0, env_split(k, 1, 0), arrays, [])]
 
@@ -295,8 +313,11 @@ def bench_learner(cfg: Config, device: str, seconds: float) -> dict:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     dt = time.perf_counter() - t0
-    return {"steps_per_s": n * cfg.RolloutSteps * cfg.NumWorkers / dt, "updates": n,
-            "phases": {"assemble_s": t_assemble / n, "update_s": (dt - t_assemble) / n}}
+    return {
+        "steps_per_s": n * cfg.RolloutSteps * cfg.NumWorkers / dt,
+        "updates": n,
+        "phases": {"assemble_s": t_assemble / n, "update_s": (dt - t_assemble) / n},
+    }
 
 
 # ---- the whole system ---------------------------------------------------------------------------------------
@@ -306,8 +327,7 @@ def bench_e2e(cfg: Config, n: int, device: str, seconds: float, lag: int, cfg_di
     from launch import actor_supervisor
     from learner.learner import Learner
 
-    cfg = load_config(None, {**cfg.to_dict(), "max_policy_lag": lag, "NumInitSteps": 0,
-                             "checkpoint_every": 1 << 30})
+    cfg = load_config(None, {**cfg.to_dict(), "max_policy_lag": lag, "NumInitSteps": 0, "checkpoint_every": 1 << 30})
     path = cfg_dir / f"e2e{lag}.yaml"
     path.write_text(dump_yaml(cfg))
     bind = free_tcp_address()
@@ -336,9 +356,12 @@ def bench_e2e(cfg: Config, n: int, device: str, seconds: float, lag: int, cfg_di
     (t1, s1, _), (t2, s2, _) = marks[1], marks[-1]
     rows = [m[2] for m in marks[2:]]
     keys = ("wait_data_s", "learn_s", "actor_infer_s", "actor_env_s", "actor_wait_s", "actor_send_s")
-    return {"steps_per_s": (s2 - s1) / (t2 - t1), "updates": len(marks) - 1,
-            "policy_lag_mean": float(np.mean([r["policy_lag_mean"] for r in rows])),
-            "phases": {k: float(np.nanmean([r[k] for r in rows])) for k in keys}}
+    return {
+        "steps_per_s": (s2 - s1) / (t2 - t1),
+        "updates": len(marks) - 1,
+        "policy_lag_mean": float(np.mean([r["policy_lag_mean"] for r in rows])),
+        "phases": {k: float(np.nanmean([r[k] for r in rows])) for k in keys},
+    }
 
 
 def wire_bytes(cfg: Config) -> dict:
@@ -368,8 +391,11 @@ def targets(r: dict, learner_has_gpu: bool) -> dict:
 
     add("actor_vs_ceiling", r.get("actor_steps_per_s_per_process"), 0.85 * r["actor_ceiling_steps_per_s"])
     if r.get("wire_bytes_per_step") is not None:
-        out["wire_bytes_per_step"] = {"value": r["wire_bytes_per_step"], "bound": 8192,
-                                      "ok": r["wire_bytes_per_step"] <= 8192}
+        out["wire_bytes_per_step"] = {
+            "value": r["wire_bytes_per_step"],
+            "bound": 8192,
+            "ok": r["wire_bytes_per_step"] <= 8192,
+        }
     a, lrn, e2e = r.get("actors_total_steps_per_s"), r.get("learner_steps_per_s"), r.get("e2e_async_steps_per_s")
     if a and lrn and e2e:
         if learner_has_gpu:
@@ -382,14 +408,18 @@ def targets(r: dict, learner_has_gpu: bool) -> dict:
 
 
 def print_table(r: dict) -> None:
-    print(f"\nbench on {r['device']} | {r['cpu_count']} cores | {r['actors']} actors | {r['envs']} envs | "
-          f"actor policy on {r['actor_device']} | config {r['config']}")
+    print(
+        f"\nbench on {r['device']} | {r['cpu_count']} cores | {r['actors']} actors | {r['envs']} envs | "
+        f"actor policy on {r['actor_device']} | config {r['config']}"
+    )
     for k, v in r.items():
         if isinstance(v, float):
             print(f"  {k:<34} {v:>12,.1f}")
     for name, t in r["targets"].items():
-        print(f"  target {name:<27} {t['value']:>12,.1f}  {'>=' if name != 'wire_bytes_per_step' else '<='} "
-              f"{t['bound']:,.1f}  {'ok' if t['ok'] else 'MISSED'}")
+        print(
+            f"  target {name:<27} {t['value']:>12,.1f}  {'>=' if name != 'wire_bytes_per_step' else '<='} "
+            f"{t['bound']:,.1f}  {'ok' if t['ok'] else 'MISSED'}"
+        )
 
 
 def setup(args: argparse.Namespace) -> tuple[Config, str, int, set[str]]:
@@ -406,8 +436,9 @@ def setup(args: argparse.Namespace) -> tuple[Config, str, int, set[str]]:
     n = args.actors or default_actors(cfg)
     skip = set(filter(None, args.skip.split(",")))
     if skip - SKIPPABLE:
-        raise UsageError(f"--skip: unknown part(s) {','.join(sorted(skip - SKIPPABLE))}; "
-                         f"choose from {','.join(sorted(SKIPPABLE))}")
+        raise UsageError(
+            f"--skip: unknown part(s) {','.join(sorted(skip - SKIPPABLE))}; choose from {','.join(sorted(SKIPPABLE))}"
+        )
     return cfg, device, n, skip
 
 
@@ -415,10 +446,18 @@ def machine_facts(args: argparse.Namespace, cfg: Config, device: str, n: int) ->
     """The head of the results: config, devices, cores, actors, envs, seconds, and the wire's bytes per step."""
     shown = Path(args.config).resolve()
     shown = shown.relative_to(REPO) if shown.is_relative_to(REPO) else shown
-    r: dict = {"config": str(shown), "device": torch.cuda.get_device_name(device) if "cuda" in device
-               else f"cpu ({platform.processor() or platform.machine()})", "cpu_count": os.cpu_count(),
-               "actors": n, "envs": cfg.NumWorkers, "envs_per_actor": -(-cfg.NumWorkers // n),
-               "seconds": args.seconds, "actor_device": cfg.actor_device}
+    r: dict = {
+        "config": str(shown),
+        "device": torch.cuda.get_device_name(device)
+        if "cuda" in device
+        else f"cpu ({platform.processor() or platform.machine()})",
+        "cpu_count": os.cpu_count(),
+        "actors": n,
+        "envs": cfg.NumWorkers,
+        "envs_per_actor": -(-cfg.NumWorkers // n),
+        "seconds": args.seconds,
+        "actor_device": cfg.actor_device,
+    }
     wb = wire_bytes(cfg)
     r["wire_bytes_per_step"], r["wire_bytes_per_step_zstd"] = wb["none"], wb["zstd"]
     return r
@@ -426,18 +465,25 @@ def machine_facts(args: argparse.Namespace, cfg: Config, device: str, n: int) ->
 
 def measure_single_core(cfg: Config, r: dict, phases: dict, seconds: float, tmpd: Path) -> None:
     """One actor process and its two single-core limits (emulator, policy step), into ``r`` and ``phases``."""
-    one = bench_actor_vs_ceiling(load_config(None, {**cfg.to_dict(), "NumWorkers": r["envs_per_actor"]}), seconds,
-                                 tmpd)
+    one = bench_actor_vs_ceiling(load_config(None, {**cfg.to_dict(), "NumWorkers": r["envs_per_actor"]}), seconds, tmpd)
     r["actor_steps_per_s_per_process"], phases["actor"] = one["steps_per_s"], one["phases"]
     ale, infer = one["ale"], one["infer"]
     r["ale_steps_per_s_per_core"], r["infer_samples_per_s_per_core"] = float(np.mean(ale)), float(np.mean(infer))
-    r["actor_ceiling_steps_per_s"] = 1 / (1 / r["ale_steps_per_s_per_core"]
-                                          + 1 / r["infer_samples_per_s_per_core"])
+    r["actor_ceiling_steps_per_s"] = 1 / (1 / r["ale_steps_per_s_per_core"] + 1 / r["infer_samples_per_s_per_core"])
     r["single_core_spread"] = {"ale": ale, "infer": infer, "actor": one["windows"]}
 
 
-def measure_parts(cfg: Config, device: str, n: int, skip: set[str], r: dict, phases: dict, seconds: float,
-                  tmpd: Path, save_partial: Callable[[], None]) -> None:
+def measure_parts(
+    cfg: Config,
+    device: str,
+    n: int,
+    skip: set[str],
+    r: dict,
+    phases: dict,
+    seconds: float,
+    tmpd: Path,
+    save_partial: Callable[[], None],
+) -> None:
     """All actors, the learner alone, and the whole system at lag 0 and 1 (less those in ``skip``);
     ``save_partial()`` after each, so that a bench stopped by a time limit keeps what it measured."""
     if "actors_total" not in skip:

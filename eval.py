@@ -8,6 +8,7 @@
 checkpoint's predictor, observation normaliser and reward scale as the learner computes it, with
 the frames at its highest peaks below (after Burda et al. 2018, Figure 1).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -159,8 +160,7 @@ def plot_int_trace(trace: IntrinsicTrace, path: str, title: str, peaks: int = 4)
     return [i + 1 for i in top]
 
 
-def play_episode(env, policy, gen: torch.Generator, greedy: bool, video: VideoSink,
-                 on_step=None) -> dict:
+def play_episode(env, policy, gen: torch.Generator, greedy: bool, video: VideoSink, on_step=None) -> dict:
     """One episode; ``on_step(frame, rgb)`` sees each step's new observation frame and screen."""
     env.reset()
     video.add(env.render())
@@ -191,21 +191,31 @@ def play_all(args: argparse.Namespace, cfg, data: dict, policy) -> dict:
     update, steps = data["counters"]["update"], data["counters"]["agent_steps"]
     episodes = []
     for i in range(args.episodes):
+
         def on_step(frame, rgb, first=i == 0):
             best.add(rgb)
             if trace is not None and first:
                 trace.add(frame, rgb)
+
         ep = play_episode(env, policy, gen, args.greedy, video, on_step)
         best.end_episode(ep["return"])
         episodes.append(ep)
         rooms = ep.get("rooms")
-        print(f"episode {i + 1}: checkpoint update {update}, agent step {steps:,} | return {ep['return']:.0f} | "
-              f"length {ep['length']}" + (f" | rooms {rooms}" if rooms is not None else ""), flush=True)
+        print(
+            f"episode {i + 1}: checkpoint update {update}, agent step {steps:,} | return {ep['return']:.0f} | "
+            f"length {ep['length']}" + (f" | rooms {rooms}" if rooms is not None else ""),
+            flush=True,
+        )
     video.write()
     best.write()
     summary = {
-        "checkpoint": str(args.checkpoint), "update": update, "agent_steps": steps, "sticky": not args.no_sticky,
-        "greedy": args.greedy, "seed": args.seed, "episodes": episodes,
+        "checkpoint": str(args.checkpoint),
+        "update": update,
+        "agent_steps": steps,
+        "sticky": not args.no_sticky,
+        "greedy": args.greedy,
+        "seed": args.seed,
+        "episodes": episodes,
         "return_mean": float(np.mean([e["return"] for e in episodes])),
         "return_max": float(np.max([e["return"] for e in episodes])),
         "length_mean": float(np.mean([e["length"] for e in episodes])),
@@ -215,8 +225,10 @@ def play_all(args: argparse.Namespace, cfg, data: dict, policy) -> dict:
     if trace is not None:
         title = f"intrinsic reward, episode 1 (update {update}, agent step {steps:,})"
         summary["int_trace"] = {"rewards": trace.rewards, "peaks": plot_int_trace(trace, args.int_trace, title)}
-    print(f"mean return {summary['return_mean']:.1f} over {len(episodes)} episodes"
-          + (f"; rooms visited {summary['rooms_visited']}" if "rooms_visited" in summary else ""))
+    print(
+        f"mean return {summary['return_mean']:.1f} over {len(episodes)} episodes"
+        + (f"; rooms visited {summary['rooms_visited']}" if "rooms_visited" in summary else "")
+    )
     return summary
 
 

@@ -1,14 +1,15 @@
 #!/usr/bin/env python3
 """Train RND on Montezuma's Revenge: the one entry point.
 
-  python launch.py                                   # configs/montezuma.yaml, GPU 0 if any, 1 actor per spare core
-  python launch.py --config configs/smoke.yaml --actors 2 --learner-gpu -1
-  python launch.py keys keys/                                                     # CURVE keys for two servers
-  python launch.py --role learner --bind tcp://0.0.0.0:5555 --keys keys/ --learner-gpu 0      # server A
-  python launch.py --role actors --learner tcp://serverA:5555 --keys keys/ --actors 16        # server B
-  python launch.py --resume runs/montezuma-20261128-101500
-  python launch.py --print-config LearningRate=3e-4
+python launch.py                                   # configs/montezuma.yaml, GPU 0 if any, 1 actor per spare core
+python launch.py --config configs/smoke.yaml --actors 2 --learner-gpu -1
+python launch.py keys keys/                                                     # CURVE keys for two servers
+python launch.py --role learner --bind tcp://0.0.0.0:5555 --keys keys/ --learner-gpu 0      # server A
+python launch.py --role actors --learner tcp://serverA:5555 --keys keys/ --actors 16        # server B
+python launch.py --resume runs/montezuma-20261128-101500
+python launch.py --print-config LearningRate=3e-4
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,10 +47,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--learner", help="actors role: the learner's --bind address, tcp://HOST:PORT")
     p.add_argument("--actor-offset", type=int, default=0, help="actors role: id of this machine's first actor")
     p.add_argument("--total-actors", type=int, help="actors role: actors on all machines (default: --actors)")
-    p.add_argument("--keys", type=Path, metavar="DIR",
-                   help="CURVE keys from 'launch.py keys DIR': encrypt and authenticate both channels")
-    p.add_argument("--insecure", action="store_true",
-                   help="let a learner listen beyond loopback without keys (plaintext: a trusted network only)")
+    p.add_argument(
+        "--keys",
+        type=Path,
+        metavar="DIR",
+        help="CURVE keys from 'launch.py keys DIR': encrypt and authenticate both channels",
+    )
+    p.add_argument(
+        "--insecure",
+        action="store_true",
+        help="let a learner listen beyond loopback without keys (plaintext: a trusted network only)",
+    )
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (highest precedence)")
     return p.parse_args(argv)
@@ -105,8 +113,16 @@ def make_run_dir(run_dir: Path) -> None:
 
 
 # ---- roles -------------------------------------------------------------------------------------------------
-def actor_supervisor(cfg_path: Path, learner_addr: str, ids: list[int], total: int, overrides: list[str],
-                     restart_on_learner_gone: bool, keys_dir: Path | None = None, learner_alive=None):
+def actor_supervisor(
+    cfg_path: Path,
+    learner_addr: str,
+    ids: list[int],
+    total: int,
+    overrides: list[str],
+    restart_on_learner_gone: bool,
+    keys_dir: Path | None = None,
+    learner_alive=None,
+):
     """``learner_alive()``: asked, when ``restart_on_learner_gone`` is off, whether an actor that gave up
     on its learner should be restarted after all."""
     from actors.supervisor import ActorSupervisor
@@ -114,12 +130,27 @@ def actor_supervisor(cfg_path: Path, learner_addr: str, ids: list[int], total: i
     keys = ["--keys", str(keys_dir.resolve())] if keys_dir is not None else []
 
     def cmd(actor_id: int, incarnation: int) -> list[str]:
-        return [sys.executable, "-m", "actors.main", "--config", str(cfg_path), "--learner", learner_addr,
-                "--actor-id", str(actor_id), "--num-actors", str(total), "--incarnation", str(incarnation),
-                *keys, *overrides]
+        return [
+            sys.executable,
+            "-m",
+            "actors.main",
+            "--config",
+            str(cfg_path),
+            "--learner",
+            learner_addr,
+            "--actor-id",
+            str(actor_id),
+            "--num-actors",
+            str(total),
+            "--incarnation",
+            str(incarnation),
+            *keys,
+            *overrides,
+        ]
 
-    return ActorSupervisor(cmd, ids, cwd=str(REPO), restart_on_learner_gone=restart_on_learner_gone,
-                           learner_alive=learner_alive)
+    return ActorSupervisor(
+        cmd, ids, cwd=str(REPO), restart_on_learner_gone=restart_on_learner_gone, learner_alive=learner_alive
+    )
 
 
 def check_address(addr: str, flag: str) -> None:
@@ -146,11 +177,17 @@ def learner_keys(args: argparse.Namespace, bind: str, local: bool):
             load_actor_keys(args.keys)
         return keys
     if needs_keys(bind) and not args.insecure:
-        raise UsageError(f"--bind {bind}: a learner reachable from other machines needs --keys DIR (made by "
-                         "'python launch.py keys DIR'), or --insecure for plaintext on a trusted network")
+        raise UsageError(
+            f"--bind {bind}: a learner reachable from other machines needs --keys DIR (made by "
+            "'python launch.py keys DIR'), or --insecure for plaintext on a trusted network"
+        )
     if needs_keys(bind):
-        print(f"launch: warning: --insecure: segments and weights cross the network in plaintext, and anyone who "
-              f"can reach {bind} can feed this learner", file=sys.stderr, flush=True)
+        print(
+            f"launch: warning: --insecure: segments and weights cross the network in plaintext, and anyone who "
+            f"can reach {bind} can feed this learner",
+            file=sys.stderr,
+            flush=True,
+        )
     return None
 
 
@@ -162,8 +199,10 @@ def check_fresh_run_dir(run_dir: Path) -> None:
     be overwritten or mixed. An empty folder, or one holding only a config, is fine."""
     held = [name for name in RUN_FILES if _holds_data(run_dir / name)]
     if held:
-        raise UsageError(f"run dir {run_dir} already holds a run ({', '.join(held)}); continue it with "
-                         f"--resume {run_dir}, or pass another --run-dir")
+        raise UsageError(
+            f"run dir {run_dir} already holds a run ({', '.join(held)}); continue it with "
+            f"--resume {run_dir}, or pass another --run-dir"
+        )
 
 
 def _holds_data(path: Path) -> bool:
@@ -188,16 +227,21 @@ def install_stop_handlers(learner) -> dict:
     """First SIGINT/SIGTERM: finish the update, checkpoint, stop. Second: drop the update in progress
     (latest.pt stays at the last whole one) and stop; during the final checkpoint it is ignored.
     Returns the previous handlers."""
+
     def request_stop(signum, frame):  # noqa: ARG001
         if learner.shutting_down:
-            print(f"\nlaunch: signal {signum}: already writing the checkpoint and stopping", file=sys.stderr,
-                  flush=True)
+            print(
+                f"\nlaunch: signal {signum}: already writing the checkpoint and stopping", file=sys.stderr, flush=True
+            )
             return
         if learner.stop_requested:
             raise StopNow(signum)
-        print(f"\nlaunch: signal {signum}: finishing the update, writing a checkpoint, stopping actors (a second "
-              "signal stops at once: the update in progress is dropped, latest.pt keeps the last checkpoint)",
-              file=sys.stderr, flush=True)
+        print(
+            f"\nlaunch: signal {signum}: finishing the update, writing a checkpoint, stopping actors (a second "
+            "signal stops at once: the update in progress is dropped, latest.pt keeps the last checkpoint)",
+            file=sys.stderr,
+            flush=True,
+        )
         learner.request_stop()
 
     return {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -231,18 +275,23 @@ def build_learner(args: argparse.Namespace, cfg: Config, resume: dict | None, lo
         n = args.actors or default_actors(cfg)
         if n > cfg.NumWorkers:
             raise UsageError(f"--actors {n}: more actors than envs (NumWorkers={cfg.NumWorkers})")
-        supervisor = actor_supervisor(run_dir / "config.yaml", connect_address(bind), list(range(n)), n, [], True,
-                                      args.keys)
+        supervisor = actor_supervisor(
+            run_dir / "config.yaml", connect_address(bind), list(range(n)), n, [], True, args.keys
+        )
     total = args.total_steps if args.total_steps is not None else cfg.total_agent_steps
     try:
-        learner = Learner(cfg, run_dir, device, bind=bind, total_steps=total, supervisor=supervisor, resume=resume,
-                          keys=keys)
+        learner = Learner(
+            cfg, run_dir, device, bind=bind, total_steps=total, supervisor=supervisor, resume=resume, keys=keys
+        )
     except zmq.ZMQError as e:
         raise UsageError(f"--bind {bind}: {e} (is another learner using this port or port+1?)") from None
     (run_dir / "config.yaml").write_text(dump_yaml(cfg))
-    print(f"launch: run dir {run_dir} | learner on {device} | listening on {bind}"
-          + (" (CURVE)" if keys is not None else "")
-          + (f" | {len(supervisor.actor_ids)} actors" if supervisor else ""), flush=True)
+    print(
+        f"launch: run dir {run_dir} | learner on {device} | listening on {bind}"
+        + (" (CURVE)" if keys is not None else "")
+        + (f" | {len(supervisor.actor_ids)} actors" if supervisor else ""),
+        flush=True,
+    )
     return learner, supervisor
 
 
@@ -256,8 +305,11 @@ def run_learner(args: argparse.Namespace, cfg: Config, resume: dict | None, loca
         learner.train()
     except StopNow as e:
         kept = "the update in progress was dropped; " if learner.update_in_progress else ""
-        print(f"launch: stopped at once by signal {e.signum}; {kept}{checkpoint_note(learner, latest)}",
-              file=sys.stderr, flush=True)
+        print(
+            f"launch: stopped at once by signal {e.signum}; {kept}{checkpoint_note(learner, latest)}",
+            file=sys.stderr,
+            flush=True,
+        )
         return 128 + e.signum
     finally:
         if supervisor:
@@ -265,11 +317,17 @@ def run_learner(args: argparse.Namespace, cfg: Config, resume: dict | None, loca
         for s, h in previous.items():
             signal.signal(s, h)
     if learner.failure is not None:
-        print(f"launch: error: {learner.failure}; stopped ({checkpoint_note(learner, latest)})", file=sys.stderr,
-              flush=True)
+        print(
+            f"launch: error: {learner.failure}; stopped ({checkpoint_note(learner, latest)})",
+            file=sys.stderr,
+            flush=True,
+        )
         return 1
-    print(f"launch: done at {learner.counters['agent_steps']:,} agent steps, update {learner.version}; "
-          f"checkpoint {latest}", flush=True)
+    print(
+        f"launch: done at {learner.counters['agent_steps']:,} agent steps, update {learner.version}; "
+        f"checkpoint {latest}",
+        flush=True,
+    )
     return 0
 
 
@@ -300,11 +358,20 @@ def supervise_actors(args: argparse.Namespace, cfg_file: Path, n: int, total: in
     on its learner is restarted while the learner is heard. The exit code says how they ended."""
     from actors.supervisor import learner_heard
 
-    sup = actor_supervisor(cfg_file, args.learner, list(range(args.actor_offset, args.actor_offset + n)), total, [],
-                           restart_on_learner_gone=False, keys_dir=args.keys,
-                           learner_alive=lambda: learner_heard(args.learner, args.keys))
-    print(f"launch: {n} actors ({args.actor_offset}..{args.actor_offset + n - 1} of {total}) -> {args.learner}",
-          flush=True)
+    sup = actor_supervisor(
+        cfg_file,
+        args.learner,
+        list(range(args.actor_offset, args.actor_offset + n)),
+        total,
+        [],
+        restart_on_learner_gone=False,
+        keys_dir=args.keys,
+        learner_alive=lambda: learner_heard(args.learner, args.keys),
+    )
+    print(
+        f"launch: {n} actors ({args.actor_offset}..{args.actor_offset + n - 1} of {total}) -> {args.learner}",
+        flush=True,
+    )
     sup.start()
     stop = {"now": False}
 

@@ -12,6 +12,7 @@ STUDY_DIR named by its axis values and seed; a finished run is skipped and an in
 resumed, so the same command continues a study. ``report`` reads the run folders and writes
 ``report.md``, ``summary.json`` and PNG figures (matplotlib) beside it.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -119,8 +120,9 @@ def plan(args: argparse.Namespace) -> list[RunSpec]:
             overrides = [f"{k}={v}" for k, v in {**dict(o.split("=", 1) for o in args.overrides), **values}.items()]
             cfg = load_config(args.config, overrides + [f"seed={seed}"])
             total = args.total_steps if args.total_steps is not None else cfg.total_agent_steps
-            spec = RunSpec(values, seed, args.study_dir / run_name(values, seed), total,
-                           config_hash=config_hash(cfg.to_dict()))
+            spec = RunSpec(
+                values, seed, args.study_dir / run_name(values, seed), total, config_hash=config_hash(cfg.to_dict())
+            )
             spec.command = launch_command(args, spec, overrides)
             specs.append(spec)
     names = [s.name for s in specs]
@@ -138,14 +140,23 @@ def check_folders(specs: list[RunSpec]) -> None:
     for spec in specs:
         made = read_run_file(spec.run_dir).get("config_hash")
         if made and made != spec.config_hash:
-            raise StudyError(f"{spec.run_dir} holds a run of another config; give this grid another STUDY_DIR "
-                             "or remove that folder")
+            raise StudyError(
+                f"{spec.run_dir} holds a run of another config; give this grid another STUDY_DIR or remove that folder"
+            )
 
 
 def launch_command(args: argparse.Namespace, spec: RunSpec, overrides: list[str]) -> list[str]:
     """The ``launch.py`` command of a fresh run (``resume_command`` turns it into a continuation)."""
-    cmd = [sys.executable, str(REPO / "launch.py"), "--config", str(args.config), "--run-dir", str(spec.run_dir),
-           "--total-steps", str(spec.total_steps)]
+    cmd = [
+        sys.executable,
+        str(REPO / "launch.py"),
+        "--config",
+        str(args.config),
+        "--run-dir",
+        str(spec.run_dir),
+        "--total-steps",
+        str(spec.total_steps),
+    ]
     if args.actors is not None:
         cmd += ["--actors", str(args.actors)]
     return cmd + overrides + [f"seed={spec.seed}"]
@@ -156,7 +167,7 @@ def resume_command(spec: RunSpec, gpu: str | None) -> list[str]:
     base = spec.command
     cmd = base[:2] + ["--resume", str(spec.run_dir), "--total-steps", str(spec.total_steps)]
     if "--actors" in base:
-        cmd += base[base.index("--actors"):base.index("--actors") + 2]
+        cmd += base[base.index("--actors") : base.index("--actors") + 2]
     return with_device(cmd, gpu)
 
 
@@ -207,8 +218,15 @@ def relative_to_repo(arg: str) -> str:
 
 
 def write_run_file(spec: RunSpec, **fields: object) -> None:
-    info = {"name": spec.name, "values": spec.values, "seed": spec.seed, "total_steps": spec.total_steps,
-            "command": shown(spec.command), "config_hash": spec.config_hash, **fields}
+    info = {
+        "name": spec.name,
+        "values": spec.values,
+        "seed": spec.seed,
+        "total_steps": spec.total_steps,
+        "command": shown(spec.command),
+        "config_hash": spec.config_hash,
+        **fields,
+    }
     spec.run_dir.mkdir(parents=True, exist_ok=True)
     tmp = spec.run_dir / (RUN_FILE + ".tmp")
     tmp.write_text(json.dumps(info, indent=2))
@@ -258,7 +276,6 @@ class Scheduler:
         """Each run's agent steps so far (its metrics.csv), up to its total."""
         return {s.name: min(last_agent_steps(s.run_dir), s.total_steps) for s in self.specs}
 
-
     def start(self, spec: RunSpec, gpu: str | None) -> None:
         state = run_state(spec)
         if state == "fresh" and spec.run_dir.exists():  # no checkpoint: nothing in it can be continued
@@ -268,8 +285,15 @@ class Scheduler:
         log = open(spec.run_dir / "launch.log", "a")
         log.write(f"# study: {shown(cmd)}\n")
         log.flush()
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True, cwd=REPO, env=child_env(gpu))
+        proc = subprocess.Popen(
+            cmd,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            cwd=REPO,
+            env=child_env(gpu),
+        )
         log.close()
         self.running.append(Running(spec, proc, gpu, time.monotonic()))
 
@@ -279,14 +303,22 @@ class Scheduler:
             self.free.append(r.gpu)
             steps = last_agent_steps(r.spec.run_dir)
             ok = r.proc.returncode == 0 and steps >= r.spec.total_steps
-            write_run_file(r.spec, status="finished" if ok else ("stopped" if self.stopping else "failed"),
-                           returncode=r.proc.returncode, agent_steps=steps)
+            write_run_file(
+                r.spec,
+                status="finished" if ok else ("stopped" if self.stopping else "failed"),
+                returncode=r.proc.returncode,
+                agent_steps=steps,
+            )
             if ok:
                 self.done += 1
             elif not self.stopping:
                 self.failed.append(r.spec.name)
-                print(f"\nstudy: run {r.spec.name} ended with code {r.proc.returncode} at {steps:,} agent steps; "
-                      f"see {r.spec.run_dir / 'launch.log'}", file=sys.stderr, flush=True)
+                print(
+                    f"\nstudy: run {r.spec.name} ended with code {r.proc.returncode} at {steps:,} agent steps; "
+                    f"see {r.spec.run_dir / 'launch.log'}",
+                    file=sys.stderr,
+                    flush=True,
+                )
 
     def loop(self) -> int:
         while self.todo or self.running:
@@ -306,8 +338,11 @@ class Scheduler:
     def stop(self) -> None:
         """Ctrl-C / SIGTERM: each launch.py finishes its update and checkpoints, so a rerun resumes."""
         if not self.stopping:
-            print("\nstudy: stopping; each run checkpoints first (the same command resumes the study)",
-                  file=sys.stderr, flush=True)
+            print(
+                "\nstudy: stopping; each run checkpoints first (the same command resumes the study)",
+                file=sys.stderr,
+                flush=True,
+            )
         self.stopping = True
         self.signal_all()
 
@@ -329,8 +364,10 @@ class Scheduler:
         done = sum(steps[s.name] for s in live)
         rate = (sum(steps.values()) - self._steps0) / max(now - self._t0, 1e-9)
         eta = (total - done) / rate if rate > 0 else float("nan")
-        line = (f"study: {self.done}/{len(self.specs)} runs done, {len(self.running)} running | "
-                f"steps {done:,}/{total:,} | {rate:,.0f} steps/s | ETA {fmt_duration(eta)}")
+        line = (
+            f"study: {self.done}/{len(self.specs)} runs done, {len(self.running)} running | "
+            f"steps {done:,}/{total:,} | {rate:,.0f} steps/s | ETA {fmt_duration(eta)}"
+        )
         print("\r" + line if self._tty else line, end="" if self._tty else "\n", flush=True)
 
 
@@ -346,8 +383,9 @@ def write_study_file(args: argparse.Namespace, specs: list[RunSpec]) -> None:
     that a cluster scheduler starts from --dry-run's commands have no study_run.json of their own)."""
     args.study_dir.mkdir(parents=True, exist_ok=True)
     runs = [{"name": s.name, "values": s.values, "seed": s.seed} for s in specs]
-    (args.study_dir / "study.json").write_text(json.dumps(
-        {"config": relative_to_repo(str(args.config)), "runs": runs, "argv": sys.argv[1:]}, indent=2))
+    (args.study_dir / "study.json").write_text(
+        json.dumps({"config": relative_to_repo(str(args.config)), "runs": runs, "argv": sys.argv[1:]}, indent=2)
+    )
 
 
 def slots_for(gpus: str | None, parallel: int | None) -> list[str | None]:
@@ -388,14 +426,18 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"# {spec.name}: finished, skipped" if state == "finished" else pin + shlex.join(cmd))
         return 0
     sched = Scheduler(specs, slots)
-    print(f"study: {len(specs)} runs in {args.study_dir} ({sched.done} finished already), "
-          f"{len(slots)} at a time on {'the CPU' if slots[0] is None else 'GPU ' + ','.join(slots)}", flush=True)
+    print(
+        f"study: {len(specs)} runs in {args.study_dir} ({sched.done} finished already), "
+        f"{len(slots)} at a time on {'the CPU' if slots[0] is None else 'GPU ' + ','.join(slots)}",
+        flush=True,
+    )
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: sched.stop())
     code = sched.loop()
     if sched.failed:
-        print(f"study: {len(sched.failed)} run(s) failed: {', '.join(sched.failed)}; rerun to retry them",
-              file=sys.stderr)
+        print(
+            f"study: {len(sched.failed)} run(s) failed: {', '.join(sched.failed)}; rerun to retry them", file=sys.stderr
+        )
     return code
 
 
@@ -481,8 +523,16 @@ def load_run(run_dir: Path, planned: dict | None = None) -> RunData | None:
     game = "montezuma_revenge"
     if (run_dir / "config.yaml").is_file():
         game = rom_name(yaml.safe_load((run_dir / "config.yaml").read_text()).get("EnvName", "montezuma_revenge"))
-    return RunData(run_dir.name, run_dir, dict(info.get("values", {})), int(info.get("seed", 0)), metrics,
-                   read_jsonl(run_dir / "episodes.jsonl"), exploration, game)
+    return RunData(
+        run_dir.name,
+        run_dir,
+        dict(info.get("values", {})),
+        int(info.get("seed", 0)),
+        metrics,
+        read_jsonl(run_dir / "episodes.jsonl"),
+        exploration,
+        game,
+    )
 
 
 def load_study(study_dir: Path) -> list[RunData]:
@@ -492,8 +542,11 @@ def load_study(study_dir: Path) -> list[RunData]:
         planned = [r if isinstance(r, dict) else {"name": r} for r in plan_runs]
     else:
         planned = [{"name": p.name} for p in sorted(study_dir.iterdir()) if p.is_dir()]
-    runs = [load_run(study_dir / r["name"], r if "values" in r else None) for r in planned
-            if (study_dir / r["name"]).is_dir()]
+    runs = [
+        load_run(study_dir / r["name"], r if "values" in r else None)
+        for r in planned
+        if (study_dir / r["name"]).is_dir()
+    ]
     return [r for r in runs if r is not None]
 
 
@@ -530,13 +583,21 @@ def run_summary(run: RunData) -> dict:
     wall = run.last("time_s")
     first_steps, first_s = first_reward(run)
     returns = [float(e["return"]) for e in run.episodes]
-    return {"name": run.name, "values": run.values, "seed": run.seed, "agent_steps": steps,
-            "final_episode_return_mean": finite_or_none(run.last("episode_return_mean")),
-            "best_episode_return": max(returns) if returns else None, "episodes": len(returns),
-            "rooms_visited_total": int_or_none(run.last("rooms_visited_total")),
-            "cells_visited_total": int_or_none(run.last("cells_visited_total")),
-            "steps_to_first_reward": first_steps, "wall_s_to_first_reward": first_s,
-            "wall_s": finite_or_none(wall), "steps_per_s": finite_or_none(steps / wall if wall > 0 else float("nan"))}
+    return {
+        "name": run.name,
+        "values": run.values,
+        "seed": run.seed,
+        "agent_steps": steps,
+        "final_episode_return_mean": finite_or_none(run.last("episode_return_mean")),
+        "best_episode_return": max(returns) if returns else None,
+        "episodes": len(returns),
+        "rooms_visited_total": int_or_none(run.last("rooms_visited_total")),
+        "cells_visited_total": int_or_none(run.last("cells_visited_total")),
+        "steps_to_first_reward": first_steps,
+        "wall_s_to_first_reward": first_s,
+        "wall_s": finite_or_none(wall),
+        "steps_per_s": finite_or_none(steps / wall if wall > 0 else float("nan")),
+    }
 
 
 def on_common_grid(runs: list[RunData], key: str, points: int = 200) -> tuple[np.ndarray, np.ndarray] | None:
@@ -579,7 +640,7 @@ def plot_curves(groups: dict[str, list[RunData]], key: str, ylabel: str, path: P
         if got is None:
             continue
         x, y = got
-        line, = ax.plot(x, y.mean(0), label=f"{label} ({len(runs)} seed{'s' * (len(runs) > 1)})", lw=1.4)
+        (line,) = ax.plot(x, y.mean(0), label=f"{label} ({len(runs)} seed{'s' * (len(runs) > 1)})", lw=1.4)
         ax.fill_between(x, y.min(0), y.max(0), color=line.get_color(), alpha=0.2, lw=0)
         drawn = True
     ax.set(xlabel="agent steps", ylabel=ylabel)
@@ -626,13 +687,24 @@ def plot_room_maps(groups: dict[str, list[RunData]], layout: list[list[int]], pa
             for i, room in enumerate(row):
                 x, n = (width - len(row)) / 2 + i, steps.get(room, 0)
                 ax.add_patch(plt.Rectangle((x, -r - 1), 0.95, 0.95, color=cmap(norm(n)) if n else "0.88"))
-                ax.text(x + 0.47, -r - 0.53, f"{room}\n{n:,.0f}" if n else str(room), ha="center", va="center",
-                        fontsize=6, color="white" if n and norm(n) < 0.6 else "black")
+                ax.text(
+                    x + 0.47,
+                    -r - 0.53,
+                    f"{room}\n{n:,.0f}" if n else str(room),
+                    ha="center",
+                    va="center",
+                    fontsize=6,
+                    color="white" if n and norm(n) < 0.6 else "black",
+                )
         ax.set(xlim=(0, width), ylim=(-len(layout), 0), title=label)
         ax.set_aspect("equal")
         ax.axis("off")
-    fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap=cmap), ax=axes[0].tolist(), shrink=0.8,
-                 label="agent steps in the room (mean over seeds)")
+    fig.colorbar(
+        plt.cm.ScalarMappable(norm=norm, cmap=cmap),
+        ax=axes[0].tolist(),
+        shrink=0.8,
+        label="agent steps in the room (mean over seeds)",
+    )
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
@@ -662,8 +734,14 @@ def plot_heat_maps(groups: dict[str, list[RunData]], path: Path, rooms_each: int
                 if rm == room:
                     grid[yb, xb] += steps
             ax.axis("on")
-            im = ax.imshow(np.where(grid > 0, grid, np.nan), origin="lower", extent=(0, 256, 0, 256),
-                           norm=LogNorm(1, max(grid.max(), 10)), cmap="magma", aspect="auto")
+            im = ax.imshow(
+                np.where(grid > 0, grid, np.nan),
+                origin="lower",
+                extent=(0, 256, 0, 256),
+                norm=LogNorm(1, max(grid.max(), 10)),
+                cmap="magma",
+                aspect="auto",
+            )
             ax.set(xlim=xlim, ylim=ylim)
             ax.set_title(f"{label}\nroom {room}: {grid.sum():,.0f} steps", fontsize=8)
             ax.set_xlabel(f"x (RAM, {CELL_BUCKET}-unit cells)", fontsize=7)
@@ -680,19 +758,42 @@ def evaluate_run(run: RunData, out: Path, episodes: int) -> dict:
     """eval.py on the run's newest checkpoint: N sticky-action episodes, the best one's GIF, an intrinsic trace."""
     if not (run.run_dir / "checkpoints" / "latest.pt").is_file():
         return {"error": "no checkpoint"}
-    files = {"json": out / f"{run.name}_eval.json", "best_gif": out / f"{run.name}_best.gif",
-             "int_trace": out / f"{run.name}_int_trace.png"}
-    cmd = [sys.executable, str(REPO / "eval.py"), str(run.run_dir), "--episodes", str(episodes), "--seed", "0",
-           "--json", str(files["json"]), "--best-gif", str(files["best_gif"]), "--int-trace", str(files["int_trace"])]
+    files = {
+        "json": out / f"{run.name}_eval.json",
+        "best_gif": out / f"{run.name}_best.gif",
+        "int_trace": out / f"{run.name}_int_trace.png",
+    }
+    cmd = [
+        sys.executable,
+        str(REPO / "eval.py"),
+        str(run.run_dir),
+        "--episodes",
+        str(episodes),
+        "--seed",
+        "0",
+        "--json",
+        str(files["json"]),
+        "--best-gif",
+        str(files["best_gif"]),
+        "--int-trace",
+        str(files["int_trace"]),
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
     if done.returncode != 0:
         lines = (done.stderr or done.stdout).strip().splitlines()
         return {"error": lines[-1] if lines else f"eval.py exited {done.returncode}"}
     ev = json.loads(files["json"].read_text())
-    return {"episodes": len(ev["episodes"]), "return_mean": ev["return_mean"], "return_max": ev["return_max"],
-            "length_mean": ev["length_mean"], "rooms_visited": ev.get("rooms_visited"),
-            "update": ev["update"], "best_gif": files["best_gif"].name, "int_trace": files["int_trace"].name,
-            "int_trace_peaks": ev["int_trace"]["peaks"]}
+    return {
+        "episodes": len(ev["episodes"]),
+        "return_mean": ev["return_mean"],
+        "return_max": ev["return_max"],
+        "length_mean": ev["length_mean"],
+        "rooms_visited": ev.get("rooms_visited"),
+        "update": ev["update"],
+        "best_gif": files["best_gif"].name,
+        "int_trace": files["int_trace"].name,
+        "int_trace_peaks": ev["int_trace"]["peaks"],
+    }
 
 
 # ---- report.md -----------------------------------------------------------------------------------------
@@ -713,12 +814,18 @@ def fmt_spread(values: list) -> str:
 
 
 def answers_table(groups: dict[str, list[RunData]], summary: dict[str, dict]) -> list[str]:
-    cols = [("agent steps", "agent_steps"), ("final return", "final_episode_return_mean"),
-            ("best episode", "best_episode_return"), ("rooms", "rooms_visited_total"),
-            ("cells", "cells_visited_total"), ("steps to first reward", "steps_to_first_reward"),
-            ("wall s to first reward", "wall_s_to_first_reward"), ("wall s", "wall_s"), ("steps/s", "steps_per_s")]
-    lines = ["| configuration | seeds | " + " | ".join(c for c, _ in cols) + " |",
-             "|---" * (len(cols) + 2) + "|"]
+    cols = [
+        ("agent steps", "agent_steps"),
+        ("final return", "final_episode_return_mean"),
+        ("best episode", "best_episode_return"),
+        ("rooms", "rooms_visited_total"),
+        ("cells", "cells_visited_total"),
+        ("steps to first reward", "steps_to_first_reward"),
+        ("wall s to first reward", "wall_s_to_first_reward"),
+        ("wall s", "wall_s"),
+        ("steps/s", "steps_per_s"),
+    ]
+    lines = ["| configuration | seeds | " + " | ".join(c for c, _ in cols) + " |", "|---" * (len(cols) + 2) + "|"]
     for label, runs in groups.items():
         rows = [summary[r.name] for r in runs]
         cells = []
@@ -734,57 +841,103 @@ def answers_table(groups: dict[str, list[RunData]], summary: dict[str, dict]) ->
 
 
 def eval_table(runs: list[RunData], summary: dict[str, dict]) -> list[str]:
-    lines = ["| run | checkpoint update | episodes | return mean | best return | length mean | rooms | best episode |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| run | checkpoint update | episodes | return mean | best return | length mean | rooms | best episode |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in runs:
         ev = summary[r.name].get("eval") or {}
         if "error" in ev:
             lines.append(f"| {r.name} | {ev['error']} | | | | | | |")
         elif ev:
-            lines.append(f"| {r.name} | {ev['update']} | {ev['episodes']} | {fmt_num(ev['return_mean'])} | "
-                         f"{fmt_num(ev['return_max'])} | {fmt_num(ev['length_mean'])} | {ev['rooms_visited']} | "
-                         f"![best]({ev['best_gif']}) |")
+            lines.append(
+                f"| {r.name} | {ev['update']} | {ev['episodes']} | {fmt_num(ev['return_mean'])} | "
+                f"{fmt_num(ev['return_max'])} | {fmt_num(ev['length_mean'])} | {ev['rooms_visited']} | "
+                f"![best]({ev['best_gif']}) |"
+            )
     return lines
 
 
-def report_lines(study_dir: Path, groups: dict[str, list[RunData]], summary: dict[str, dict],
-                 figures: dict[str, str], eval_episodes: int, out_flag: str) -> list[str]:
+def report_lines(
+    study_dir: Path,
+    groups: dict[str, list[RunData]],
+    summary: dict[str, dict],
+    figures: dict[str, str],
+    eval_episodes: int,
+    out_flag: str,
+) -> list[str]:
     runs = [r for rs in groups.values() for r in rs]
-    out = [f"# Study: {study_dir.name}", "",
-           f"Written by `python study.py report {study_dir}{out_flag} --eval-episodes {eval_episodes}` from the run "
-           "folders "
-           f"below; every number comes from their `metrics.csv`, `episodes.jsonl` and `exploration.json`, "
-           "and from `eval.py` on their newest checkpoints.", "", "## Runs", ""]
+    out = [
+        f"# Study: {study_dir.name}",
+        "",
+        f"Written by `python study.py report {study_dir}{out_flag} --eval-episodes {eval_episodes}` from the run "
+        "folders "
+        f"below; every number comes from their `metrics.csv`, `episodes.jsonl` and `exploration.json`, "
+        "and from `eval.py` on their newest checkpoints.",
+        "",
+        "## Runs",
+        "",
+    ]
     for r in runs:
         info = read_run_file(r.run_dir)
-        out.append(f"- `{r.name}` ({info.get('status', '?')}, {summary[r.name]['agent_steps']:,} agent steps): "
-                   f"`{info.get('command', '?')}`")
-    out += ["", "## Answers", "",
-            "Per configuration; several seeds read as mean [min, max]. *final return* is the mean return of the last "
-            "100 episodes at the end; *best episode* the highest return of any episode; *rooms* and *cells* are "
-            "run totals (a cell is a level, room and 8x8 RAM-unit position bucket); *steps to first reward* the "
-            "agent steps at which the first episode with a nonzero return was consumed.", ""]
+        out.append(
+            f"- `{r.name}` ({info.get('status', '?')}, {summary[r.name]['agent_steps']:,} agent steps): "
+            f"`{info.get('command', '?')}`"
+        )
+    out += [
+        "",
+        "## Answers",
+        "",
+        "Per configuration; several seeds read as mean [min, max]. *final return* is the mean return of the last "
+        "100 episodes at the end; *best episode* the highest return of any episode; *rooms* and *cells* are "
+        "run totals (a cell is a level, room and 8x8 RAM-unit position bucket); *steps to first reward* the "
+        "agent steps at which the first episode with a nonzero return was consumed.",
+        "",
+    ]
     out += answers_table(groups, summary)
-    out += ["", "## Curves", "",
-            "Mean over seeds, the band from the lowest to the highest seed, against agent steps.", ""]
+    out += [
+        "",
+        "## Curves",
+        "",
+        "Mean over seeds, the band from the lowest to the highest seed, against agent steps.",
+        "",
+    ]
     out += [f"![{key}]({figures[key]})" for key, _ in CURVES if key in figures]
     out += ["", "## Where the agents went", ""]
     if "room_map" in figures:
-        out += ["Agent steps spent in each room of the first level, the mean over seeds (grey: never entered).", "",
-                f"![room map]({figures['room_map']})", ""]
+        out += [
+            "Agent steps spent in each room of the first level, the mean over seeds (grey: never entered).",
+            "",
+            f"![room map]({figures['room_map']})",
+            "",
+        ]
     if "heat_maps" in figures:
-        out += ["Agent steps per position cell (mean over seeds) in each configuration's most visited rooms of "
-                "the first level.", "",
-                f"![heat maps]({figures['heat_maps']})", ""]
+        out += [
+            "Agent steps per position cell (mean over seeds) in each configuration's most visited rooms of "
+            "the first level.",
+            "",
+            f"![heat maps]({figures['heat_maps']})",
+            "",
+        ]
     if eval_episodes:
-        out += ["## Checkpoints played", "",
-                f"`eval.py` on each run's newest checkpoint, {eval_episodes} episodes with sticky actions, seed 0; "
-                "the GIF is the best of them.", ""]
+        out += [
+            "## Checkpoints played",
+            "",
+            f"`eval.py` on each run's newest checkpoint, {eval_episodes} episodes with sticky actions, seed 0; "
+            "the GIF is the best of them.",
+            "",
+        ]
         out += eval_table(runs, summary)
-        out += ["", "Intrinsic reward of each step of the first eval episode, with the frames at its highest "
-                "peaks:", ""]
-        out += [f"![{r.name}]({summary[r.name]['eval']['int_trace']})" for r in runs
-                if "int_trace" in (summary[r.name].get("eval") or {})]
+        out += [
+            "",
+            "Intrinsic reward of each step of the first eval episode, with the frames at its highest peaks:",
+            "",
+        ]
+        out += [
+            f"![{r.name}]({summary[r.name]['eval']['int_trace']})"
+            for r in runs
+            if "int_trace" in (summary[r.name].get("eval") or {})
+        ]
     return out + [""]
 
 
@@ -820,8 +973,9 @@ def write_report(study_dir: Path, out: Path, eval_episodes: int) -> int:
     figures = write_figures(groups, out)
     (out / "summary.json").write_text(json.dumps(list(summary.values()), indent=2))
     out_flag = "" if out == study_dir / "report" else f" --out {out}"
-    (out / "report.md").write_text("\n".join(report_lines(study_dir, groups, summary, figures, eval_episodes,
-                                                          out_flag)))
+    (out / "report.md").write_text(
+        "\n".join(report_lines(study_dir, groups, summary, figures, eval_episodes, out_flag))
+    )
     print(f"study report: {out / 'report.md'} ({len(runs)} runs, {len(figures)} figures)")
     return 0
 
@@ -833,14 +987,26 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     r = sub.add_parser("run", help="run (or continue) the grid")
     r.add_argument("study_dir", type=Path)
     r.add_argument("--config", help=f"YAML config of every run (default: {DEFAULT_CONFIG.relative_to(REPO)})")
-    r.add_argument("--axis", action="append", default=[], metavar="KEY=v1,v2,...",
-                   help="a config key and its values; several axes are crossed (default: ExtCoeff=2,1,0)")
-    r.add_argument("--arm", action="append", default=[], metavar="KEY=v[,KEY=v...]",
-                   help="one configuration given by several keys; arms are crossed with the axes")
+    r.add_argument(
+        "--axis",
+        action="append",
+        default=[],
+        metavar="KEY=v1,v2,...",
+        help="a config key and its values; several axes are crossed (default: ExtCoeff=2,1,0)",
+    )
+    r.add_argument(
+        "--arm",
+        action="append",
+        default=[],
+        metavar="KEY=v[,KEY=v...]",
+        help="one configuration given by several keys; arms are crossed with the axes",
+    )
     r.add_argument("--seeds", type=int, default=1, help="seeds per configuration: seed=0..N-1")
     r.add_argument("--total-steps", type=int, help="agent steps per run (default: the config's)")
-    r.add_argument("--gpus", help="GPUs to spread runs over, one run per GPU at a time: 0,1 | none "
-                                  "(default: every visible GPU, else none)")
+    r.add_argument(
+        "--gpus",
+        help="GPUs to spread runs over, one run per GPU at a time: 0,1 | none (default: every visible GPU, else none)",
+    )
     r.add_argument("--parallel", type=int, help="runs at a time (with --gpus none; default 1)")
     r.add_argument("--actors", type=int, help="actor processes per run (default: launch.py's)")
     r.add_argument("--dry-run", action="store_true", help="print each run's command and run nothing")
@@ -848,8 +1014,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     rp = sub.add_parser("report", help="write report.md, summary.json and figures from the run folders")
     rp.add_argument("study_dir", type=Path)
     rp.add_argument("--out", type=Path, help="output folder (default: STUDY_DIR/report)")
-    rp.add_argument("--eval-episodes", type=int, default=3,
-                    help="eval.py episodes per run's newest checkpoint (0: none)")
+    rp.add_argument(
+        "--eval-episodes", type=int, default=3, help="eval.py episodes per run's newest checkpoint (0: none)"
+    )
     args, extra = p.parse_known_args(argv)  # key=value may also follow the options
     unknown = [a for a in extra if args.cmd != "run" or a.startswith("-") or "=" not in a]
     if unknown:

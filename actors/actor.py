@@ -4,6 +4,7 @@ Sockets: PUSH segments to the learner's address, SUB to its weights channel (add
 both CURVE clients of the learner when the actor has keys. The learner owns all learning state; an
 actor holds only envs and a policy copy.
 """
+
 from __future__ import annotations
 
 import logging
@@ -52,8 +53,16 @@ class WeightsReceiver:
     reports to this actor's flow-control ``gate`` (``common/flow.py`` ``ActorGate``: what was sent,
     what is retired, whether one more segment keeps the lag bound)."""
 
-    def __init__(self, sock: zmq.Socket, policy: PolicyNet, timeout_s: float, shape_keys: dict | None = None,
-                 actor_id: int = 0, run_id: int = 0, watch: HandshakeWatch | None = None):
+    def __init__(
+        self,
+        sock: zmq.Socket,
+        policy: PolicyNet,
+        timeout_s: float,
+        shape_keys: dict | None = None,
+        actor_id: int = 0,
+        run_id: int = 0,
+        watch: HandshakeWatch | None = None,
+    ):
         self.sock, self.policy, self.timeout_s, self.watch = sock, policy, timeout_s, watch
         self.shape_keys = shape_keys
         self.gate = ActorGate(actor_id, run_id)
@@ -140,8 +149,11 @@ class WeightsReceiver:
             return
         if not isinstance(theirs, dict):
             raise WireError("weights without shape_keys")
-        diff = [f"{k} {theirs.get(k)!r} (learner) != {v!r} (actor)" for k, v in self.shape_keys.items()
-                if theirs.get(k) != v]
+        diff = [
+            f"{k} {theirs.get(k)!r} (learner) != {v!r} (actor)"
+            for k, v in self.shape_keys.items()
+            if theirs.get(k) != v
+        ]
         raise ActorStop("config mismatch with the learner: " + "; ".join(diff), exit_code=EXIT_MISMATCH)
 
     def needs_warmup(self) -> bool:
@@ -171,13 +183,16 @@ class WeightsReceiver:
         if silent <= self.timeout_s:
             return
         if self.refused_in_a_row:
-            raise ActorStop(f"refused every message from the learner for {silent:.0f} s ({self.refused_in_a_row} "
-                            f"messages; last: {self.last_refusal}); giving up")
+            raise ActorStop(
+                f"refused every message from the learner for {silent:.0f} s ({self.refused_in_a_row} "
+                f"messages; last: {self.last_refusal}); giving up"
+            )
         raise ActorStop(f"no message from the learner for {silent:.0f} s (actor_timeout_s); giving up")
 
 
-def run_actor(cfg: Config, actor_id: int, num_actors: int, learner_addr: str, incarnation: int = 0,
-              keys_dir: Path | None = None) -> int:
+def run_actor(
+    cfg: Config, actor_id: int, num_actors: int, learner_addr: str, incarnation: int = 0, keys_dir: Path | None = None
+) -> int:
     """Actor main loop; returns a process exit code. One torch thread: actors are many, cores few."""
     torch.set_num_threads(1)
     try:
@@ -215,8 +230,7 @@ def run_actor(cfg: Config, actor_id: int, num_actors: int, learner_addr: str, in
                 warm_up(collector, weights, send)
             seq = weights.gate.next_seq()
             arrays, episodes = collector.collect()
-            meta = {"version": weights.version, "run": run_id, "seq": seq, "episodes": episodes,
-                    "timings": last_split}
+            meta = {"version": weights.version, "run": run_id, "seq": seq, "episodes": episodes, "timings": last_split}
             with timings.time("send"):
                 send("segment", meta, arrays)
             weights.gate.sent(seq)
@@ -258,4 +272,3 @@ def connect_sockets(learner_addr: str, keys: ActorKeys | None) -> tuple[zmq.Sock
     push.connect(learner_addr)
     sub.connect(weights_address(learner_addr))
     return push, sub, watch
-

@@ -9,6 +9,7 @@ y (bytes 42 and 43) and the level (byte 57), as Go-Explore reads them. They trav
 episode stats: ``rooms`` (the rooms entered) and ``cells`` ([cell id, agent steps spent there] of
 each exploration cell, ``common/cells.py``); games without known addresses have neither.
 """
+
 from __future__ import annotations
 
 from typing import Any, NamedTuple
@@ -36,8 +37,9 @@ RAM_LAYOUT = {"montezuma_revenge": RamLayout(room=3, x=42, y=43, level=57)}
 
 # How a level's rooms (their RAM numbers) are laid out on screen, top row first: Montezuma's pyramid
 # of 3, 5, 7 and 9 rooms, the start (room 1) at its top. Used to draw maps of where agents went.
-ROOM_LAYOUT = {"montezuma_revenge": [[0, 1, 2], [3, 4, 5, 6, 7], [8, 9, 10, 11, 12, 13, 14],
-                                     [15, 16, 17, 18, 19, 20, 21, 22, 23]]}
+ROOM_LAYOUT = {
+    "montezuma_revenge": [[0, 1, 2], [3, 4, 5, 6, 7], [8, 9, 10, 11, 12, 13, 14], [15, 16, 17, 18, 19, 20, 21, 22, 23]]
+}
 
 ALEInterface.setLoggerMode(LoggerMode.Error)
 
@@ -47,14 +49,23 @@ class AtariEnv(gym.Env):
 
     metadata = {"render_modes": ["rgb_array"]}
 
-    def __init__(self, game: str = "montezuma_revenge", max_episode_steps: int = 4500, sticky_prob: float = 0.25,
-                 frame_skip: int = 4, frame_stack: int = 4, height: int = 84, width: int = 84, seed: int = 0):
+    def __init__(
+        self,
+        game: str = "montezuma_revenge",
+        max_episode_steps: int = 4500,
+        sticky_prob: float = 0.25,
+        frame_skip: int = 4,
+        frame_stack: int = 4,
+        height: int = 84,
+        width: int = 84,
+        seed: int = 0,
+    ):
         self.game = game
         self.max_episode_steps = max_episode_steps
         self.frame_skip = frame_skip
         self.size = (width, height)
         self.ale = ALEInterface()
-        self.ale.setInt("random_seed", int(seed) % (2 ** 31))
+        self.ale.setInt("random_seed", int(seed) % (2**31))
         self.ale.setFloat("repeat_action_probability", float(sticky_prob))
         self.ale.setInt("frame_skip", 1)
         path = roms.get_rom_path(game)
@@ -77,7 +88,7 @@ class AtariEnv(gym.Env):
     # -- gymnasium API ---------------------------------------------------
     def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
         if seed is not None:
-            self.ale.setInt("random_seed", int(seed) % (2 ** 31))
+            self.ale.setInt("random_seed", int(seed) % (2**31))
             self.ale.loadROM(str(roms.get_rom_path(self.game)))
         self.ale.reset_game()
         self._grab(0)
@@ -172,6 +183,13 @@ class AtariEnv(gym.Env):
 def make_env(cfg: Config, seed: int, sticky: bool | None = None) -> AtariEnv:
     """The training env of ``cfg``; ``sticky=False`` turns sticky actions off (eval --no-sticky)."""
     use_sticky = cfg.UseStickyAction if sticky is None else sticky
-    return AtariEnv(game=rom_name(cfg.EnvName), max_episode_steps=cfg.MaxStepsPerEpisode,
-                    sticky_prob=cfg.StickyActionProb if use_sticky else 0.0, frame_skip=cfg.FrameSkip,
-                    frame_stack=cfg.FrameStack, height=cfg.ImageHeight, width=cfg.ImageWidth, seed=seed)
+    return AtariEnv(
+        game=rom_name(cfg.EnvName),
+        max_episode_steps=cfg.MaxStepsPerEpisode,
+        sticky_prob=cfg.StickyActionProb if use_sticky else 0.0,
+        frame_skip=cfg.FrameSkip,
+        frame_stack=cfg.FrameStack,
+        height=cfg.ImageHeight,
+        width=cfg.ImageWidth,
+        seed=seed,
+    )

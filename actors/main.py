@@ -1,4 +1,5 @@
 """One actor process: ``python -m actors.main --config FILE --learner ADDR --actor-id I --num-actors N``."""
+
 from __future__ import annotations
 
 import argparse

@@ -5,6 +5,7 @@ A segment holds T agent steps of K env streams in the wire layout (``common.wire
 only the newest frame of each observation is kept (the learner rebuilds the stacks), plus the
 older frames of the first observation's stack.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -33,8 +34,9 @@ def env_split(num_envs: int, num_actors: int, actor_id: int) -> list[int]:
 
 
 @torch.inference_mode()  # cheaper than no_grad: no version counters, no views tracked
-def sample_actions(policy: PolicyNet, obs: np.ndarray, gen: torch.Generator,
-                   dtype: torch.dtype | None = None) -> tuple[np.ndarray, np.ndarray]:
+def sample_actions(
+    policy: PolicyNet, obs: np.ndarray, gen: torch.Generator, dtype: torch.dtype | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """The actor's policy step: uint8 obs [K, S, H, W] -> (actions [K], their log-probs [K]) as CPU arrays.
 
     The network runs under ``dtype`` autocast (None: fp32); the softmax, the sample and the log-probs
@@ -51,8 +53,15 @@ def sample_actions(policy: PolicyNet, obs: np.ndarray, gen: torch.Generator,
 class RolloutCollector:
     """Steps ``envs`` with ``policy``; buffers are preallocated once from ``spec``."""
 
-    def __init__(self, envs: list[AtariEnv], stream_ids: list[int], policy: PolicyNet, spec: SegmentSpec,
-                 seed: int = 0, dtype: torch.dtype | None = None):
+    def __init__(
+        self,
+        envs: list[AtariEnv],
+        stream_ids: list[int],
+        policy: PolicyNet,
+        spec: SegmentSpec,
+        seed: int = 0,
+        dtype: torch.dtype | None = None,
+    ):
         if len(envs) != len(stream_ids):
             raise ValueError("one stream id per env")
         self.envs, self.streams, self.policy, self.spec = envs, list(stream_ids), policy, spec
@@ -133,8 +142,14 @@ def build_collector(cfg: Config, actor_id: int, num_actors: int, incarnation: in
     envs = [make_env(cfg, seed=seed + s) for s in streams]
     policy = PolicyNet(NUM_ACTIONS, cfg.FrameStack, cfg.ImageHeight, cfg.ImageWidth).eval().to(device)
     spec = SegmentSpec.from_config(cfg, NUM_ACTIONS)
-    return RolloutCollector(envs, streams, policy, spec, seed=seed + 7919 * (actor_id + 1),
-                            dtype=autocast_dtype(cfg.actor_precision, device))
+    return RolloutCollector(
+        envs,
+        streams,
+        policy,
+        spec,
+        seed=seed + 7919 * (actor_id + 1),
+        dtype=autocast_dtype(cfg.actor_precision, device),
+    )
 
 
 def check_actor_device(device: str) -> str:

@@ -1,4 +1,5 @@
 """Starts actor processes and restarts the ones that die (a crash, a kill), counting restarts."""
+
 from __future__ import annotations
 
 import subprocess
@@ -97,13 +98,19 @@ class ActorSupervisor:
         c.quick_deaths = c.quick_deaths + 1 if time.monotonic() - c.started < QUICK_DEATH_S else 0
         if c.quick_deaths >= MAX_QUICK_DEATHS:
             self._retire(c, f"actor {c.actor_id} keeps dying at start (exit {rc})")
-            print(f"supervisor: actor {c.actor_id} keeps dying at start (exit {rc}); not restarting it",
-                  file=sys.stderr, flush=True)
+            print(
+                f"supervisor: actor {c.actor_id} keeps dying at start (exit {rc}); not restarting it",
+                file=sys.stderr,
+                flush=True,
+            )
             return
         c.incarnation += 1
         self.restarts += 1
-        print(f"supervisor: actor {c.actor_id} exited with {rc}; restarting (restart #{self.restarts})",
-              file=sys.stderr, flush=True)
+        print(
+            f"supervisor: actor {c.actor_id} exited with {rc}; restarting (restart #{self.restarts})",
+            file=sys.stderr,
+            flush=True,
+        )
         c.proc, c.started = self._spawn(c.actor_id, c.incarnation), time.monotonic()
 
     def gave_up(self) -> str | None:

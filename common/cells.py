@@ -12,6 +12,7 @@ the rope and each floor fall in different cells. Those 5 episodes visited 43 cel
 125 at 8 and 317 at 4: 16 units merges places a curious agent tells apart within a room, 4
 mostly counts small steps.
 """
+
 from __future__ import annotations
 
 from typing import NamedTuple

@@ -5,6 +5,7 @@ its file loads unchanged; keys this project adds for the distributed system are 
 Every field carries its documentation in ``metadata["doc"]`` and its range in ``metadata["range"]``
 (string keys with choices are typed ``Literal``); ``verify`` applies them, then the cross-field checks.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -39,10 +40,13 @@ def _f(default: Any, doc: str, lo: float | None = None, hi: float | None = None,
 @dataclass
 class Config:
     # --- environment (the report's keys) ---
-    EnvName: str = _f("MontezumaRevengeNoFrameskip-v4",
-                      "Atari game: a gym id (e.g. MontezumaRevengeNoFrameskip-v4, ALE/Pong-v5) or a ROM name.")
-    MaxStepsPerEpisode: int = _f(4500, "Episode cap in agent steps; reaching it is a truncation, not game over.",
-                                 1, 1_000_000)
+    EnvName: str = _f(
+        "MontezumaRevengeNoFrameskip-v4",
+        "Atari game: a gym id (e.g. MontezumaRevengeNoFrameskip-v4, ALE/Pong-v5) or a ROM name.",
+    )
+    MaxStepsPerEpisode: int = _f(
+        4500, "Episode cap in agent steps; reaching it is a truncation, not game over.", 1, 1_000_000
+    )
     ImageHeight: int = _f(84, "Observation height after resizing (INTER_AREA).", MIN_FRAME_SIZE, SCREEN_HEIGHT)
     ImageWidth: int = _f(84, "Observation width after resizing.", MIN_FRAME_SIZE, SCREEN_WIDTH)
     UseStickyAction: bool = _f(True, "Sticky actions (Machado et al. 2018) via ALE's repeat_action_probability.")
@@ -50,8 +54,13 @@ class Config:
     # --- rollouts ---
     NumWorkers: int = _f(128, "Total number of env streams across all actors.", 1, 8192)
     RolloutSteps: int = _f(128, "Agent steps per env in one segment; a batch is NumWorkers x RolloutSteps.", 1, 4096)
-    NumInitSteps: int = _f(1024, "Random-action steps per env used to warm up the observation normaliser "
-                                 "(the report's value; the paper's code takes 50 x 128 = 6400).", 0, 1_000_000)
+    NumInitSteps: int = _f(
+        1024,
+        "Random-action steps per env used to warm up the observation normaliser "
+        "(the report's value; the paper's code takes 50 x 128 = 6400).",
+        0,
+        1_000_000,
+    )
     # --- RL ---
     ExtRewardDiscount: float = _f(0.999, "Discount of the extrinsic stream (cut at game over).", 0.0, 1.0)
     IntRewardDiscount: float = _f(0.99, "Discount of the intrinsic stream (never cut).", 0.0, 1.0)
@@ -61,10 +70,14 @@ class Config:
     ClipGradNorm: float = _f(10.0, "Global gradient-norm clip.", 0.0, 1e6, True)
     BatchSize: int = _f(4096, "PPO minibatch size in samples (agent steps).", 1, None)
     EpochSteps: int = _f(4, "PPO epochs over each batch.", 1, 1000)
-    SavePath: str = _f("", "Legacy checkpoint path of the report; ignored unless no --run-dir is given "
-                           "(then its directory becomes the run dir).")
-    NumEpochs: int = _f(10000, "Number of learner updates; default total agent steps = "
-                               "NumEpochs*NumWorkers*RolloutSteps.", 1, 1 << 30)
+    SavePath: str = _f(
+        "",
+        "Legacy checkpoint path of the report; ignored unless no --run-dir is given "
+        "(then its directory becomes the run dir).",
+    )
+    NumEpochs: int = _f(
+        10000, "Number of learner updates; default total agent steps = NumEpochs*NumWorkers*RolloutSteps.", 1, 1 << 30
+    )
     RNDUpdateProportion: float = _f(0.25, "Fraction of each minibatch the RND predictor is trained on.", 0.0, 1.0, True)
     PPOEntropyCoeff: float = _f(0.001, "Entropy bonus coefficient.", 0.0, 10.0)
     PPORewardEps: float = _f(0.1, "PPO clip range epsilon.", 0.0, 1.0, True)
@@ -78,35 +91,54 @@ class Config:
     vtrace_rho_bar: float = _f(1.0, "V-trace truncation rho_bar of the importance weights.", 0.0, 1e3, True)
     vtrace_c_bar: float = _f(1.0, "V-trace truncation c_bar of the traces.", 0.0, 1e3, True)
     vtrace_advantage: Literal["gae", "impala"] = _f(
-        "gae", "V-trace's policy advantage: gae, rho_s (r_s + gamma_s V(x_{s+1}) - V(x_s) + "
-               "gamma_s lambda (v_{s+1} - V(x_{s+1}))), equal to GAE(lambda), the paper's "
-               "code's advantage, when the actors' policy is the learner's; or impala, "
-               "rho_s (r_s + gamma_s v_{s+1} - V(x_s)), equal to GAE(lambda) at lambda = 1 only.")
+        "gae",
+        "V-trace's policy advantage: gae, rho_s (r_s + gamma_s V(x_{s+1}) - V(x_s) + "
+        "gamma_s lambda (v_{s+1} - V(x_{s+1}))), equal to GAE(lambda), the paper's "
+        "code's advantage, when the actors' policy is the learner's; or impala, "
+        "rho_s (r_s + gamma_s v_{s+1} - V(x_s)), equal to GAE(lambda) at lambda = 1 only.",
+    )
     value_coeff: float = _f(1.0, "Weight of the (ext + int) value loss.", 0.0, 1e3)
-    normalize_advantages: bool = _f(False, "Standardise the combined advantage per batch; the paper's code does not "
-                                           "(it feeds `IntCoeff*A_int + ExtCoeff*A_ext` to PPO as is).")
+    normalize_advantages: bool = _f(
+        False,
+        "Standardise the combined advantage per batch; the paper's code does not "
+        "(it feeds `IntCoeff*A_int + ExtCoeff*A_ext` to PPO as is).",
+    )
     obs_clip: float = _f(5.0, "Clip of the normalised RND observation.", 0.0, 1e3, True)
-    seed: int = _f(0, "Seed of learner and actors. The learner initialises its networks from seed and draws "
-                      "minibatches and the predictor's sample mask from seed + 1; actor i in its k-th restart "
-                      "samples actions from `seed*100003 + 1000003*k + 7919*(i+1)` and seeds env stream s "
-                      "with that + s.", 0, MAX_SEED)
+    seed: int = _f(
+        0,
+        "Seed of learner and actors. The learner initialises its networks from seed and draws "
+        "minibatches and the predictor's sample mask from seed + 1; actor i in its k-th restart "
+        "samples actions from `seed*100003 + 1000003*k + 7919*(i+1)` and seeds env stream s "
+        "with that + s.",
+        0,
+        MAX_SEED,
+    )
     checkpoint_every: int = _f(100, "Write a checkpoint every this many updates (and at exit).", 1, 1 << 30)
     keep_checkpoints: int = _f(3, "How many numbered checkpoints to keep besides latest.pt.", 1, 1000)
     wire_compression: Literal["none", "zstd", "auto"] = _f(
-        "auto", "Segment compression: none, zstd, or auto (zstd unless the learner address is loopback or ipc).")
-    actor_timeout_s: float = _f(60.0, "An actor that hears nothing from its learner this long exits.",
-                                MIN_ACTOR_TIMEOUT_S, 86_400.0)
+        "auto", "Segment compression: none, zstd, or auto (zstd unless the learner address is loopback or ipc)."
+    )
+    actor_timeout_s: float = _f(
+        60.0, "An actor that hears nothing from its learner this long exits.", MIN_ACTOR_TIMEOUT_S, 86_400.0
+    )
     learner_precision: Literal["auto", "fp32", "bf16"] = _f(
-        "auto", "Policy network math on the learner: fp32, bf16 (autocast of the convs and shared layers; the "
-                "heads stay fp32), or auto (bf16 on CUDA and on a CPU with native bf16, AVX512_BF16 or AMX; fp32 "
-                "elsewhere). The RND networks always run in fp32 (on CUDA with TF32 matmuls and convolutions).")
+        "auto",
+        "Policy network math on the learner: fp32, bf16 (autocast of the convs and shared layers; the "
+        "heads stay fp32), or auto (bf16 on CUDA and on a CPU with native bf16, AVX512_BF16 or AMX; fp32 "
+        "elsewhere). The RND networks always run in fp32 (on CUDA with TF32 matmuls and convolutions).",
+    )
     learner_compile: bool = _f(False, "torch.compile the learner's networks (slow first update, faster after).")
     actor_precision: Literal["auto", "fp32", "bf16"] = _f(
-        "auto", "The actors' policy step: fp32, bf16 (autocast of the network; softmax, sampling and the "
-                "log-probs sent stay fp32, so they are those of the distribution that sampled), or auto (the "
-                "rule of learner_precision, on the actor's device).")
-    actor_device: str = _f("cpu", "Where actors run their policy step: cpu, or cuda / cuda:N when the actors' "
-                                  "machine has a GPU (the envs always step on the CPU).")
+        "auto",
+        "The actors' policy step: fp32, bf16 (autocast of the network; softmax, sampling and the "
+        "log-probs sent stay fp32, so they are those of the distribution that sampled), or auto (the "
+        "rule of learner_precision, on the actor's device).",
+    )
+    actor_device: str = _f(
+        "cpu",
+        "Where actors run their policy step: cpu, or cuda / cuda:N when the actors' "
+        "machine has a GPU (the envs always step on the CPU).",
+    )
 
     # ---------------------------------------------------------------
     @property
@@ -169,12 +201,15 @@ def _check_cross_fields(cfg: Config) -> None:
         raise ConfigError(f"config key actor_device: must be cpu, cuda or cuda:N, got {cfg.actor_device!r}")
     batch = cfg.NumWorkers * cfg.RolloutSteps
     if cfg.BatchSize > batch:
-        raise ConfigError(f"config key BatchSize: {cfg.BatchSize} is more than a batch, NumWorkers x RolloutSteps "
-                          f"= {batch}")
+        raise ConfigError(
+            f"config key BatchSize: {cfg.BatchSize} is more than a batch, NumWorkers x RolloutSteps = {batch}"
+        )
     frame_bytes = cfg.NumWorkers * (cfg.RolloutSteps + cfg.FrameStack) * cfg.ImageHeight * cfg.ImageWidth
     if frame_bytes > MAX_BATCH_FRAME_BYTES:
-        raise ConfigError(f"config key NumWorkers/RolloutSteps/ImageHeight/ImageWidth: one batch would hold "
-                          f"{frame_bytes / 2**30:.1f} GiB of frames, more than {MAX_BATCH_FRAME_BYTES >> 30} GiB")
+        raise ConfigError(
+            f"config key NumWorkers/RolloutSteps/ImageHeight/ImageWidth: one batch would hold "
+            f"{frame_bytes / 2**30:.1f} GiB of frames, more than {MAX_BATCH_FRAME_BYTES >> 30} GiB"
+        )
     try:
         rom_name(cfg.EnvName)
     except ValueError as e:

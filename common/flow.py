@@ -39,6 +39,7 @@ Both tables keep, per actor id, only the RUNS_KEPT_PER_ACTOR runs noted most rec
 (``note_newest_seq``), and the learner's only for actor ids below NumWorkers: what a heartbeat
 carries stays bounded however often actors restart or peers make up ids.
 """
+
 from __future__ import annotations
 
 import secrets

@@ -8,6 +8,7 @@ RND target: conv 32x8x8/4, 64x4x4/2, 64x3x3/1 (LeakyReLU), linear 512, frozen. P
 convs (LeakyReLU), fc 512, fc 512 (ReLU), linear 512. LeakyReLU's negative slope is 0.2, TensorFlow's
 default for ``tf.nn.leaky_relu``, which the release calls without one. Orthogonal init throughout, zero biases.
 """
+
 from __future__ import annotations
 
 import math
@@ -68,9 +69,13 @@ class PolicyNet(nn.Module):
 
     def __init__(self, num_actions: int, frame_stack: int = 4, height: int = 84, width: int = 84):
         super().__init__()
-        self.trunk = nn.Sequential(_conv_stack(frame_stack, POLICY_CONVS, nn.ReLU),
-                                   nn.Linear(_conv_out(height, width, POLICY_CONVS), 256),
-                                   nn.ReLU(), nn.Linear(256, 448), nn.ReLU())
+        self.trunk = nn.Sequential(
+            _conv_stack(frame_stack, POLICY_CONVS, nn.ReLU),
+            nn.Linear(_conv_out(height, width, POLICY_CONVS), 256),
+            nn.ReLU(),
+            nn.Linear(256, 448),
+            nn.ReLU(),
+        )
         self.pi_extra = nn.Linear(448, 448)
         self.v_extra = nn.Linear(448, 448)
         self.pi_head = nn.Linear(448, num_actions)
@@ -110,8 +115,9 @@ class RNDTarget(nn.Module):
 
     def __init__(self, height: int = 84, width: int = 84, out_dim: int = 512):
         super().__init__()
-        self.net = nn.Sequential(_conv_stack(1, RND_CONVS, _leaky),
-                                 nn.Linear(_conv_out(height, width, RND_CONVS), out_dim))
+        self.net = nn.Sequential(
+            _conv_stack(1, RND_CONVS, _leaky), nn.Linear(_conv_out(height, width, RND_CONVS), out_dim)
+        )
         _orthogonal_(self)
         for p in self.parameters():
             p.requires_grad_(False)
@@ -125,8 +131,14 @@ class RNDPredictor(nn.Module):
 
     def __init__(self, height: int = 84, width: int = 84, out_dim: int = 512):
         super().__init__()
-        self.net = nn.Sequential(_conv_stack(1, RND_CONVS, _leaky), nn.Linear(_conv_out(height, width, RND_CONVS), 512),
-                                 nn.ReLU(), nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, out_dim))
+        self.net = nn.Sequential(
+            _conv_stack(1, RND_CONVS, _leaky),
+            nn.Linear(_conv_out(height, width, RND_CONVS), 512),
+            nn.ReLU(),
+            nn.Linear(512, 512),
+            nn.ReLU(),
+            nn.Linear(512, out_dim),
+        )
         _orthogonal_(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -5,6 +5,7 @@ are whitened per pixel by a running mean/std and clipped; the intrinsic reward i
 running std of the *discounted intrinsic return*, which a forward filter accumulates along time,
 separately for each env stream, with its state carried from batch to batch.
 """
+
 from __future__ import annotations
 
 import torch
@@ -24,7 +25,7 @@ class RunningMeanStd:
         so that a batch of 16k frames never becomes a gigabyte of float64 at once."""
         x = x.reshape(-1, *self.mean.shape)
         for lo in range(0, x.shape[0], chunk):
-            c = x[lo:lo + chunk].to(self.mean.device, torch.float64)
+            c = x[lo : lo + chunk].to(self.mean.device, torch.float64)
             var, mean = torch.var_mean(c, dim=0, unbiased=False)
             self.update_from_moments(mean, var, c.shape[0])
 
@@ -67,8 +68,10 @@ class RewardForwardFilter:
     def __call__(self, rewards: torch.Tensor, stream_ids: torch.Tensor) -> torch.Tensor:
         """rewards [T, B] of the streams ``stream_ids`` [B] (distinct) -> discounted returns [T, B]."""
         if rewards.dim() != 2 or stream_ids.shape != rewards.shape[1:]:
-            raise ValueError(f"filter: rewards [T, B] and stream_ids [B] expected, got "
-                             f"{tuple(rewards.shape)} and {tuple(stream_ids.shape)}")
+            raise ValueError(
+                f"filter: rewards [T, B] and stream_ids [B] expected, got "
+                f"{tuple(rewards.shape)} and {tuple(stream_ids.shape)}"
+            )
         ids = stream_ids.to(self.state.device, torch.long)
         acc = self.state[ids]
         out = torch.empty(rewards.shape, dtype=torch.float64, device=self.state.device)
@@ -84,6 +87,8 @@ class RewardForwardFilter:
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         if state["state"].shape != self.state.shape:
-            raise ValueError(f"reward filter: {tuple(state['state'].shape)} streams in checkpoint, "
-                             f"{tuple(self.state.shape)} configured (NumWorkers changed?)")
+            raise ValueError(
+                f"reward filter: {tuple(state['state'].shape)} streams in checkpoint, "
+                f"{tuple(self.state.shape)} configured (NumWorkers changed?)"
+            )
         self.state = state["state"].to(self.state.device, torch.float64).clone()  # never alias the caller's dict

@@ -8,6 +8,7 @@ IMPALA's, rho_s grad log pi(a_s) A_s, and the trust region is around pi_0 (as IM
 2020, arXiv 1912.00167). A ratio pi_theta/mu on top of rho would weight each sample by about
 (pi_0/mu)^2: twice. Without V-trace (plain GAE) the reference is mu, as in on-policy PPO.
 """
+
 from __future__ import annotations
 
 from typing import NamedTuple
@@ -21,15 +22,16 @@ class Surrogate(NamedTuple):
     log_ratio: torch.Tensor  # [N]
 
 
-def clipped_surrogate(logp: torch.Tensor, logp_ref: torch.Tensor, advantages: torch.Tensor,
-                      eps: float) -> Surrogate:
+def clipped_surrogate(logp: torch.Tensor, logp_ref: torch.Tensor, advantages: torch.Tensor, eps: float) -> Surrogate:
     """-mean_i min(r_i A_i, clip(r_i, 1 - eps, 1 + eps) A_i) with r_i = exp(logp_i - logp_ref_i).
 
     logp: [N] log pi_theta(a_i | x_i), differentiable; logp_ref, advantages: [N], constants.
     """
     if not (logp.shape == logp_ref.shape == advantages.shape) or logp.dim() != 1:
-        raise ValueError(f"clipped_surrogate: shapes logp {tuple(logp.shape)}, logp_ref {tuple(logp_ref.shape)}, "
-                         f"advantages {tuple(advantages.shape)} must all be [N]")
+        raise ValueError(
+            f"clipped_surrogate: shapes logp {tuple(logp.shape)}, logp_ref {tuple(logp_ref.shape)}, "
+            f"advantages {tuple(advantages.shape)} must all be [N]"
+        )
     log_ratio = logp - logp_ref
     ratio = torch.exp(log_ratio)
     loss = -torch.min(ratio * advantages, ratio.clamp(1.0 - eps, 1.0 + eps) * advantages).mean()

@@ -5,6 +5,7 @@ natively: CUDA GPUs, and CPUs with AVX512_BF16 or AMX (oneDNN then runs bf16 con
 matmuls with fp32 accumulation). On other CPUs oneDNN emulates it, which is slower than fp32, so
 ``auto`` stays fp32 there.
 """
+
 from __future__ import annotations
 
 from contextlib import AbstractContextManager, nullcontext

@@ -1,4 +1,5 @@
 """One timing context manager for named phases (cf. sample-factory timing.add_time, torchbeast prof.Timings)."""
+
 from __future__ import annotations
 
 import time

@@ -8,6 +8,7 @@ use CURVE: the learner is the CURVE server of both, and its ZAP handler (pyzmq's
 ``ThreadAuthenticator``) admits only the actor public keys in ``DIR/authorized/``. An actor watches
 its sockets' handshakes (``zmq.utils.monitor``) so that a refusal ends it at once, with its reason.
 """
+
 from __future__ import annotations
 
 import os
@@ -205,8 +206,9 @@ def _curve_server(sock: zmq.Socket, keys: LearnerKeys) -> None:
     sock.curve_server = True
 
 
-def bind_learner(ctx: zmq.Context, addr: str, keys: LearnerKeys | None, max_frame_bytes: int,
-                 recv_queue: int) -> LearnerSockets:
+def bind_learner(
+    ctx: zmq.Context, addr: str, keys: LearnerKeys | None, max_frame_bytes: int, recv_queue: int
+) -> LearnerSockets:
     """PULL on ``addr`` for segments, PUB on the next port for weights and heartbeats.
 
     ``max_frame_bytes`` (ZMQ_MAXMSGSIZE): ZeroMQ drops the connection of a peer that sends a larger
@@ -244,8 +246,12 @@ def bind_learner(ctx: zmq.Context, addr: str, keys: LearnerKeys | None, max_fram
 
 
 # ---- the actor's sockets -------------------------------------------------------------------------------
-HANDSHAKE_EVENTS = (zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_AUTH
-                    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
+HANDSHAKE_EVENTS = (
+    zmq.EVENT_HANDSHAKE_SUCCEEDED
+    | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+    | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+)
 NO_DETAIL_FAILURES = 3  # a learner that cannot decrypt our hello just hangs up: refused if it keeps doing so
 ZAP_DENIED = 400
 

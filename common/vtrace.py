@@ -10,6 +10,7 @@ Two forms of the policy advantage A_s, both weighted by rho_s:
             A_s = delta_s + gamma_s lambda A_{s+1} exactly: the advantage PPO uses in the RND paper's
             code. At lambda = 1 it is the "impala" form.
 """
+
 from __future__ import annotations
 
 from typing import NamedTuple
@@ -30,9 +31,18 @@ def truncated_ratios(behaviour_logp: torch.Tensor, target_logp: torch.Tensor, ba
 
 
 @torch.no_grad()
-def vtrace(behaviour_logp: torch.Tensor, target_logp: torch.Tensor, rewards: torch.Tensor, values: torch.Tensor,
-           bootstrap_value: torch.Tensor, discounts: torch.Tensor, rho_bar: float = 1.0, c_bar: float = 1.0,
-           lam: float = 1.0, advantage: str = "gae") -> VTraceReturns:
+def vtrace(
+    behaviour_logp: torch.Tensor,
+    target_logp: torch.Tensor,
+    rewards: torch.Tensor,
+    values: torch.Tensor,
+    bootstrap_value: torch.Tensor,
+    discounts: torch.Tensor,
+    rho_bar: float = 1.0,
+    c_bar: float = 1.0,
+    lam: float = 1.0,
+    advantage: str = "gae",
+) -> VTraceReturns:
     """V-trace targets and policy-gradient advantages.
 
     Args (T = time, B = batch of env streams, time-major):
@@ -77,8 +87,12 @@ def vtrace(behaviour_logp: torch.Tensor, target_logp: torch.Tensor, rewards: tor
 def _check_shapes(behaviour_logp, target_logp, rewards, values, bootstrap_value, discounts) -> None:
     if values.dim() != 2:
         raise ValueError(f"values must be [T, B], got {tuple(values.shape)}")
-    for name, x in (("behaviour_logp", behaviour_logp), ("target_logp", target_logp), ("rewards", rewards),
-                    ("discounts", discounts)):
+    for name, x in (
+        ("behaviour_logp", behaviour_logp),
+        ("target_logp", target_logp),
+        ("rewards", rewards),
+        ("discounts", discounts),
+    ):
         if x.shape != values.shape:
             raise ValueError(f"{name} must have shape {tuple(values.shape)}, got {tuple(x.shape)}")
     if bootstrap_value.shape != values.shape[1:]:

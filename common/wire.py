@@ -12,6 +12,7 @@ random-action steps for the observation normaliser). Learner -> actors (PUB/SUB)
 is alive even in a long update), ``stop``. Weights and heartbeats also carry which segments the
 learner has retired (consumed or dropped), per actor process: the actors' flow control.
 """
+
 from __future__ import annotations
 
 import json
@@ -67,8 +68,7 @@ class FlowMeta:
 
     def wire(self) -> dict[str, Any]:
         """The header fields, in the order the learner has always sent them."""
-        return {"version": self.version, "learner_run": self.learner_run,
-                "retired": [list(t) for t in self.retired]}
+        return {"version": self.version, "learner_run": self.learner_run, "retired": [list(t) for t in self.retired]}
 
 
 @dataclass(frozen=True)
@@ -105,8 +105,9 @@ class WarmupMeta:
 # encoding / decoding
 
 
-def encode(kind: str, meta: dict[str, Any], arrays: dict[str, np.ndarray], compression: str = "none",
-           level: int = 1) -> list[bytes]:
+def encode(
+    kind: str, meta: dict[str, Any], arrays: dict[str, np.ndarray], compression: str = "none", level: int = 1
+) -> list[bytes]:
     """-> multipart frames [header, buffer, ...]. ``compression``: none | zstd (per buffer)."""
     if kind not in KINDS:
         raise ValueError(f"unknown message kind {kind!r}")
@@ -157,8 +158,10 @@ def _decode(frames: list[bytes], max_bytes: int | None) -> Message:
         raise WireError(f"unknown compression {compression!r}")
     specs = header.get("arrays")
     if not isinstance(specs, list) or len(specs) != len(frames) - 1:
-        raise WireError(f"header lists {len(specs) if isinstance(specs, list) else '?'} arrays, "
-                        f"message has {len(frames) - 1} buffers")
+        raise WireError(
+            f"header lists {len(specs) if isinstance(specs, list) else '?'} arrays, "
+            f"message has {len(frames) - 1} buffers"
+        )
     parsed = [_array_spec(spec) for spec in specs]
     declared = sum(math.prod(shape) * dtype.itemsize for _, dtype, shape in parsed)
     if max_bytes is not None and declared > max_bytes:
@@ -178,8 +181,11 @@ def _array_spec(spec: Any) -> tuple[str, np.dtype, tuple[int, ...]]:
     name, dtype, shape = spec.get("name"), spec.get("dtype"), spec.get("shape")
     if not isinstance(name, str) or not isinstance(dtype, str) or dtype not in _DTYPES:
         raise WireError(f"array {name!r}: bad name or dtype {dtype!r}")
-    if (not isinstance(shape, list) or len(shape) > 6
-            or not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 1 << 31 for d in shape)):
+    if (
+        not isinstance(shape, list)
+        or len(shape) > 6
+        or not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 1 << 31 for d in shape)
+    ):
         raise WireError(f"array {name!r}: bad shape {shape!r}")
     return name, np.dtype(_DTYPES[dtype]), tuple(shape)
 
@@ -227,8 +233,7 @@ class SegmentSpec:
 
     def max_message_bytes(self) -> int:
         """The largest segment or warm-up message this spec allows (all streams in one segment)."""
-        return sum(math.prod(shape) * dtype.itemsize
-                   for dtype, shape in self.segment_arrays(self.num_streams).values())
+        return sum(math.prod(shape) * dtype.itemsize for dtype, shape in self.segment_arrays(self.num_streams).values())
 
     def segment_arrays(self, k: int) -> dict[str, tuple[np.dtype, tuple[int, ...]]]:
         t, h, w = self.rollout_steps, self.height, self.width
@@ -268,8 +273,7 @@ def _int(meta: dict, key: str, lo: int = 0, hi: int = 1 << 62) -> int:
 def _streams(meta: dict, spec: SegmentSpec) -> list[int]:
     s = meta.get("streams")
     _require(isinstance(s, list) and 0 < len(s) <= spec.num_streams, "field 'streams' missing or wrong length")
-    _require(all(_is_int(i) and 0 <= i < spec.num_streams for i in s),
-             f"stream ids outside [0, {spec.num_streams})")
+    _require(all(_is_int(i) and 0 <= i < spec.num_streams for i in s), f"stream ids outside [0, {spec.num_streams})")
     _require(len(set(s)) == len(s), "stream ids repeat")
     return s
 
@@ -278,8 +282,10 @@ def _check_arrays(arrays: dict[str, np.ndarray], want: dict[str, tuple[np.dtype,
     _require(set(arrays) == set(want), f"arrays {sorted(arrays)} != expected {sorted(want)}")
     for name, (dtype, shape) in want.items():
         a = arrays[name]
-        _require(a.dtype == dtype and a.shape == shape,
-                 f"array {name!r}: {a.dtype}{list(a.shape)}, expected {dtype}{list(shape)}")
+        _require(
+            a.dtype == dtype and a.shape == shape,
+            f"array {name!r}: {a.dtype}{list(a.shape)}, expected {dtype}{list(shape)}",
+        )
         if dtype.kind == "f":
             _require(bool(np.isfinite(a).all()), f"array {name!r} has non-finite values")
 
@@ -334,8 +340,12 @@ def _check_episodes(eps: Any, streams: list[int], ended: np.ndarray) -> None:
         _require(_is_number(r), "bad episode return")
         _require(_is_int(ln) and 0 < ln <= MAX_EPISODE_LENGTH, "bad episode length")
         rooms = e.get("rooms", [])
-        _require(isinstance(rooms, list) and all(_is_int(x) and 0 <= x <= 255 for x in rooms)
-                 and all(a < b for a, b in pairwise(rooms)), "bad episode rooms")
+        _require(
+            isinstance(rooms, list)
+            and all(_is_int(x) and 0 <= x <= 255 for x in rooms)
+            and all(a < b for a, b in pairwise(rooms)),
+            "bad episode rooms",
+        )
         _check_cells(e.get("cells", []), ln)
 
 
@@ -343,8 +353,18 @@ def _check_cells(cells: Any, length: int) -> None:
     """[[cell id, steps], ...]: at most MAX_EPISODE_CELLS, ids increasing, steps adding up to the length."""
     _require(isinstance(cells, list), "episode cells is not a list")
     _require(len(cells) <= MAX_EPISODE_CELLS, f"episode lists more than {MAX_EPISODE_CELLS} cells")
-    _require(all(isinstance(c, list) and len(c) == 2 and _is_int(c[0]) and 0 <= c[0] <= MAX_CELL
-                 and _is_int(c[1]) and c[1] > 0 for c in cells), "episode cells are not [cell id, steps] pairs")
+    _require(
+        all(
+            isinstance(c, list)
+            and len(c) == 2
+            and _is_int(c[0])
+            and 0 <= c[0] <= MAX_CELL
+            and _is_int(c[1])
+            and c[1] > 0
+            for c in cells
+        ),
+        "episode cells are not [cell id, steps] pairs",
+    )
     _require(all(max(cell_parts(c[0])[2:]) < bucket_count() for c in cells), "episode cell bucket out of range")
     _require(all(a[0] < b[0] for a, b in pairwise(cells)), "episode cell ids are not increasing")
     _require(not cells or sum(c[1] for c in cells) == length, "episode cell steps do not add up to its length")
@@ -357,9 +377,13 @@ def validate_warmup(msg: Message, spec: SegmentSpec) -> WarmupMeta:
     streams = _streams(msg.meta, spec)
     _require(set(msg.arrays) == {"frames"}, "warmup carries exactly 'frames'")
     f = msg.arrays["frames"]
-    _require(f.dtype == np.uint8 and f.ndim == 4 and 0 < f.shape[0] <= spec.rollout_steps
-             and f.shape[1:] == (len(streams), spec.height, spec.width),
-             f"warmup frames {f.dtype}{list(f.shape)} do not fit")
+    _require(
+        f.dtype == np.uint8
+        and f.ndim == 4
+        and 0 < f.shape[0] <= spec.rollout_steps
+        and f.shape[1:] == (len(streams), spec.height, spec.width),
+        f"warmup frames {f.dtype}{list(f.shape)} do not fit",
+    )
     return WarmupMeta(actor, streams)
 
 
@@ -369,8 +393,10 @@ def _flow_meta(meta: dict) -> FlowMeta:
     learner_run = _int(meta, "learner_run")
     r = meta.get("retired")
     _require(isinstance(r, list) and len(r) <= 1 << 16, "field 'retired' is not a list")
-    _require(all(isinstance(x, list) and len(x) == 3 and all(_is_int(v) and v >= 0 for v in x) for x in r),
-             "field 'retired' holds something other than [actor, run, seq] triples")
+    _require(
+        all(isinstance(x, list) and len(x) == 3 and all(_is_int(v) and v >= 0 for v in x) for x in r),
+        "field 'retired' holds something other than [actor, run, seq] triples",
+    )
     return FlowMeta(version, learner_run, tuple((a, run, seq) for a, run, seq in r))
 
 

@@ -4,6 +4,7 @@ Burda et al. 2018 (arXiv 1810.12894): section 2.2 (RND reward), 2.3 (two value h
 advantage), 2.4 (observation and reward normalisation); Espeholt et al. 2018 (arXiv 1802.01561) for
 V-trace; Schulman et al. 2017 (arXiv 1707.06347) for the clipped surrogate.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -126,7 +127,7 @@ class RNDAgent:
         out = torch.empty(n, device=self.device)
         for lo in range(0, n, INFER_CHUNK):
             idx = torch.arange(lo, min(n, lo + INFER_CHUNK), device=self.device)
-            out[lo:lo + len(idx)] = self.rnd_fn(self.normalise_frames(batch.next_frames(idx)))
+            out[lo : lo + len(idx)] = self.rnd_fn(self.normalise_frames(batch.next_frames(idx)))
         return out.view(batch.T, batch.B)
 
     def normalise_intrinsic(self, raw: torch.Tensor, batch: Batch) -> torch.Tensor:
@@ -135,7 +136,7 @@ class RNDAgent:
         returns, col = [], 0
         cpu_raw = raw.detach().cpu()
         for k in batch.segment_sizes:
-            returns.append(self.reward_filter(cpu_raw[:, col:col + k], batch.streams[col:col + k]))
+            returns.append(self.reward_filter(cpu_raw[:, col : col + k], batch.streams[col : col + k]))
             col += k
         self.reward_rms.update(torch.cat(returns, dim=1).reshape(-1))
         return raw / float(self.reward_rms.std)
@@ -165,8 +166,18 @@ class RNDAgent:
         """(vs [T, B], advantages [T, B]) of one stream, by V-trace or GAE per the config."""
         cfg = self.cfg
         if cfg.UseVTraceCorrection:
-            vt = vtrace(behaviour_logp, target_logp, rewards, values[:-1], values[-1], discounts,
-                        rho_bar=cfg.vtrace_rho_bar, c_bar=cfg.vtrace_c_bar, lam=lam, advantage=cfg.vtrace_advantage)
+            vt = vtrace(
+                behaviour_logp,
+                target_logp,
+                rewards,
+                values[:-1],
+                values[-1],
+                discounts,
+                rho_bar=cfg.vtrace_rho_bar,
+                c_bar=cfg.vtrace_c_bar,
+                lam=lam,
+                advantage=cfg.vtrace_advantage,
+            )
             return vt.vs, vt.pg_advantages
         adv, ret = gae(rewards, values[:-1], values[-1], discounts, lam)
         return ret, adv
@@ -177,16 +188,19 @@ class RNDAgent:
         target_logp, v_ext, v_int = self.score(batch)
         raw_int = self.intrinsic_rewards(batch)
         int_rew = self.normalise_intrinsic(raw_int, batch).to(self.device)
-        self.update_obs_normaliser(batch.frames[-batch.T:])
+        self.update_obs_normaliser(batch.frames[-batch.T :])
 
-        ext_rew, ext_disc = extrinsic_stream(batch.rewards, batch.terminated, batch.truncated, batch.trunc_value,
-                                             cfg.ExtRewardDiscount)
+        ext_rew, ext_disc = extrinsic_stream(
+            batch.rewards, batch.terminated, batch.truncated, batch.trunc_value, cfg.ExtRewardDiscount
+        )
         int_disc = torch.full_like(int_rew, cfg.IntRewardDiscount)  # never cut (non-episodic)
 
-        vs_ext, adv_ext = self.stream_targets(batch.behaviour_logp, target_logp, ext_rew, v_ext, ext_disc,
-                                              cfg.PPOAdvLambda)
-        vs_int, adv_int = self.stream_targets(batch.behaviour_logp, target_logp, int_rew, v_int, int_disc,
-                                              cfg.PPOAdvLambda)
+        vs_ext, adv_ext = self.stream_targets(
+            batch.behaviour_logp, target_logp, ext_rew, v_ext, ext_disc, cfg.PPOAdvLambda
+        )
+        vs_int, adv_int = self.stream_targets(
+            batch.behaviour_logp, target_logp, int_rew, v_int, int_disc, cfg.PPOAdvLambda
+        )
         adv = cfg.ExtCoeff * adv_ext + cfg.IntCoeff * adv_int
         if cfg.normalize_advantages:
             adv = (adv - adv.mean()) / (adv.std() + 1e-8)
@@ -213,15 +227,19 @@ class RNDAgent:
         logp_all = torch.log_softmax(out.logits, -1)
         logp = logp_all.gather(1, batch.actions.reshape(-1)[idx, None]).squeeze(1)
         pg_loss, ratio, log_ratio = clipped_surrogate(logp, tg.logp_ref[idx], tg.advantages[idx], cfg.PPORewardEps)
-        v_loss = 0.5 * ((out.value_ext - tg.vs_ext[idx]).pow(2).mean()
-                        + (out.value_int - tg.vs_int[idx]).pow(2).mean())
+        v_loss = 0.5 * ((out.value_ext - tg.vs_ext[idx]).pow(2).mean() + (out.value_int - tg.vs_int[idx]).pow(2).mean())
         entropy = -(logp_all.exp() * logp_all).sum(-1).mean()
         rnd_loss = self.predictor_loss(batch, idx)
         loss = pg_loss + cfg.value_coeff * v_loss - cfg.PPOEntropyCoeff * entropy + rnd_loss
         with torch.no_grad():
-            info = {"policy_loss": pg_loss.detach(), "value_loss": v_loss.detach(), "entropy": entropy.detach(),
-                    "rnd_loss": rnd_loss.detach(), "approx_kl": ((ratio - 1) - log_ratio).mean(),
-                    "clip_fraction": ((ratio - 1).abs() > cfg.PPORewardEps).float().mean()}
+            info = {
+                "policy_loss": pg_loss.detach(),
+                "value_loss": v_loss.detach(),
+                "entropy": entropy.detach(),
+                "rnd_loss": rnd_loss.detach(),
+                "approx_kl": ((ratio - 1) - log_ratio).mean(),
+                "clip_fraction": ((ratio - 1).abs() > cfg.PPORewardEps).float().mean(),
+            }
         return loss, info
 
     def predictor_loss(self, batch: Batch, idx: torch.Tensor) -> torch.Tensor:
@@ -262,10 +280,16 @@ class RNDAgent:
 
     # ---- state ------------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        return {"policy": self.policy.state_dict(), "rnd": self.rnd.state_dict(),
-                "optimizer": self.optimizer.state_dict(), "obs_rms": self.obs_rms.state_dict(),
-                "reward_rms": self.reward_rms.state_dict(), "reward_filter": self.reward_filter.state_dict(),
-                "rng": self.gen.get_state(), "torch_rng": torch.get_rng_state()}
+        return {
+            "policy": self.policy.state_dict(),
+            "rnd": self.rnd.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "obs_rms": self.obs_rms.state_dict(),
+            "reward_rms": self.reward_rms.state_dict(),
+            "reward_filter": self.reward_filter.state_dict(),
+            "rng": self.gen.get_state(),
+            "torch_rng": torch.get_rng_state(),
+        }
 
     def load_state_dict(self, state: dict) -> None:
         """Raises CheckpointError when the saved networks do not fit this code's (e.g. another conv shape)."""
@@ -287,12 +311,14 @@ def load_network(net: torch.nn.Module, state: dict, what: str) -> None:
         raise CheckpointError(f"the checkpoint's {what} network is a {type(state).__name__}, not a state dict")
     missing, extra = sorted(set(want) - set(state)), sorted(set(state) - set(want))
     if missing or extra:
-        raise CheckpointError(f"the checkpoint's {what} network does not fit this code's: "
-                              f"missing {missing[:3]}, unexpected {extra[:3]}")
+        raise CheckpointError(
+            f"the checkpoint's {what} network does not fit this code's: missing {missing[:3]}, unexpected {extra[:3]}"
+        )
     for k, v in want.items():
         got = state[k]
         if not isinstance(got, torch.Tensor) or got.shape != v.shape:
             shape = list(got.shape) if isinstance(got, torch.Tensor) else type(got).__name__
-            raise CheckpointError(f"the checkpoint's {what} network does not fit this code's: {k} is {shape} "
-                                  f"there, {list(v.shape)} here")
+            raise CheckpointError(
+                f"the checkpoint's {what} network does not fit this code's: {k} is {shape} there, {list(v.shape)} here"
+            )
     net.load_state_dict(state)

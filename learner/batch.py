@@ -3,6 +3,7 @@
 The wire carries one new frame per step; observations are rebuilt here as index arrays into the
 batch's frames, so stacks are gathered per minibatch and never materialised whole.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
@@ -93,9 +94,10 @@ def stack_indices(episode_start: torch.Tensor, frame_stack: int) -> torch.Tensor
 
 def assemble(segments: list[Segment], frame_stack: int, pin: bool = False) -> Batch:
     """Concatenate segments along the stream axis into host tensors (page-locked if ``pin``)."""
-    cat = {n: np.concatenate([sg.arrays[n] for sg in segments], axis=1)
-           for n in ("frames", "context", "actions", "behaviour_logp", "rewards", "terminated", "truncated",
-                     "trunc_value")}
+    cat = {
+        n: np.concatenate([sg.arrays[n] for sg in segments], axis=1)
+        for n in ("frames", "context", "actions", "behaviour_logp", "rewards", "terminated", "truncated", "trunc_value")
+    }
     ends = (cat["terminated"] | cat["truncated"]).astype(bool)
     start = np.zeros((ends.shape[0] + 1, ends.shape[1]), dtype=bool)
     start[1:] = ends

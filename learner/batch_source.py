@@ -5,6 +5,7 @@ picked and assembled off the critical path; ``InProcessBatchSource`` takes messa
 caller (the serial runner, tests), validated as the I/O thread validates them. Either way the
 learner's loop asks ``next_batch(version, timeout)`` and updates on what it gets.
 """
+
 from __future__ import annotations
 
 from collections import deque
@@ -42,8 +43,13 @@ class InProcessBatchSource:
     (``on_warmup``), bad ones counted (``on_reject``), segments kept in ``pending`` until the next
     batch takes them all. No staleness check: the caller decides which weights each segment used."""
 
-    def __init__(self, spec: SegmentSpec, frame_stack: int, on_reject: Callable[[WireError], None],
-                 on_warmup: Callable[[WarmupMoments], None]):
+    def __init__(
+        self,
+        spec: SegmentSpec,
+        frame_stack: int,
+        on_reject: Callable[[WireError], None],
+        on_warmup: Callable[[WarmupMoments], None],
+    ):
         self.spec, self.frame_stack, self.on_reject, self.on_warmup = spec, frame_stack, on_reject, on_warmup
         self.pending: deque[Segment] = deque()
 

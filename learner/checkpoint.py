@@ -3,6 +3,7 @@
 A checkpoint is a dict of tensors and plain Python values, loaded with ``weights_only=True``, and
 only under a torch whose ``weights_only`` loader has no known holes (MIN_TORCH).
 """
+
 from __future__ import annotations
 
 import errno
@@ -36,8 +37,9 @@ def write_fault(e: OSError, where: Path, ckpt_dir: Path) -> CheckpointWriteError
     """The one line of a failed write into ``where`` (a folder or file) while checkpointing ``ckpt_dir``."""
     full = e.errno in (errno.ENOSPC, errno.EDQUOT)
     why = f"the disk is full ({e.strerror})" if full else (e.strerror or str(e) or type(e).__name__)
-    return CheckpointWriteError(f"cannot write the checkpoint: {why} at {where}; "
-                                f"{ckpt_dir / 'latest.pt'} holds the last checkpoint written")
+    return CheckpointWriteError(
+        f"cannot write the checkpoint: {why} at {where}; {ckpt_dir / 'latest.pt'} holds the last checkpoint written"
+    )
 
 
 def _atomic_save(obj: Any, path: Path) -> None:
@@ -102,8 +104,10 @@ def check_torch_version(version: str) -> None:
     m = re.match(r"^(\d+)\.(\d+)", version)
     if m is None or (int(m[1]), int(m[2])) < MIN_TORCH:
         floor = ".".join(map(str, MIN_TORCH))
-        raise CheckpointError(f"torch {version} is older than {floor}: its weights_only loader can run code from a "
-                              f"crafted checkpoint (CVE-2025-32434, CVE-2026-24747); install torch>={floor}")
+        raise CheckpointError(
+            f"torch {version} is older than {floor}: its weights_only loader can run code from a "
+            f"crafted checkpoint (CVE-2025-32434, CVE-2026-24747); install torch>={floor}"
+        )
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -165,8 +169,10 @@ def _shape_fault(cfg: dict[str, Any], agent: dict[str, Any]) -> str | None:
         return "its observation normaliser holds no mean tensor"
     want = (cfg.get("ImageHeight"), cfg.get("ImageWidth"))
     if tuple(mean.shape) != want:
-        return (f"its config says ImageHeight x ImageWidth = {want[0]} x {want[1]}, its observation normaliser "
-                f"is {' x '.join(map(str, mean.shape))}")
+        return (
+            f"its config says ImageHeight x ImageWidth = {want[0]} x {want[1]}, its observation normaliser "
+            f"is {' x '.join(map(str, mean.shape))}"
+        )
     filt = agent["reward_filter"]
     state = filt.get("state") if isinstance(filt, dict) else None
     if not isinstance(state, torch.Tensor) or tuple(state.shape) != (cfg.get("NumWorkers"),):

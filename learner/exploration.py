@@ -5,6 +5,7 @@ Episodes bring ``rooms`` (room numbers entered) and ``cells`` ([cell id, agent s
 over the whole run, kept in the checkpoint, and written to ``RUN_DIR/exploration.json``.
 No sockets and no files here except ``write_json``.
 """
+
 from __future__ import annotations
 
 import json
@@ -58,9 +59,11 @@ class ExplorationStats:
     # ---- state ------------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
         """Plain ints and lists only: it goes into a ``weights_only`` checkpoint."""
-        return {"room_episodes": sorted([r, n] for r, n in self.room_episodes.items()),
-                "cell_steps": sorted([c, n] for c, n in self.cell_steps.items()),
-                "cells_dropped": self.cells_dropped}
+        return {
+            "room_episodes": sorted([r, n] for r, n in self.room_episodes.items()),
+            "cell_steps": sorted([c, n] for c, n in self.cell_steps.items()),
+            "cells_dropped": self.cells_dropped,
+        }
 
     def load(self, state: dict[str, Any]) -> None:
         self.room_episodes = Counter({int(r): int(n) for r, n in state["room_episodes"]})
@@ -72,12 +75,17 @@ class ExplorationStats:
         room_steps = self.room_steps()
         rooms = sorted(set(self.room_episodes) | set(room_steps))
         cells = [{**cell_parts(c)._asdict(), "steps": n} for c, n in sorted(self.cell_steps.items())]
-        return {"update": update, "agent_steps": agent_steps, "episodes": episodes, "cell_bucket": CELL_BUCKET,
-                "rooms_visited_total": self.rooms_visited, "cells_visited_total": self.cells_visited,
-                "cells_dropped": self.cells_dropped,
-                "rooms": {str(r): {"episodes": self.room_episodes.get(r, 0), "steps": room_steps.get(r, 0)}
-                          for r in rooms},
-                "cells": cells}
+        return {
+            "update": update,
+            "agent_steps": agent_steps,
+            "episodes": episodes,
+            "cell_bucket": CELL_BUCKET,
+            "rooms_visited_total": self.rooms_visited,
+            "cells_visited_total": self.cells_visited,
+            "cells_dropped": self.cells_dropped,
+            "rooms": {str(r): {"episodes": self.room_episodes.get(r, 0), "steps": room_steps.get(r, 0)} for r in rooms},
+            "cells": cells,
+        }
 
     def write_json(self, path: Path, update: int, agent_steps: int, episodes: int) -> None:
         """Write ``to_json`` atomically (a reader never sees half a file)."""

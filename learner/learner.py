@@ -7,6 +7,7 @@ checkpoint resumes everything. Its parts: the batches come from a ``BatchSource`
 (``learner/run_stats.py``). Game-specific facts never appear here: rooms and exploration cells
 arrive as episode stats and are counted run-wide (``learner/exploration.py``).
 """
+
 from __future__ import annotations
 
 import logging
@@ -68,9 +69,18 @@ class Learner:
     With ``bind`` the batches come from the I/O thread; without, from messages handed in with ``handle``.
     ``on_update`` holds callables given each metrics row as it is logged."""
 
-    def __init__(self, cfg: Config, run_dir: Path, device: torch.device | str = "cpu", bind: str | None = None,
-                 total_steps: int | None = None, supervisor: Supervisor | None = None, resume: dict | None = None,
-                 tensorboard: bool = True, keys: LearnerKeys | None = None):
+    def __init__(
+        self,
+        cfg: Config,
+        run_dir: Path,
+        device: torch.device | str = "cpu",
+        bind: str | None = None,
+        total_steps: int | None = None,
+        supervisor: Supervisor | None = None,
+        resume: dict | None = None,
+        tensorboard: bool = True,
+        keys: LearnerKeys | None = None,
+    ):
         self.cfg = cfg
         self.run_dir = Path(run_dir)
         self.total_steps = total_steps if total_steps is not None else cfg.total_agent_steps
@@ -91,9 +101,12 @@ class Learner:
         self._save_failed = False
         self.failure: str | None = None  # why the run stopped early as a failure (no actors, a non-finite loss)
         self.shutting_down = False
-        self.logger = RunLogger(self.run_dir, resume_update=self.version if resume is not None else None,
-                                tensorboard=tensorboard,
-                                purge_step=self.stats.counters["agent_steps"] if resume is not None else None)
+        self.logger = RunLogger(
+            self.run_dir,
+            resume_update=self.version if resume is not None else None,
+            tensorboard=tensorboard,
+            purge_step=self.stats.counters["agent_steps"] if resume is not None else None,
+        )
         self.ctx = zmq.Context.instance()
         self.sockets: LearnerSockets | None = None
         self.io: LearnerIO | None = None
@@ -104,12 +117,22 @@ class Learner:
     # ---- sockets ---------------------------------------------------------------------------------
     def _bind(self, addr: str, keys: LearnerKeys | None) -> None:
         """Sockets (CURVE with ``keys``), sized by the config: see learner_io's bounds."""
-        self.sockets = bind_learner(self.ctx, addr, keys, max_frame_bytes(self.spec),
-                                    recv_queue(self.cfg.max_policy_lag))
-        self.io = LearnerIO(self.sockets.pull, self.sockets.pub, self.spec, self.cfg.NumWorkers, self.cfg.FrameStack,
-                            self.cfg.max_policy_lag, pin=self.agent.device.type == "cuda",
-                            on_reject=self.reject, on_stale=self.count_stale, version=self.version,
-                            heartbeat_meta=self.ledger.flow_meta)
+        self.sockets = bind_learner(
+            self.ctx, addr, keys, max_frame_bytes(self.spec), recv_queue(self.cfg.max_policy_lag)
+        )
+        self.io = LearnerIO(
+            self.sockets.pull,
+            self.sockets.pub,
+            self.spec,
+            self.cfg.NumWorkers,
+            self.cfg.FrameStack,
+            self.cfg.max_policy_lag,
+            pin=self.agent.device.type == "cuda",
+            on_reject=self.reject,
+            on_stale=self.count_stale,
+            version=self.version,
+            heartbeat_meta=self.ledger.flow_meta,
+        )
         self.source = SocketBatchSource(self.io, self.accept_warmup, lambda: self.obs_rms_ready)
 
     @property
@@ -141,8 +164,11 @@ class Learner:
         state = self.agent.policy.state_dict()
         # a snapshot: the I/O thread sends it later, while the next update changes the parameters
         arrays = {k: v.detach().to("cpu", torch.float32, copy=True).numpy() for k, v in state.items()}
-        meta = {**self.ledger.flow_meta().wire(),
-                "warmup_steps": 0 if self.obs_rms_ready else self.cfg.NumInitSteps, "shape_keys": shape_keys(self.cfg)}
+        meta = {
+            **self.ledger.flow_meta().wire(),
+            "warmup_steps": 0 if self.obs_rms_ready else self.cfg.NumInitSteps,
+            "shape_keys": shape_keys(self.cfg),
+        }
         self.io.publish_weights(self.version, encode("weights", meta, arrays))
 
     def stop_actors(self) -> None:
@@ -156,8 +182,11 @@ class Learner:
         """A bad message: counted, and logged once per reason. Called from the I/O thread."""
         reason, first = self.stats.note_rejection(reject_reason(e))
         if first and reason == OTHER_REASONS:
-            log.warning("dropped a bad message (%s); %d kinds of fault logged, further new ones are only counted",
-                        e, MAX_REJECT_REASONS)
+            log.warning(
+                "dropped a bad message (%s); %d kinds of fault logged, further new ones are only counted",
+                e,
+                MAX_REJECT_REASONS,
+            )
         elif first:
             log.warning("dropped a bad message (%s); further ones like it are only counted", e)
 
@@ -234,18 +263,26 @@ class Learner:
     def _row(self, metrics: dict[str, float], segments: list[Segment]) -> dict[str, Any]:
         version, counters, stats = self.version, self.stats.counters, self.stats
         split = self.timings.split()
-        return {"update": version, "agent_steps": counters["agent_steps"],
-                "frames": counters["agent_steps"] * self.cfg.FrameSkip, "time_s": stats.elapsed_s(),
-                **stats.episode_means(),
-                "episodes": counters["episodes"], "rooms_visited_total": stats.exploration.rooms_visited,
-                "cells_visited_total": stats.exploration.cells_visited,
-                "obs_rms_mean": float(self.agent.obs_rms.mean.mean()),
-                **policy_lags(segments, version),  # lag at consumption
-                "steps_per_second": stats.steps_per_second(), "wait_data_s": split.get("wait_data", 0.0),
-                "learn_s": split.get("learn", 0.0), "rejected_messages": counters["rejected_messages"],
-                "dropped_stale_segments": counters["dropped_stale_segments"],
-                "actor_restarts": stats.actor_restarts(),
-                **actor_phases(segments), **metrics}
+        return {
+            "update": version,
+            "agent_steps": counters["agent_steps"],
+            "frames": counters["agent_steps"] * self.cfg.FrameSkip,
+            "time_s": stats.elapsed_s(),
+            **stats.episode_means(),
+            "episodes": counters["episodes"],
+            "rooms_visited_total": stats.exploration.rooms_visited,
+            "cells_visited_total": stats.exploration.cells_visited,
+            "obs_rms_mean": float(self.agent.obs_rms.mean.mean()),
+            **policy_lags(segments, version),  # lag at consumption
+            "steps_per_second": stats.steps_per_second(),
+            "wait_data_s": split.get("wait_data", 0.0),
+            "learn_s": split.get("learn", 0.0),
+            "rejected_messages": counters["rejected_messages"],
+            "dropped_stale_segments": counters["dropped_stale_segments"],
+            "actor_restarts": stats.actor_restarts(),
+            **actor_phases(segments),
+            **metrics,
+        }
 
     def log(self, row: dict[str, Any]) -> None:
         """Log one metrics row, then hand it to every ``on_update`` hook."""
@@ -307,8 +344,13 @@ class Learner:
     def state(self) -> dict[str, Any]:
         """Everything a checkpoint holds: config, agent, counters, obs_rms_ready, and the run statistics."""
         stats = self.stats.state(self.version)
-        return {"config": self.cfg.to_dict(), "agent": self.agent.state_dict(), "counters": stats.pop("counters"),
-                "obs_rms_ready": self.obs_rms_ready, **stats}
+        return {
+            "config": self.cfg.to_dict(),
+            "agent": self.agent.state_dict(),
+            "counters": stats.pop("counters"),
+            "obs_rms_ready": self.obs_rms_ready,
+            **stats,
+        }
 
     def _load(self, data: dict[str, Any]) -> None:
         """Restore a checkpoint (``load_checkpoint`` checked its parts); what still does not fit this
@@ -334,10 +376,13 @@ class Learner:
         """Checkpoint now, unless this very update was just saved."""
         if self._saved_version != self.version:
             try:
-                self._saved_path = save_checkpoint(self.run_dir, self.state(), self.version,
-                                                   self.cfg.keep_checkpoints)
-                self.stats.exploration.write_json(self.run_dir / "exploration.json", self.version,
-                                                  self.stats.counters["agent_steps"], self.stats.counters["episodes"])
+                self._saved_path = save_checkpoint(self.run_dir, self.state(), self.version, self.cfg.keep_checkpoints)
+                self.stats.exploration.write_json(
+                    self.run_dir / "exploration.json",
+                    self.version,
+                    self.stats.counters["agent_steps"],
+                    self.stats.counters["episodes"],
+                )
             except OSError as e:  # exploration.json: the checkpoint itself says so in save_checkpoint
                 self._save_failed = True
                 raise write_fault(e, self.run_dir / "exploration.json", self.run_dir / "checkpoints") from None
@@ -353,4 +398,3 @@ class Learner:
         self.logger.close()
         if self.sockets is not None:
             self.sockets.close()
-

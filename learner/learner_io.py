@@ -18,6 +18,7 @@ it keeps at most ``pending_segments_per_actor`` segments per actor id and ``pend
 in all; actor ids must be ones the run can have (below NumWorkers); and warm-up moments waiting
 for the main thread are merged into one.
 """
+
 from __future__ import annotations
 
 import json
@@ -103,8 +104,13 @@ def flood_memory_bound(spec: SegmentSpec, max_lag: int, peers: int) -> int:
     the warm-up moments (two float64 H x W pairs)."""
     message = spec.max_message_bytes() + MAX_HEADER_BYTES
     warm = 2 * 2 * spec.height * spec.width * 8
-    return (pending_cap_bytes(spec, max_lag) + assembly_bytes(spec) + peers * recv_queue(max_lag) * message
-            + 2 * message + warm)
+    return (
+        pending_cap_bytes(spec, max_lag)
+        + assembly_bytes(spec)
+        + peers * recv_queue(max_lag) * message
+        + 2 * message
+        + warm
+    )
 
 
 def retired_table_bytes(num_workers: int) -> int:
@@ -180,8 +186,14 @@ def read_envelope(frames: list[bytes], spec: SegmentSpec) -> Envelope:
     streams = header.get("streams")
     if not isinstance(streams, list) or not 0 < len(streams) <= spec.num_streams:
         raise WireError("field 'streams' missing or wrong length")
-    return Envelope(kind, actor, _header_int(header, "version"), _header_int(header, "run"),
-                    _header_int(header, "seq"), len(streams))
+    return Envelope(
+        kind,
+        actor,
+        _header_int(header, "version"),
+        _header_int(header, "run"),
+        _header_int(header, "seq"),
+        len(streams),
+    )
 
 
 def parse_message(frames: list[bytes], spec: SegmentSpec) -> Segment | WarmupMoments:
@@ -200,8 +212,13 @@ def parse_message(frames: list[bytes], spec: SegmentSpec) -> Segment | WarmupMom
     raise WireError(f"a learner does not accept {msg.kind!r} messages")
 
 
-def route_message(frames: list[bytes], spec: SegmentSpec, on_reject: Callable[[WireError], None],
-                  on_warmup: Callable[[WarmupMoments], None], on_segment: Callable[[Segment], None]) -> None:
+def route_message(
+    frames: list[bytes],
+    spec: SegmentSpec,
+    on_reject: Callable[[WireError], None],
+    on_warmup: Callable[[WarmupMoments], None],
+    on_segment: Callable[[Segment], None],
+) -> None:
     """Parse one message and hand it to the matching callback; a bad one goes to ``on_reject``."""
     try:
         item = parse_message(frames, spec)
@@ -220,10 +237,20 @@ def route_message(frames: list[bytes], spec: SegmentSpec, on_reject: Callable[[W
 class LearnerIO:
     """Thread that turns incoming messages into ready batches of >= ``num_envs`` streams, and sends."""
 
-    def __init__(self, sock: zmq.Socket | None, pub: zmq.Socket | None, spec: SegmentSpec, num_envs: int,
-                 frame_stack: int, max_lag: int, pin: bool, on_reject: Callable[[WireError], None],
-                 on_stale: Callable[[list[Segment]], None], version: int = 0,
-                 heartbeat_meta: Callable[[], FlowMeta] | None = None):
+    def __init__(
+        self,
+        sock: zmq.Socket | None,
+        pub: zmq.Socket | None,
+        spec: SegmentSpec,
+        num_envs: int,
+        frame_stack: int,
+        max_lag: int,
+        pin: bool,
+        on_reject: Callable[[WireError], None],
+        on_stale: Callable[[list[Segment]], None],
+        version: int = 0,
+        heartbeat_meta: Callable[[], FlowMeta] | None = None,
+    ):
         self.sock, self.pub = sock, pub
         self.spec, self.num_envs, self.frame_stack, self.max_lag = spec, num_envs, frame_stack, max_lag
         self.pin, self.on_reject, self.on_stale, self.heartbeat_meta = pin, on_reject, on_stale, heartbeat_meta
@@ -324,8 +351,9 @@ class LearnerIO:
         if env.kind == "segment" and not self.seen.first_time(env.actor, env.run, env.seq):
             self.on_reject(WireError("a segment seen before (its actor, run and seq), dropped as a replay"))
             return
-        if env.kind == "segment" and (not self._fresh(env.version)
-                                      or self._pending_streams + env.streams > self._cap_streams):
+        if env.kind == "segment" and (
+            not self._fresh(env.version) or self._pending_streams + env.streams > self._cap_streams
+        ):
             self.on_stale([env.as_dropped()])
             return
         if env.kind == "warmup" and self.enabled:

@@ -3,6 +3,7 @@
 Every metric has one stable bare name (the CSV column) and one namespace; its TensorBoard tag is
 ``namespace/name``. The CSV columns are fixed by ``METRICS`` so that resumed runs append cleanly.
 """
+
 from __future__ import annotations
 
 import csv
@@ -15,19 +16,43 @@ from typing import Any
 
 # name -> namespace, in CSV column order
 METRICS: dict[str, str] = {
-    "update": "charts", "agent_steps": "charts", "frames": "charts", "time_s": "perf",
-    "ext_reward_per_rollout": "charts", "int_reward_per_rollout": "charts", "episode_return_mean": "charts",
-    "episode_length_mean": "charts", "episodes": "charts", "rooms_visited_total": "charts",
-    "rooms_per_episode_mean": "charts", "cells_visited_total": "charts", "cells_per_episode_mean": "charts",
-    "policy_loss": "losses", "value_loss": "losses", "entropy": "losses", "rnd_loss": "losses",
-    "approx_kl": "losses", "clip_fraction": "losses", "explained_var_ext": "losses", "explained_var_int": "losses",
+    "update": "charts",
+    "agent_steps": "charts",
+    "frames": "charts",
+    "time_s": "perf",
+    "ext_reward_per_rollout": "charts",
+    "int_reward_per_rollout": "charts",
+    "episode_return_mean": "charts",
+    "episode_length_mean": "charts",
+    "episodes": "charts",
+    "rooms_visited_total": "charts",
+    "rooms_per_episode_mean": "charts",
+    "cells_visited_total": "charts",
+    "cells_per_episode_mean": "charts",
+    "policy_loss": "losses",
+    "value_loss": "losses",
+    "entropy": "losses",
+    "rnd_loss": "losses",
+    "approx_kl": "losses",
+    "clip_fraction": "losses",
+    "explained_var_ext": "losses",
+    "explained_var_int": "losses",
     "grad_norm": "losses",
     "vtrace_rho_mean": "losses",
-    "int_reward_raw_mean": "rnd", "reward_rms_std": "rnd", "obs_rms_mean": "rnd",
-    "policy_lag_mean": "perf", "policy_lag_max": "perf", "steps_per_second": "perf",
-    "wait_data_s": "perf", "learn_s": "perf",
-    "actor_infer_s": "perf", "actor_env_s": "perf", "actor_wait_s": "perf", "actor_send_s": "perf",
-    "rejected_messages": "perf", "dropped_stale_segments": "perf",
+    "int_reward_raw_mean": "rnd",
+    "reward_rms_std": "rnd",
+    "obs_rms_mean": "rnd",
+    "policy_lag_mean": "perf",
+    "policy_lag_max": "perf",
+    "steps_per_second": "perf",
+    "wait_data_s": "perf",
+    "learn_s": "perf",
+    "actor_infer_s": "perf",
+    "actor_env_s": "perf",
+    "actor_wait_s": "perf",
+    "actor_send_s": "perf",
+    "rejected_messages": "perf",
+    "dropped_stale_segments": "perf",
     "actor_restarts": "perf",
 }
 
@@ -52,8 +77,9 @@ def _keep_rows_up_to(path: Path, update: int, update_of: Any, header: bool) -> N
 class RunLogger:
     """Owns the run dir's log files; a resumed run continues them."""
 
-    def __init__(self, run_dir: Path, resume_update: int | None = None, tensorboard: bool = True,
-                 purge_step: int | None = None):
+    def __init__(
+        self, run_dir: Path, resume_update: int | None = None, tensorboard: bool = True, purge_step: int | None = None
+    ):
         """``resume_update``: continue the logs of a run resumed at that update (rows after it, written
         after its checkpoint by a run that then died, are dropped so that none appears twice)."""
         self.run_dir = Path(run_dir)
@@ -102,10 +128,12 @@ class RunLogger:
             return
         self._last_print = now
         ret = row.get("episode_return_mean", float("nan"))
-        line = (f"update {row['update']:>6} | steps {row['agent_steps']:>12,}/{total_steps:,} | "
-                f"{row['steps_per_second']:>8,.0f} steps/s | return {ret:8.1f} | "
-                f"rooms {row['rooms_visited_total']:>3} | cells {row.get('cells_visited_total', 0):>4} | "
-                f"lag {row['policy_lag_mean']:.2f}")
+        line = (
+            f"update {row['update']:>6} | steps {row['agent_steps']:>12,}/{total_steps:,} | "
+            f"{row['steps_per_second']:>8,.0f} steps/s | return {ret:8.1f} | "
+            f"rooms {row['rooms_visited_total']:>3} | cells {row.get('cells_visited_total', 0):>4} | "
+            f"lag {row['policy_lag_mean']:.2f}"
+        )
         print("\r" + line if self._tty else line, end="" if self._tty else "\n", flush=True)
 
     def close(self) -> None:

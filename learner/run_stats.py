@@ -5,6 +5,7 @@ resumed sessions. One object, checkpointed with the learner (``RunStats.state`` 
 The I/O thread counts rejected and dropped messages while the main thread counts the rest, so the
 counters change under one lock.
 """
+
 from __future__ import annotations
 
 import re
@@ -46,8 +47,13 @@ class RunStats:
     (return, length, rooms, cells), rejections by reason, and time and restarts across resumes."""
 
     def __init__(self, restarts: Callable[[], int] = lambda: 0):
-        self.counters: dict[str, int] = {"agent_steps": 0, "rejected_messages": 0, "dropped_stale_segments": 0,
-                                         "episodes": 0, "warmup_frames": 0}
+        self.counters: dict[str, int] = {
+            "agent_steps": 0,
+            "rejected_messages": 0,
+            "dropped_stale_segments": 0,
+            "episodes": 0,
+            "warmup_frames": 0,
+        }
         self.exploration = ExplorationStats()
         self.recent: deque[tuple[float, int, int, int]] = deque(maxlen=RECENT_EPISODES)
         self.rejected_by_reason: Counter[str] = Counter()
@@ -91,8 +97,15 @@ class RunStats:
                 record = {k: v for k, v in e.items() if k != "cells"}  # the run-wide counts keep the cells
                 if "cells" in e:
                     record["cells_visited"] = cells
-                records.append({**record, "update": version, "agent_steps": self.counters["agent_steps"],
-                                "actor": seg.actor, "policy_version": seg.version})
+                records.append(
+                    {
+                        **record,
+                        "update": version,
+                        "agent_steps": self.counters["agent_steps"],
+                        "actor": seg.actor,
+                        "policy_version": seg.version,
+                    }
+                )
         self.count("episodes", len(records))
         return records
 
@@ -121,9 +134,13 @@ class RunStats:
     def state(self, version: int) -> dict[str, Any]:
         """The checkpoint's counters (with the update, ``version``), exploration, recent_episodes,
         elapsed_s and actor_restarts entries."""
-        return {"counters": self.snapshot(version), "exploration": self.exploration.state(),
-                "recent_episodes": [list(r) for r in self.recent], "elapsed_s": self.elapsed_s(),
-                "actor_restarts": self.actor_restarts()}
+        return {
+            "counters": self.snapshot(version),
+            "exploration": self.exploration.state(),
+            "recent_episodes": [list(r) for r in self.recent],
+            "elapsed_s": self.elapsed_s(),
+            "actor_restarts": self.actor_restarts(),
+        }
 
     def restore(self, data: dict[str, Any]) -> int:
         """Take a checkpoint's entries (see ``state``); returns its update count."""

@@ -3,6 +3,7 @@
 Segments still go through the wire encoding and the learner's validation, so what is tested is what
 the multi-process system runs.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -37,8 +38,14 @@ class SerialRunner:
         """Every actor collects one segment with its current weights and sends it through the wire format."""
         for i, col in self.collectors:
             arrays, episodes = col.collect()
-            meta = {"actor": i, "streams": col.streams, "version": self.learner.version, "run": 0, "seq": self.seq,
-                    "episodes": episodes}
+            meta = {
+                "actor": i,
+                "streams": col.streams,
+                "version": self.learner.version,
+                "run": 0,
+                "seq": self.seq,
+                "episodes": episodes,
+            }
             self.source.handle(encode("segment", meta, arrays))
         self.seq += 1
 

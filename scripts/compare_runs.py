@@ -6,6 +6,7 @@ Each RUN_DIR needs the ``metrics.csv`` and ``episodes.jsonl`` a training run wri
 An episode is placed by the learner's agent step count when it was consumed; bins are (lo, hi] in agent
 steps, the first one also holding step 0. Bad input: one line on stderr and exit code 2.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -55,8 +56,11 @@ def load_metrics(path: Path) -> dict[str, np.ndarray]:
     if not rows or missing:
         raise InputError(f"{path}: no rows" if not rows else f"{path}: missing columns {missing}")
     try:
-        return {c: np.array([float(r[c]) if r[c] not in ("", None) else math.nan for r in rows])
-                for c in rows[0] if c is not None}
+        return {
+            c: np.array([float(r[c]) if r[c] not in ("", None) else math.nan for r in rows])
+            for c in rows[0]
+            if c is not None
+        }
     except ValueError as e:
         raise InputError(f"{path}: non-numeric cell ({e})") from None
 
@@ -122,9 +126,16 @@ def bin_run(run: Run, stop: int, bins: int) -> list[Bin]:
         counts = [len(run.rooms[i]) for i in sel if run.rooms[i] is not None]
         for i in sel:
             seen |= run.rooms[i] or frozenset()  # union, since rooms_visited_total counts distinct rooms
-        out.append(Bin(edges[b], edges[b + 1], len(sel),
-                       float(run.returns[sel].mean()) if len(sel) else math.nan,
-                       float(np.mean(counts)) if counts else math.nan, len(seen) if has_rooms else None))
+        out.append(
+            Bin(
+                edges[b],
+                edges[b + 1],
+                len(sel),
+                float(run.returns[sel].mean()) if len(sel) else math.nan,
+                float(np.mean(counts)) if counts else math.nan,
+                len(seen) if has_rooms else None,
+            )
+        )
     return out
 
 
@@ -150,12 +161,15 @@ def summarise(run: Run, bins: list[Bin], stop: int) -> dict[str, float]:
     late = (run.steps > 0.8 * stop) & (run.steps <= stop)  # episodes in the last 20% of the range
     per_bin = [b.return_mean for b in bins if b.episodes]
     rooms = bins[-1].rooms_total if bins else None
-    return {"agent_steps": float(m["agent_steps"][last]) if last is not None else math.nan,
-            "time_s": float(m["time_s"][last]) if last is not None else math.nan,
-            "steps_per_second": wall_rate(), "policy_lag_mean": mean("policy_lag_mean"),
-            "return_last20": float(run.returns[late].mean()) if late.any() else math.nan,
-            "rooms_total": math.nan if rooms is None else float(rooms),
-            "return_auc": float(np.mean(per_bin)) if per_bin else math.nan}
+    return {
+        "agent_steps": float(m["agent_steps"][last]) if last is not None else math.nan,
+        "time_s": float(m["time_s"][last]) if last is not None else math.nan,
+        "steps_per_second": wall_rate(),
+        "policy_lag_mean": mean("policy_lag_mean"),
+        "return_last20": float(run.returns[late].mean()) if late.any() else math.nan,
+        "rooms_total": math.nan if rooms is None else float(rooms),
+        "return_auc": float(np.mean(per_bin)) if per_bin else math.nan,
+    }
 
 
 def _f(v: float | None, fmt: str) -> str:
@@ -165,18 +179,31 @@ def _f(v: float | None, fmt: str) -> str:
 def render(runs: list[Run], binned: list[list[Bin]], summaries: list[dict[str, float]]) -> str:
     """Both markdown tables: bins x (episodes, return, rooms/ep, rooms total) per run, then the summary."""
     head = ["agent steps"] + [f"{r.label} {c}" for r in runs for c in ("episodes", "return", "rooms/ep", "rooms")]
-    lines = ["## Return and rooms per agent step", "", "| " + " | ".join(head) + " |",
-             "|" + " ---: |" * len(head)]
+    lines = ["## Return and rooms per agent step", "", "| " + " | ".join(head) + " |", "|" + " ---: |" * len(head)]
     for i, b in enumerate(binned[0]):
         cells = [f"{round(b.lo)}–{round(b.hi)}"]
         for bins in binned:
             c = bins[i]
             cells += [str(c.episodes), _f(c.return_mean, ".1f"), _f(c.rooms_mean, ".2f"), _f(c.rooms_total, "d")]
         lines.append("| " + " | ".join(cells) + " |")
-    cols = [("agent_steps", ".0f"), ("time_s", ".1f"), ("steps_per_second", ".1f"), ("policy_lag_mean", ".2f"),
-            ("return_last20", ".1f"), ("rooms_total", ".0f"), ("return_auc", ".1f")]
-    names = ["agent steps", "wall time (s)", "steps/s", "policy lag", "return (last 20%)", "rooms",
-             "mean binned return"]
+    cols = [
+        ("agent_steps", ".0f"),
+        ("time_s", ".1f"),
+        ("steps_per_second", ".1f"),
+        ("policy_lag_mean", ".2f"),
+        ("return_last20", ".1f"),
+        ("rooms_total", ".0f"),
+        ("return_auc", ".1f"),
+    ]
+    names = [
+        "agent steps",
+        "wall time (s)",
+        "steps/s",
+        "policy lag",
+        "return (last 20%)",
+        "rooms",
+        "mean binned return",
+    ]
     lines += ["", "## Summary", "", "| run | " + " | ".join(names) + " |", "| --- |" + " ---: |" * len(names)]
     for r, s in zip(runs, summaries, strict=True):
         lines.append(f"| {r.label} | " + " | ".join(_f(s[k], fmt) for k, fmt in cols) + " |")

@@ -1,4 +1,5 @@
 """Shared fixtures of the test suite (the repo root is on sys.path through pytest's pythonpath setting)."""
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -18,10 +19,21 @@ REPO = Path(__file__).resolve().parents[1]
 def small_cfg() -> Callable[..., Config]:
     """A factory of configs/smoke.yaml shrunk for in-process learner tests: 2 envs of 8-step segments,
     10-step episodes, the smallest frames the networks take; keyword arguments override any key."""
+
     def make(**kw) -> Config:
-        base = {"NumWorkers": 2, "RolloutSteps": 8, "NumInitSteps": 4, "BatchSize": 8, "EpochSteps": 2,
-                "MaxStepsPerEpisode": 10, "ImageHeight": 44, "ImageWidth": 44, "NumEpochs": 100}
+        base = {
+            "NumWorkers": 2,
+            "RolloutSteps": 8,
+            "NumInitSteps": 4,
+            "BatchSize": 8,
+            "EpochSteps": 2,
+            "MaxStepsPerEpisode": 10,
+            "ImageHeight": 44,
+            "ImageWidth": 44,
+            "NumEpochs": 100,
+        }
         return load_config(REPO / "configs" / "smoke.yaml", {**base, **kw})
+
     return make
 
 
@@ -38,13 +50,22 @@ class FakeSub:
         return [bytes(f) for f in self.queue.pop(0)]
 
 
-def encode_weights(policy: torch.nn.Module, version: int, learner_run: int, retired: list | tuple = (),
-                   warmup_steps: int = 0) -> list[bytes]:
+def encode_weights(
+    policy: torch.nn.Module, version: int, learner_run: int, retired: list | tuple = (), warmup_steps: int = 0
+) -> list[bytes]:
     """A weights message of ``policy``'s parameters, as the learner's ``publish_weights`` lays it out
     (without shape_keys, which a receiver built without them does not check)."""
     arrays = {k: v.numpy() for k, v in policy.state_dict().items()}
-    return encode("weights", {"version": version, "warmup_steps": warmup_steps, "learner_run": learner_run,
-                              "retired": [list(t) for t in retired]}, arrays)
+    return encode(
+        "weights",
+        {
+            "version": version,
+            "warmup_steps": warmup_steps,
+            "learner_run": learner_run,
+            "retired": [list(t) for t in retired],
+        },
+        arrays,
+    )
 
 
 @pytest.fixture

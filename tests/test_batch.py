@@ -5,6 +5,7 @@ common/wire.py SegmentSpec): an env keeps a stack of S frames (reset: S copies o
 shift in the new frame), the segment keeps the newest frame of obs_0 .. obs_T plus the older S-1 frames of
 obs_0's stack, and per-step terminated/truncated flags. Every frame carries a unique id in its pixels.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -92,8 +93,7 @@ def _scenario(frame_stack: int, t_max: int, seed: int = 0):
     Streams 5, 3: long random histories and random ends (p = 0.35).
     """
     rng = np.random.default_rng(seed)
-    spec = SegmentSpec(rollout_steps=t_max, frame_stack=frame_stack, height=H, width=W, num_actions=18,
-                       num_streams=8)
+    spec = SegmentSpec(rollout_steps=t_max, frame_stack=frame_stack, height=H, width=W, num_actions=18, num_streams=8)
     envs_a = [FakeStackEnv(s, frame_stack) for s in (0, 1, 2)]
     envs_b = [FakeStackEnv(s, frame_stack) for s in (5, 3)]
     prehistory(envs_a[0], 3, ends={2})
@@ -109,10 +109,12 @@ def _scenario(frame_stack: int, t_max: int, seed: int = 0):
         fa = flags_a if round_ == 0 else _random_flags(rng, t_max, 3)
         arrays_a, ref_a = collect(envs_a, fa, spec, rng)
         arrays_b, ref_b = collect(envs_b, _random_flags(rng, t_max, 2), spec, rng)
-        segments.append(((Segment(actor=0, version=10 + round_, streams=[0, 1, 2], arrays=arrays_a, episodes=[]),
-                          ref_a),
-                         (Segment(actor=1, version=20 + round_, streams=[5, 3], arrays=arrays_b, episodes=[]),
-                          ref_b)))
+        segments.append(
+            (
+                (Segment(actor=0, version=10 + round_, streams=[0, 1, 2], arrays=arrays_a, episodes=[]), ref_a),
+                (Segment(actor=1, version=20 + round_, streams=[5, 3], arrays=arrays_b, episodes=[]), ref_b),
+            )
+        )
     return segments
 
 

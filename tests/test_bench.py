@@ -1,20 +1,48 @@
 """bench.py end to end on the CPU, briefly: every figure is there, positive, and consistent."""
+
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-KEYS = ["ale_steps_per_s_per_core", "infer_samples_per_s_per_core", "actor_ceiling_steps_per_s",
-        "actor_steps_per_s_per_process", "actors_total_steps_per_s", "learner_steps_per_s", "e2e_sync_steps_per_s",
-        "e2e_async_steps_per_s", "wire_bytes_per_step", "wire_bytes_per_step_zstd", "policy_lag_mean"]
+KEYS = [
+    "ale_steps_per_s_per_core",
+    "infer_samples_per_s_per_core",
+    "actor_ceiling_steps_per_s",
+    "actor_steps_per_s_per_process",
+    "actors_total_steps_per_s",
+    "learner_steps_per_s",
+    "e2e_sync_steps_per_s",
+    "e2e_async_steps_per_s",
+    "wire_bytes_per_step",
+    "wire_bytes_per_step_zstd",
+    "policy_lag_mean",
+]
 
 
 def test_bench_short_cpu_run(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
-    p = subprocess.run([sys.executable, "bench.py", "--config", "configs/smoke.yaml", "--actors", "1",
-                        "--learner-gpu", "-1", "--seconds", "2", "--json", str(out)],
-                       cwd=REPO, capture_output=True, text=True, timeout=400)
+    p = subprocess.run(
+        [
+            sys.executable,
+            "bench.py",
+            "--config",
+            "configs/smoke.yaml",
+            "--actors",
+            "1",
+            "--learner-gpu",
+            "-1",
+            "--seconds",
+            "2",
+            "--json",
+            str(out),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
     assert p.returncode == 0, p.stderr[-3000:]
     r = json.loads(out.read_text())
     for k in KEYS:
@@ -47,8 +75,14 @@ def test_wire_bytes_per_step_with_the_paper_config() -> None:
 
 
 def test_bench_refuses_an_unknown_part_to_skip() -> None:
-    p = subprocess.run([sys.executable, "bench.py", "--config", "configs/smoke.yaml", "--skip", "learner,lerner"],
-                       cwd=REPO, capture_output=True, text=True, timeout=60)
+    p = subprocess.run(
+        [sys.executable, "bench.py", "--config", "configs/smoke.yaml", "--skip", "learner,lerner"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert p.returncode == 2
     assert p.stderr.strip().splitlines() == [
-        "bench: error: --skip: unknown part(s) lerner; choose from actors_total,e2e_async,e2e_sync,learner"]
+        "bench: error: --skip: unknown part(s) lerner; choose from actors_total,e2e_async,e2e_sync,learner"
+    ]

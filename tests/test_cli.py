@@ -1,4 +1,5 @@
 """launch.py and eval.py refuse bad input with one clear line, no traceback."""
+
 from __future__ import annotations
 
 import subprocess
@@ -48,10 +49,17 @@ def test_seed_config_loads_unchanged() -> None:
     assert yaml.safe_load(p.stdout)["SavePath"] == "/home/chervontsev/checkpoints/RndAgentAlt.ckpt"
 
 
-@pytest.mark.parametrize("override,needle", [
-    ("NumWorkers=-1", "NumWorkers"), ("Bogus=1", "Bogus"), ("LearningRate=fast", "LearningRate"),
-    ("UseTPU=true", "UseTPU"), ("StickyActionProb=1.5", "StickyActionProb"), ("nonsense", "key=value"),
-])
+@pytest.mark.parametrize(
+    "override,needle",
+    [
+        ("NumWorkers=-1", "NumWorkers"),
+        ("Bogus=1", "Bogus"),
+        ("LearningRate=fast", "LearningRate"),
+        ("UseTPU=true", "UseTPU"),
+        ("StickyActionProb=1.5", "StickyActionProb"),
+        ("nonsense", "key=value"),
+    ],
+)
 def test_bad_overrides(override: str, needle: str) -> None:
     assert_one_line_error(run("launch.py", "--print-config", override), needle)
 
@@ -74,22 +82,51 @@ def test_gpu_requested_without_cuda(tmp_path: Path) -> None:
 def test_actor_device_without_cuda(tmp_path: Path) -> None:
     """Refused before the run dir or any actor exists, in both roles that start actors, and by bench.py."""
     run_dir = tmp_path / "r"
-    p = run("launch.py", "--config", "configs/smoke.yaml", "--learner-gpu", "-1", "--run-dir", str(run_dir),
-            "actor_device=cuda")
+    p = run(
+        "launch.py",
+        "--config",
+        "configs/smoke.yaml",
+        "--learner-gpu",
+        "-1",
+        "--run-dir",
+        str(run_dir),
+        "actor_device=cuda",
+    )
     assert_one_line_error(p, "actor_device", "no CUDA device")
     assert not run_dir.exists()
-    p = run("launch.py", "--config", "configs/smoke.yaml", "--role", "actors", "--learner", "tcp://127.0.0.1:5555",
-            "actor_device=cuda:0")
+    p = run(
+        "launch.py",
+        "--config",
+        "configs/smoke.yaml",
+        "--role",
+        "actors",
+        "--learner",
+        "tcp://127.0.0.1:5555",
+        "actor_device=cuda:0",
+    )
     assert_one_line_error(p, "actor_device", "no CUDA device")
     assert_one_line_error(run("bench.py", "--config", "configs/smoke.yaml", "actor_device=cuda"), "actor_device")
 
 
 def test_bad_addresses_and_actor_counts(tmp_path: Path) -> None:
     assert_one_line_error(run("launch.py", "--config", "configs/smoke.yaml", "--role", "actors"), "--learner")
-    assert_one_line_error(run("launch.py", "--config", "configs/smoke.yaml", "--role", "actors", "--learner",
-                              "http://x"), "--learner")
-    assert_one_line_error(run("launch.py", "--config", "configs/smoke.yaml", "--actors", "9", "--learner-gpu", "-1",
-                              "--run-dir", str(tmp_path / "r")), "NumWorkers")
+    assert_one_line_error(
+        run("launch.py", "--config", "configs/smoke.yaml", "--role", "actors", "--learner", "http://x"), "--learner"
+    )
+    assert_one_line_error(
+        run(
+            "launch.py",
+            "--config",
+            "configs/smoke.yaml",
+            "--actors",
+            "9",
+            "--learner-gpu",
+            "-1",
+            "--run-dir",
+            str(tmp_path / "r"),
+        ),
+        "NumWorkers",
+    )
 
 
 def test_resume_and_eval_refuse_bad_checkpoints(tmp_path: Path) -> None:

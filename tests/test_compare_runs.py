@@ -1,4 +1,5 @@
 """scripts/compare_runs.py: exact binned returns and rooms, the summary, and one-line refusals."""
+
 from __future__ import annotations
 
 import csv
@@ -21,8 +22,13 @@ sys.modules["compare_runs"] = cr  # dataclasses look their module up by name
 _spec.loader.exec_module(cr)
 
 # (agent_steps, return, rooms); the common range is 0..1000 (run "a" ends there), 4 bins of 250 steps
-A_EPISODES = [(100, 0.0, [1]), (200, 100.0, [1, 2]), (600, 200.0, [1, 3]), (750, 0.0, [5]),
-              (1000, 400.0, [1, 2, 3, 4])]  # 750: on a bin edge, and just before the last 20%
+A_EPISODES = [
+    (100, 0.0, [1]),
+    (200, 100.0, [1, 2]),
+    (600, 200.0, [1, 3]),
+    (750, 0.0, [5]),
+    (1000, 400.0, [1, 2, 3, 4]),
+]  # 750: on a bin edge, and just before the last 20%
 B_EPISODES = [(250, 0.0, [1]), (300, 0.0, [1]), (900, 300.0, [1, 5]), (1200, 1000.0, [1, 2, 3, 4, 5, 6])]
 
 
@@ -32,13 +38,33 @@ def make_run(d: Path, final_steps: int, lag: float, episodes: list[tuple[int, fl
         w = csv.DictWriter(f, fieldnames=list(METRICS))
         w.writeheader()
         for u in range(1, final_steps // 100 + 1):  # one update per 100 agent steps, 1 s each
-            w.writerow({"update": u, "agent_steps": 100 * u, "time_s": float(u), "episodes": 0,
-                        "episode_return_mean": "", "steps_per_second": "" if u == 1 else 90 + 10 * u,
-                        "policy_lag_mean": lag})
+            w.writerow(
+                {
+                    "update": u,
+                    "agent_steps": 100 * u,
+                    "time_s": float(u),
+                    "episodes": 0,
+                    "episode_return_mean": "",
+                    "steps_per_second": "" if u == 1 else 90 + 10 * u,
+                    "policy_lag_mean": lag,
+                }
+            )
     with open(d / "episodes.jsonl", "w") as f:
-        f.writelines(json.dumps({"return": r, "length": 10, "rooms": rooms, "update": s // 100,
-                                 "agent_steps": s, "actor": 0, "policy_version": 0}) + "\n"
-                     for s, r, rooms in episodes)
+        f.writelines(
+            json.dumps(
+                {
+                    "return": r,
+                    "length": 10,
+                    "rooms": rooms,
+                    "update": s // 100,
+                    "agent_steps": s,
+                    "actor": 0,
+                    "policy_version": 0,
+                }
+            )
+            + "\n"
+            for s, r, rooms in episodes
+        )
     return d
 
 
@@ -48,8 +74,9 @@ def runs(tmp_path: Path) -> tuple[Path, Path]:
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(SCRIPT), *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=60, check=False)
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), *args], cwd=REPO, capture_output=True, text=True, timeout=60, check=False
+    )
 
 
 def same(x: float, y: float) -> bool:
@@ -63,10 +90,18 @@ def test_bins_and_summary_exact(runs: tuple[Path, Path]) -> None:
     ba, bb = cr.bin_run(a, stop, 4), cr.bin_run(b, stop, 4)
     nan = math.nan
     # (lo, hi, episodes, return mean, rooms/episode, cumulative rooms); bins are (lo, hi]
-    want_a = [(0, 250, 2, 50.0, 1.5, 2), (250, 500, 0, nan, nan, 2), (500, 750, 2, 100.0, 1.5, 4),
-              (750, 1000, 1, 400.0, 4.0, 5)]
-    want_b = [(0, 250, 1, 0.0, 1.0, 1), (250, 500, 1, 0.0, 1.0, 1), (500, 750, 0, nan, nan, 1),
-              (750, 1000, 1, 300.0, 2.0, 2)]  # the episode at 1200 is past the common range
+    want_a = [
+        (0, 250, 2, 50.0, 1.5, 2),
+        (250, 500, 0, nan, nan, 2),
+        (500, 750, 2, 100.0, 1.5, 4),
+        (750, 1000, 1, 400.0, 4.0, 5),
+    ]
+    want_b = [
+        (0, 250, 1, 0.0, 1.0, 1),
+        (250, 500, 1, 0.0, 1.0, 1),
+        (500, 750, 0, nan, nan, 1),
+        (750, 1000, 1, 300.0, 2.0, 2),
+    ]  # the episode at 1200 is past the common range
     for got, want in ((ba, want_a), (bb, want_b)):
         for g, w in zip(got, want, strict=True):
             assert (g.lo, g.hi, g.episodes, g.rooms_total) == (w[0], w[1], w[2], w[5])
@@ -74,12 +109,28 @@ def test_bins_and_summary_exact(runs: tuple[Path, Path]) -> None:
 
     sa, sb = cr.summarise(a, ba, stop), cr.summarise(b, bb, stop)
     # steps/s is 110..190 on rows 2..10 (row 1 empty); b's rows past 1000 steps are not used
-    assert sa == pytest.approx({"agent_steps": 1000, "time_s": 10.0, "steps_per_second": 100.0,
-                                "policy_lag_mean": 0.0, "return_last20": 400.0, "rooms_total": 5,
-                                "return_auc": (50 + 100 + 400) / 3})
-    assert sb == pytest.approx({"agent_steps": 1000, "time_s": 10.0, "steps_per_second": 100.0,
-                                "policy_lag_mean": 1.0, "return_last20": 300.0, "rooms_total": 2,
-                                "return_auc": 100.0})
+    assert sa == pytest.approx(
+        {
+            "agent_steps": 1000,
+            "time_s": 10.0,
+            "steps_per_second": 100.0,
+            "policy_lag_mean": 0.0,
+            "return_last20": 400.0,
+            "rooms_total": 5,
+            "return_auc": (50 + 100 + 400) / 3,
+        }
+    )
+    assert sb == pytest.approx(
+        {
+            "agent_steps": 1000,
+            "time_s": 10.0,
+            "steps_per_second": 100.0,
+            "policy_lag_mean": 1.0,
+            "return_last20": 300.0,
+            "rooms_total": 2,
+            "return_auc": 100.0,
+        }
+    )
 
 
 def test_max_steps_caps_the_range(runs: tuple[Path, Path]) -> None:

@@ -1,4 +1,5 @@
 """common/config.py: one typed config, defaults < YAML < overrides, every refusal a one-line ConfigError."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -133,20 +134,23 @@ def test_load_does_not_mutate_a_base(tmp_path):
     assert cfg.NumWorkers == 2 and base.NumWorkers == 128
 
 
-@pytest.mark.parametrize("item,key,value", [
-    ("LearningRate=3e-4", "LearningRate", 3e-4),
-    ("LearningRate=3.0e-4", "LearningRate", 3e-4),
-    ("LearningRate=1E-3", "LearningRate", 1e-3),
-    ("ExtCoeff=2", "ExtCoeff", 2.0),
-    ("UseVTraceCorrection=false", "UseVTraceCorrection", False),
-    ("UseVTraceCorrection=False", "UseVTraceCorrection", False),
-    ("UseStickyAction=true", "UseStickyAction", True),
-    ("NumWorkers=64", "NumWorkers", 64),
-    (" NumWorkers = 64 ", "NumWorkers", 64),
-    ("EnvName=ALE/Pong-v5", "EnvName", "ALE/Pong-v5"),
-    ("SavePath=/tmp/a=b.ckpt", "SavePath", "/tmp/a=b.ckpt"),
-    ("wire_compression=zstd", "wire_compression", "zstd"),
-])
+@pytest.mark.parametrize(
+    "item,key,value",
+    [
+        ("LearningRate=3e-4", "LearningRate", 3e-4),
+        ("LearningRate=3.0e-4", "LearningRate", 3e-4),
+        ("LearningRate=1E-3", "LearningRate", 1e-3),
+        ("ExtCoeff=2", "ExtCoeff", 2.0),
+        ("UseVTraceCorrection=false", "UseVTraceCorrection", False),
+        ("UseVTraceCorrection=False", "UseVTraceCorrection", False),
+        ("UseStickyAction=true", "UseStickyAction", True),
+        ("NumWorkers=64", "NumWorkers", 64),
+        (" NumWorkers = 64 ", "NumWorkers", 64),
+        ("EnvName=ALE/Pong-v5", "EnvName", "ALE/Pong-v5"),
+        ("SavePath=/tmp/a=b.ckpt", "SavePath", "/tmp/a=b.ckpt"),
+        ("wire_compression=zstd", "wire_compression", "zstd"),
+    ],
+)
 def test_override_parsing(item, key, value):
     cfg = load_config(None, [item])
     got = getattr(cfg, key)
@@ -179,8 +183,9 @@ def test_empty_yaml_is_defaults(tmp_path):
 
 
 def test_dump_yaml_round_trips(tmp_path):
-    cfg = load_config(None, ["NumWorkers=12", "BatchSize=1536", "LearningRate=3e-4", "UseTPU=false",
-                             "SavePath=/x/y.ckpt"])
+    cfg = load_config(
+        None, ["NumWorkers=12", "BatchSize=1536", "LearningRate=3e-4", "UseTPU=false", "SavePath=/x/y.ckpt"]
+    )
     assert load_config(write(tmp_path, dump_yaml(cfg))) == cfg
 
 
@@ -200,43 +205,112 @@ def test_unknown_key_refused(tmp_path):
     refused(from_dict, {"numworkers": 3}, key="numworkers")
 
 
-@pytest.mark.parametrize("key,value", [
-    ("NumWorkers", "many"), ("NumWorkers", 1.5), ("NumWorkers", 128.0), ("NumWorkers", True), ("NumWorkers", None),
-    ("NumWorkers", [1]), ("RolloutSteps", False), ("seed", 0.5), ("LearningRate", "fast"), ("LearningRate", True),
-    ("LearningRate", None), ("UseTPU", 0), ("UseStickyAction", 1), ("UseStickyAction", "maybe"),
-    ("EnvName", 5), ("SavePath", None), ("wire_compression", 1), ("StickyActionProb", [0.1]),
-])
+@pytest.mark.parametrize(
+    "key,value",
+    [
+        ("NumWorkers", "many"),
+        ("NumWorkers", 1.5),
+        ("NumWorkers", 128.0),
+        ("NumWorkers", True),
+        ("NumWorkers", None),
+        ("NumWorkers", [1]),
+        ("RolloutSteps", False),
+        ("seed", 0.5),
+        ("LearningRate", "fast"),
+        ("LearningRate", True),
+        ("LearningRate", None),
+        ("UseTPU", 0),
+        ("UseStickyAction", 1),
+        ("UseStickyAction", "maybe"),
+        ("EnvName", 5),
+        ("SavePath", None),
+        ("wire_compression", 1),
+        ("StickyActionProb", [0.1]),
+    ],
+)
 def test_wrong_type_refused(key, value, tmp_path):
     refused(from_dict, {key: value}, key=key)
     refused(load_config, write(tmp_path, yaml.safe_dump({key: value})), key=key)
 
 
-@pytest.mark.parametrize("key,value", [
-    ("NumWorkers", -1), ("NumWorkers", 0), ("RolloutSteps", 0), ("BatchSize", -4096), ("FrameStack", 0),
-    ("NumInitSteps", -1), ("max_policy_lag", -1), ("seed", -3), ("ExtCoeff", -1.0), ("PPOEntropyCoeff", -0.1),
-    ("LearningRate", 0.0), ("LearningRate", -1e-4), ("ClipGradNorm", 0.0), ("PPORewardEps", 0.0),
-    ("StickyActionProb", 1.5), ("StickyActionProb", -0.1), ("ExtRewardDiscount", 1.001), ("IntRewardDiscount", -0.5),
-    ("PPOAdvLambda", 2.0), ("RNDUpdateProportion", 0.0), ("RNDUpdateProportion", 1.01),
-    ("FrameSkip", 1), ("ImageHeight", 43), ("ImageWidth", 20), ("wire_compression", "lz4"),
-    ("vtrace_advantage", "GAE"), ("vtrace_advantage", "retrace"), ("vtrace_advantage", ""),
-    ("EnvName", "Montezuma Revenge!"), ("EnvName", ""), ("actor_timeout_s", 0.0),
-    ("actor_device", "gpu"), ("actor_device", "cuda:"), ("actor_device", "cuda:x"), ("actor_device", " cpu"),
-    ("actor_device", "cuda:01"), ("actor_device", "cuda:\u0661"),
-])
+@pytest.mark.parametrize(
+    "key,value",
+    [
+        ("NumWorkers", -1),
+        ("NumWorkers", 0),
+        ("RolloutSteps", 0),
+        ("BatchSize", -4096),
+        ("FrameStack", 0),
+        ("NumInitSteps", -1),
+        ("max_policy_lag", -1),
+        ("seed", -3),
+        ("ExtCoeff", -1.0),
+        ("PPOEntropyCoeff", -0.1),
+        ("LearningRate", 0.0),
+        ("LearningRate", -1e-4),
+        ("ClipGradNorm", 0.0),
+        ("PPORewardEps", 0.0),
+        ("StickyActionProb", 1.5),
+        ("StickyActionProb", -0.1),
+        ("ExtRewardDiscount", 1.001),
+        ("IntRewardDiscount", -0.5),
+        ("PPOAdvLambda", 2.0),
+        ("RNDUpdateProportion", 0.0),
+        ("RNDUpdateProportion", 1.01),
+        ("FrameSkip", 1),
+        ("ImageHeight", 43),
+        ("ImageWidth", 20),
+        ("wire_compression", "lz4"),
+        ("vtrace_advantage", "GAE"),
+        ("vtrace_advantage", "retrace"),
+        ("vtrace_advantage", ""),
+        ("EnvName", "Montezuma Revenge!"),
+        ("EnvName", ""),
+        ("actor_timeout_s", 0.0),
+        ("actor_device", "gpu"),
+        ("actor_device", "cuda:"),
+        ("actor_device", "cuda:x"),
+        ("actor_device", " cpu"),
+        ("actor_device", "cuda:01"),
+        ("actor_device", "cuda:\u0661"),
+    ],
+)
 def test_out_of_range_refused(key, value):
     refused(from_dict, {key: value}, key=key)
 
 
-@pytest.mark.parametrize("key,value", [("StickyActionProb", 0.0), ("StickyActionProb", 1.0), ("PPOAdvLambda", 0.0),
-                                       ("ExtRewardDiscount", 1.0), ("RNDUpdateProportion", 1.0), ("NumInitSteps", 0),
-                                       ("max_policy_lag", 0), ("ImageHeight", 44), ("FrameSkip", 2),
-                                       ("actor_device", "cuda"), ("actor_device", "cuda:1")])
+@pytest.mark.parametrize(
+    "key,value",
+    [
+        ("StickyActionProb", 0.0),
+        ("StickyActionProb", 1.0),
+        ("PPOAdvLambda", 0.0),
+        ("ExtRewardDiscount", 1.0),
+        ("RNDUpdateProportion", 1.0),
+        ("NumInitSteps", 0),
+        ("max_policy_lag", 0),
+        ("ImageHeight", 44),
+        ("FrameSkip", 2),
+        ("actor_device", "cuda"),
+        ("actor_device", "cuda:1"),
+    ],
+)
 def test_range_edges_accepted(key, value):
     assert getattr(from_dict({key: value}), key) == value
 
 
-@pytest.mark.parametrize("item", ["LearningRate=nan", "LearningRate=.nan", "LearningRate=inf", "LearningRate=.inf",
-                                  "ExtCoeff=-.inf", "StickyActionProb=nan", "IntCoeff=Infinity"])
+@pytest.mark.parametrize(
+    "item",
+    [
+        "LearningRate=nan",
+        "LearningRate=.nan",
+        "LearningRate=inf",
+        "LearningRate=.inf",
+        "ExtCoeff=-.inf",
+        "StickyActionProb=nan",
+        "IntCoeff=Infinity",
+    ],
+)
 def test_non_finite_refused(item):
     refused(load_config, None, [item], key=item.split("=")[0])
 
@@ -282,17 +356,20 @@ def test_error_from_yaml_names_the_key(tmp_path):
 # rom names
 
 
-@pytest.mark.parametrize("env_name,rom", [
-    ("MontezumaRevengeNoFrameskip-v4", "montezuma_revenge"),
-    ("ALE/MontezumaRevenge-v5", "montezuma_revenge"),
-    ("montezuma_revenge", "montezuma_revenge"),
-    ("ALE/Pong-v5", "pong"),
-    ("PongNoFrameskip-v4", "pong"),
-    ("pong", "pong"),
-    ("BreakoutDeterministic-v4", "breakout"),
-    ("SpaceInvaders-v5", "space_invaders"),
-    ("MsPacmanNoFrameskip-v4", "ms_pacman"),
-])
+@pytest.mark.parametrize(
+    "env_name,rom",
+    [
+        ("MontezumaRevengeNoFrameskip-v4", "montezuma_revenge"),
+        ("ALE/MontezumaRevenge-v5", "montezuma_revenge"),
+        ("montezuma_revenge", "montezuma_revenge"),
+        ("ALE/Pong-v5", "pong"),
+        ("PongNoFrameskip-v4", "pong"),
+        ("pong", "pong"),
+        ("BreakoutDeterministic-v4", "breakout"),
+        ("SpaceInvaders-v5", "space_invaders"),
+        ("MsPacmanNoFrameskip-v4", "ms_pacman"),
+    ],
+)
 def test_rom_name(env_name, rom):
     assert rom_name(env_name) == rom
 
@@ -328,14 +405,24 @@ def test_rom_name_agrees_with_gymnasium_registry():
 # values that pass a type check but would crash, hang or eat memory later
 
 
-@pytest.mark.parametrize("item,key", [
-    ("ImageHeight=100000", "ImageHeight"), ("ImageWidth=161", "ImageWidth"),
-    ("RolloutSteps=1000000000", "RolloutSteps"),
-    (f"seed={10 ** 20}", "seed"), ("actor_timeout_s=1e-9", "actor_timeout_s"), ("FrameStack=1000", "FrameStack"),
-    ("FrameSkip=1000", "FrameSkip"), ("NumWorkers=100000", "NumWorkers"), ("LearningRate=10", "LearningRate"),
-    ("MaxStepsPerEpisode=1000000000", "MaxStepsPerEpisode"), ("keep_checkpoints=100000", "keep_checkpoints"),
-    ("max_policy_lag=2000000000", "max_policy_lag"), ("EpochSteps=100000", "EpochSteps"),
-])
+@pytest.mark.parametrize(
+    "item,key",
+    [
+        ("ImageHeight=100000", "ImageHeight"),
+        ("ImageWidth=161", "ImageWidth"),
+        ("RolloutSteps=1000000000", "RolloutSteps"),
+        (f"seed={10**20}", "seed"),
+        ("actor_timeout_s=1e-9", "actor_timeout_s"),
+        ("FrameStack=1000", "FrameStack"),
+        ("FrameSkip=1000", "FrameSkip"),
+        ("NumWorkers=100000", "NumWorkers"),
+        ("LearningRate=10", "LearningRate"),
+        ("MaxStepsPerEpisode=1000000000", "MaxStepsPerEpisode"),
+        ("keep_checkpoints=100000", "keep_checkpoints"),
+        ("max_policy_lag=2000000000", "max_policy_lag"),
+        ("EpochSteps=100000", "EpochSteps"),
+    ],
+)
 def test_absurd_values_refused(item, key):
     refused(load_config, None, [item], key=key)
 
@@ -347,8 +434,9 @@ def test_batch_size_larger_than_a_batch_refused():
 
 
 def test_a_batch_too_large_for_memory_refused():
-    refused(load_config, None, ["NumWorkers=8192", "RolloutSteps=4096", "ImageHeight=84", "ImageWidth=84"],
-            key="NumWorkers")
+    refused(
+        load_config, None, ["NumWorkers=8192", "RolloutSteps=4096", "ImageHeight=84", "ImageWidth=84"], key="NumWorkers"
+    )
 
 
 def test_an_override_can_mend_the_file(tmp_path):

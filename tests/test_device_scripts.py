@@ -1,5 +1,6 @@
 """The one-call GPU scripts, dry-run on the CPU with the smoke config (slow: minutes; run with -m slow).
 A GPU check that fails half-way costs a rerun on the GPU machine, so the scripts are run here first, without one."""
+
 import json
 import os
 import subprocess
@@ -19,8 +20,14 @@ def test_device_session_packs_each_step(tmp_path: Path) -> None:
     and the tests, the bench's finished parts, the variants and the learning table if it had time come back in
     one archive."""
     t0 = time.monotonic()
-    p = subprocess.run(["bash", "scripts/device_session.sh", "240", "1", "2"], cwd=REPO, capture_output=True,
-                       text=True, timeout=290, env={**DRY_RUN, "OUT": str(tmp_path)})
+    p = subprocess.run(
+        ["bash", "scripts/device_session.sh", "240", "1", "2"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=290,
+        env={**DRY_RUN, "OUT": str(tmp_path)},
+    )
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
     assert time.monotonic() - t0 < 240 + 15
     with tarfile.open(tmp_path / "device_session.tgz") as tar:
@@ -32,15 +39,24 @@ def test_device_session_packs_each_step(tmp_path: Path) -> None:
     assert bench.get("partial") is True or bench["e2e_async_steps_per_s"] > 0
     variants = json.loads((x / "learner_variants.json").read_text())["variants"]
     assert [(v["learner_precision"], v["learner_compile"]) for v in variants] == [
-        ("fp32", False), ("auto", False), ("auto", True)]
+        ("fp32", False),
+        ("auto", False),
+        ("auto", True),
+    ]
     assert all(v["steps_per_s"] > 0 for v in variants)
     if "no time left for the learning runs" not in p.stdout:
         assert "| async |" in (x / "learning" / "learning.md").read_text()
 
 
 def test_device_learning_tabulates_both_runs(tmp_path: Path) -> None:
-    p = subprocess.run(["bash", "scripts/device_learning.sh", "1", "1"], cwd=REPO, capture_output=True, text=True,
-                       timeout=200, env={**DRY_RUN, "OUT": str(tmp_path)})
+    p = subprocess.run(
+        ["bash", "scripts/device_learning.sh", "1", "1"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=200,
+        env={**DRY_RUN, "OUT": str(tmp_path)},
+    )
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
     table = (tmp_path / "learning.md").read_text()
     assert "| sync |" in table and "| async |" in table

@@ -1,4 +1,5 @@
 """End to end, as a user runs it: launch.py (local and two roles over TCP), eval.py, resume, signals, restarts."""
+
 from __future__ import annotations
 
 import csv
@@ -16,10 +17,27 @@ import zmq
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = str(REPO / "configs" / "smoke.yaml")
 PY = sys.executable
-REQUIRED_COLUMNS = ["update", "agent_steps", "frames", "ext_reward_per_rollout", "int_reward_per_rollout",
-                    "episode_return_mean", "rooms_visited_total", "policy_lag_mean", "steps_per_second",
-                    "rejected_messages", "policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction",
-                    "explained_var_ext", "explained_var_int", "wait_data_s", "learn_s"]
+REQUIRED_COLUMNS = [
+    "update",
+    "agent_steps",
+    "frames",
+    "ext_reward_per_rollout",
+    "int_reward_per_rollout",
+    "episode_return_mean",
+    "rooms_visited_total",
+    "policy_lag_mean",
+    "steps_per_second",
+    "rejected_messages",
+    "policy_loss",
+    "value_loss",
+    "entropy",
+    "approx_kl",
+    "clip_fraction",
+    "explained_var_ext",
+    "explained_var_int",
+    "wait_data_s",
+    "learn_s",
+]
 
 
 def run(args: list[str], timeout: float = 240, **kw) -> subprocess.CompletedProcess:
@@ -38,15 +56,48 @@ def free_addr() -> str:
 
 
 def start_learner_role(addr: str, run_dir: Path, total_steps: int) -> subprocess.Popen:
-    return subprocess.Popen([PY, "launch.py", "--role", "learner", "--config", SMOKE, "--bind", addr,
-                             "--learner-gpu", "-1", "--run-dir", str(run_dir), "--total-steps", str(total_steps)],
-                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [
+            PY,
+            "launch.py",
+            "--role",
+            "learner",
+            "--config",
+            SMOKE,
+            "--bind",
+            addr,
+            "--learner-gpu",
+            "-1",
+            "--run-dir",
+            str(run_dir),
+            "--total-steps",
+            str(total_steps),
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def test_local_train_eval_resume(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
-    p = run(["launch.py", "--config", SMOKE, "--actors", "2", "--learner-gpu", "-1", "--run-dir", str(run_dir),
-             "--total-steps", "192", "MaxStepsPerEpisode=20"])
+    p = run(
+        [
+            "launch.py",
+            "--config",
+            SMOKE,
+            "--actors",
+            "2",
+            "--learner-gpu",
+            "-1",
+            "--run-dir",
+            str(run_dir),
+            "--total-steps",
+            "192",
+            "MaxStepsPerEpisode=20",
+        ]
+    )
     assert p.returncode == 0, p.stderr
     rows = read_metrics(run_dir)
     assert [int(r["update"]) for r in rows] == [1, 2, 3]
@@ -63,8 +114,20 @@ def test_local_train_eval_resume(tmp_path: Path) -> None:
     assert list((run_dir / "tb").iterdir()), "TensorBoard events missing"
 
     out = tmp_path / "eval.json"
-    e = run(["eval.py", str(run_dir / "checkpoints" / "latest.pt"), "--episodes", "2", "--max-steps", "15",
-             "--json", str(out), "--video", str(tmp_path / "play.mp4")])
+    e = run(
+        [
+            "eval.py",
+            str(run_dir / "checkpoints" / "latest.pt"),
+            "--episodes",
+            "2",
+            "--max-steps",
+            "15",
+            "--json",
+            str(out),
+            "--video",
+            str(tmp_path / "play.mp4"),
+        ]
+    )
     assert e.returncode == 0, e.stderr
     summary = json.loads(out.read_text())
     assert summary["update"] == 3 and len(summary["episodes"]) == 2
@@ -74,8 +137,21 @@ def test_local_train_eval_resume(tmp_path: Path) -> None:
 
     keys = tmp_path / "keys"  # local mode with keys: both channels CURVE on loopback
     assert run(["launch.py", "keys", str(keys)]).returncode == 0
-    r = run(["launch.py", "--resume", str(run_dir), "--actors", "2", "--learner-gpu", "-1", "--total-steps", "320",
-             "--keys", str(keys)])
+    r = run(
+        [
+            "launch.py",
+            "--resume",
+            str(run_dir),
+            "--actors",
+            "2",
+            "--learner-gpu",
+            "-1",
+            "--total-steps",
+            "320",
+            "--keys",
+            str(keys),
+        ]
+    )
     assert r.returncode == 0, r.stderr
     assert "(CURVE)" in r.stdout
     rows = read_metrics(run_dir)
@@ -88,8 +164,9 @@ def test_learner_and_actors_roles_over_tcp(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     learner = start_learner_role(addr, run_dir, total_steps=128)
     try:
-        actors = run(["launch.py", "--role", "actors", "--config", SMOKE, "--learner", addr, "--actors", "2"],
-                     timeout=180)
+        actors = run(
+            ["launch.py", "--role", "actors", "--config", SMOKE, "--learner", addr, "--actors", "2"], timeout=180
+        )
         assert actors.returncode == 0, actors.stderr
         assert "learner finished training" in actors.stderr
         out, err = learner.communicate(timeout=60)
@@ -103,8 +180,10 @@ def test_learner_and_actors_roles_over_tcp(tmp_path: Path) -> None:
 def test_actor_gives_up_on_a_silent_learner(tmp_path: Path) -> None:
     addr = free_addr()  # nothing listens there
     t0 = time.monotonic()
-    p = run(["launch.py", "--role", "actors", "--config", SMOKE, "--learner", addr, "--actors", "1",
-             "actor_timeout_s=3"], timeout=120)
+    p = run(
+        ["launch.py", "--role", "actors", "--config", SMOKE, "--learner", addr, "--actors", "1", "actor_timeout_s=3"],
+        timeout=120,
+    )
     assert p.returncode == 3, p.stderr  # the actors role failed: every actor gave up (before, exit 0)
     assert "no message from the learner" in p.stderr
     assert "launch: error: no actor left: actor 0 gave up on a silent learner" in p.stderr
@@ -119,12 +198,17 @@ def test_bad_messages_are_counted_not_fatal(tmp_path: Path) -> None:
         ctx = zmq.Context.instance()
         push = ctx.socket(zmq.PUSH)
         push.connect(addr)
-        bad = [[b"not json"], [b'{"proto": 1, "kind": "segment", "compression": "none", "arrays": []}'],
-               [b"\x80\x04\x95pickle"], [b'{"proto": 99}']]
+        bad = [
+            [b"not json"],
+            [b'{"proto": 1, "kind": "segment", "compression": "none", "arrays": []}'],
+            [b"\x80\x04\x95pickle"],
+            [b'{"proto": 99}'],
+        ]
         for frames in bad:
             push.send_multipart(frames)
-        actors = run(["launch.py", "--role", "actors", "--config", SMOKE, "--learner", addr, "--actors", "1"],
-                     timeout=180)
+        actors = run(
+            ["launch.py", "--role", "actors", "--config", SMOKE, "--learner", addr, "--actors", "1"], timeout=180
+        )
         assert actors.returncode == 0, actors.stderr
         _, err = learner.communicate(timeout=60)
         assert learner.returncode == 0, err
@@ -153,9 +237,28 @@ def _actor_pids(addr: str) -> list[int]:
 def test_killed_actor_is_restarted_and_sigterm_checkpoints(tmp_path: Path) -> None:
     addr = free_addr()
     run_dir = tmp_path / "run"
-    p = subprocess.Popen([PY, "launch.py", "--config", SMOKE, "--actors", "2", "--learner-gpu", "-1", "--bind", addr,
-                          "--run-dir", str(run_dir), "--total-steps", "100000000"],
-                         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen(
+        [
+            PY,
+            "launch.py",
+            "--config",
+            SMOKE,
+            "--actors",
+            "2",
+            "--learner-gpu",
+            "-1",
+            "--bind",
+            addr,
+            "--run-dir",
+            str(run_dir),
+            "--total-steps",
+            "100000000",
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and not (run_dir / "metrics.csv").exists():
@@ -195,10 +298,30 @@ def test_a_second_signal_during_an_update_stops_cleanly(tmp_path: Path) -> None:
     (EpochSteps=100), so both signals land in the second update. (test_faults has a fast in-process
     version.)"""
     run_dir = tmp_path / "run"
-    p = subprocess.Popen([PY, "launch.py", "--config", SMOKE, "--actors", "1", "--learner-gpu", "-1", "--run-dir",
-                          str(run_dir), "--total-steps", "100000000", "EpochSteps=100", "checkpoint_every=1",
-                          "NumWorkers=2", "BatchSize=16"],
-                         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen(
+        [
+            PY,
+            "launch.py",
+            "--config",
+            SMOKE,
+            "--actors",
+            "1",
+            "--learner-gpu",
+            "-1",
+            "--run-dir",
+            str(run_dir),
+            "--total-steps",
+            "100000000",
+            "EpochSteps=100",
+            "checkpoint_every=1",
+            "NumWorkers=2",
+            "BatchSize=16",
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         _wait_rows(run_dir, 1, time.monotonic() + 180)
         assert len(read_metrics(run_dir)) == 1
@@ -220,8 +343,13 @@ def test_a_second_signal_during_an_update_stops_cleanly(tmp_path: Path) -> None:
 
 
 def _actors_role(addr: str, *extra: str) -> subprocess.Popen:
-    return subprocess.Popen([PY, "launch.py", "--role", "actors", "--config", SMOKE, "--learner", addr, "--actors", "2",
-                             *extra], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [PY, "launch.py", "--role", "actors", "--config", SMOKE, "--learner", addr, "--actors", "2", *extra],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 @pytest.mark.slow
@@ -231,7 +359,7 @@ def test_an_actor_stopped_past_its_timeout_goes_on_when_resumed(tmp_path: Path) 
     learner that was alive (it judged the silence before reading what was queued)."""
     addr = free_addr()
     run_dir = tmp_path / "run"
-    learner = start_learner_role(addr, run_dir, total_steps=10 ** 8)
+    learner = start_learner_role(addr, run_dir, total_steps=10**8)
     actors = _actors_role(addr, "actor_timeout_s=5")
     try:
         _wait_rows(run_dir, 1, time.monotonic() + 180)
@@ -259,7 +387,7 @@ def test_a_fresh_learner_behind_running_actors_gets_its_warmup(tmp_path: Path) -
     """The first learner dies (SIGKILL: no stop message); a fresh one on the same address asks for
     warm-up frames. Before, the running actors never sent them again and it waited forever."""
     addr = free_addr()
-    first = start_learner_role(addr, tmp_path / "first", total_steps=10 ** 8)
+    first = start_learner_role(addr, tmp_path / "first", total_steps=10**8)
     actors = _actors_role(addr)
     second = None
     try:

@@ -1,4 +1,5 @@
 """actors/env.py: the ALE env (frame skip + max, 84x84 INTER_AREA gray, stack, sticky actions, caps, rooms, cells)."""
+
 from __future__ import annotations
 
 import cv2

@@ -1,4 +1,5 @@
 """Run-wide exploration counts: rooms and cells from episode stats, in metrics, checkpoints and exploration.json."""
+
 from __future__ import annotations
 
 import csv
@@ -31,8 +32,10 @@ def test_counts_rooms_by_episode_and_cells_by_step():
     assert (st.rooms_visited, st.cells_visited) == (2, 2)
     js = st.to_json(update=3, agent_steps=15, episodes=3)
     assert js["rooms"] == {"1": {"episodes": 2, "steps": 8}, "2": {"episodes": 1, "steps": 4}}
-    assert js["cells"] == [{"level": 0, "room": 1, "x_bucket": 9, "y_bucket": 29, "steps": 8},
-                           {"level": 0, "room": 2, "x_bucket": 1, "y_bucket": 25, "steps": 4}]
+    assert js["cells"] == [
+        {"level": 0, "room": 1, "x_bucket": 9, "y_bucket": 29, "steps": 8},
+        {"level": 0, "room": 2, "x_bucket": 1, "y_bucket": 25, "steps": 4},
+    ]
     again = ExplorationStats()
     again.load(st.state())
     assert again.cell_steps == st.cell_steps and again.room_episodes == st.room_episodes
@@ -79,8 +82,7 @@ def test_learner_logs_saves_and_resumes_cell_counts(small_cfg, tmp_path: Path):
     assert sum(c["steps"] for c in js["cells"]) == sum(seen.values())
     assert js["rooms"]["1"]["steps"] == sum(seen.values())
 
-    resumed = Learner(cfg, tmp_path / "b", "cpu", bind=None, resume=load_checkpoint(tmp_path / "a"),
-                      tensorboard=False)
+    resumed = Learner(cfg, tmp_path / "b", "cpu", bind=None, resume=load_checkpoint(tmp_path / "a"), tensorboard=False)
     assert resumed.exploration.cell_steps == seen
     assert resumed.exploration.room_episodes == runner.learner.exploration.room_episodes
     assert list(resumed.recent) == list(runner.learner.recent)
@@ -90,8 +92,14 @@ def _segment_with_episode(runner: SerialRunner, episode: dict) -> list[bytes]:
     i, col = runner.collectors[0]
     arrays = {k: v.copy() for k, v in col.collect()[0].items()}
     arrays["terminated"][0, 0], arrays["truncated"][0, 0] = 1, 0  # the episode's end, where its record says
-    meta = {"actor": i, "streams": col.streams, "version": 0, "run": 0, "seq": 0,
-            "episodes": [{"stream": col.streams[0], "t": 0, **episode}]}
+    meta = {
+        "actor": i,
+        "streams": col.streams,
+        "version": 0,
+        "run": 0,
+        "seq": 0,
+        "episodes": [{"stream": col.streams[0], "t": 0, **episode}],
+    }
     return encode("segment", meta, arrays)
 
 
@@ -99,8 +107,13 @@ def _segment_with_episode(runner: SerialRunner, episode: dict) -> list[bytes]:
 def test_a_message_claiming_too_many_cells_is_refused_and_counted(small_cfg, tmp_path: Path, n: int):
     cfg = small_cfg(NumInitSteps=0, EpochSteps=1, MaxStepsPerEpisode=5)
     runner = SerialRunner(cfg, tmp_path, num_actors=1)
-    ids = sorted(cell_id(lv, r, 8 * x, 8 * y) for lv in range(n // 2 ** 18 + 1) for r in range(256)
-                 for x in range(32) for y in range(32))[:n]
+    ids = sorted(
+        cell_id(lv, r, 8 * x, 8 * y)
+        for lv in range(n // 2**18 + 1)
+        for r in range(256)
+        for x in range(32)
+        for y in range(32)
+    )[:n]
     ep = {"return": 0.0, "length": n, "rooms": [1], "cells": [[c, 1] for c in ids]}
     runner.learner.handle(_segment_with_episode(runner, ep))
     assert runner.learner.counters["rejected_messages"] == 1

@@ -1,4 +1,5 @@
 """Faults of processes, disks and checkpoints: each ends in one clear line, and nothing learnt is lost."""
+
 from __future__ import annotations
 
 import errno
@@ -96,6 +97,7 @@ def _exits(code_by_incarnation: dict[int, int], default: int):
     def cmd(actor_id: int, incarnation: int) -> list[str]:
         code = code_by_incarnation.get(incarnation, default)
         return [sys.executable, "-c", f"import time, sys; time.sleep(0.05); sys.exit({code})"]
+
     return cmd
 
 
@@ -113,15 +115,20 @@ def _supervise(sup: ActorSupervisor, seconds: float = 20.0) -> str | None:
 
 def test_actors_role_restarts_an_actor_that_gave_up_while_the_learner_is_heard() -> None:
     asked = []
-    sup = ActorSupervisor(_exits({0: EXIT_LEARNER_GONE}, EXIT_OK), [0, 1], restart_on_learner_gone=False,
-                          learner_alive=lambda: asked.append(1) or True)
+    sup = ActorSupervisor(
+        _exits({0: EXIT_LEARNER_GONE}, EXIT_OK),
+        [0, 1],
+        restart_on_learner_gone=False,
+        learner_alive=lambda: asked.append(1) or True,
+    )
     _supervise(sup)
     assert sup.restarts == 2 and asked and sup.exit_code() == 0  # then the learner told them to stop
 
 
 def test_actors_role_whose_actors_all_gave_up_exits_nonzero() -> None:
-    sup = ActorSupervisor(_exits({}, EXIT_LEARNER_GONE), [0, 1], restart_on_learner_gone=False,
-                          learner_alive=lambda: False)
+    sup = ActorSupervisor(
+        _exits({}, EXIT_LEARNER_GONE), [0, 1], restart_on_learner_gone=False, learner_alive=lambda: False
+    )
     why = _supervise(sup)
     assert sup.restarts == 0 and sup.exit_code() == EXIT_LEARNER_GONE
     assert "actor 1 gave up on a silent learner" in why
@@ -130,8 +137,7 @@ def test_actors_role_whose_actors_all_gave_up_exits_nonzero() -> None:
 def test_an_actor_whose_config_differs_is_not_restarted_while_the_learner_is_heard() -> None:
     from actors.supervisor import EXIT_MISMATCH
 
-    sup = ActorSupervisor(_exits({}, EXIT_MISMATCH), [0], restart_on_learner_gone=False,
-                          learner_alive=lambda: True)
+    sup = ActorSupervisor(_exits({}, EXIT_MISMATCH), [0], restart_on_learner_gone=False, learner_alive=lambda: True)
     why = _supervise(sup)
     assert sup.restarts == 0 and sup.exit_code() == EXIT_MISMATCH and "config differs" in why
 
@@ -165,8 +171,9 @@ def test_the_probe_hears_a_live_learner_and_not_a_gone_one() -> None:
 def test_local_learner_checkpoints_and_stops_when_no_actor_is_left(tmp_path: Path) -> None:
     """Before, the learner waited forever for data from actors the supervisor had given up on."""
     sup = ActorSupervisor(_exits({}, 1), [0], restart_on_learner_gone=True)
-    learner = Learner(tiny_cfg(), tmp_path, "cpu", bind=free_tcp_address(), total_steps=10 ** 9, supervisor=sup,
-                      tensorboard=False)
+    learner = Learner(
+        tiny_cfg(), tmp_path, "cpu", bind=free_tcp_address(), total_steps=10**9, supervisor=sup, tensorboard=False
+    )
     sup.start()
     box: dict = {}
     t = threading.Thread(target=lambda: box.setdefault("row", learner.train()), daemon=True)
@@ -199,15 +206,17 @@ def _tampered(trained: Path, tmp_path: Path, change) -> Path:
     return path
 
 
-@pytest.mark.parametrize("change,needle", [
-    (lambda d: d.update(agent={}), "agent lacks policy"),
-    (lambda d: d["counters"].update(update=1.5), "counter 'update' is 1.5"),
-    (lambda d: d["counters"].update(agent_steps="many"), "counter 'agent_steps'"),
-    (lambda d: d["config"].update(ImageHeight=84), "ImageHeight x ImageWidth = 84 x 44"),
-    (lambda d: d["config"].update(NumWorkers=8), "NumWorkers = 8"),
-])
-def test_inconsistent_checkpoints_are_refused_in_one_line(runner: SerialRunner, tmp_path: Path, change,
-                                                          needle) -> None:
+@pytest.mark.parametrize(
+    "change,needle",
+    [
+        (lambda d: d.update(agent={}), "agent lacks policy"),
+        (lambda d: d["counters"].update(update=1.5), "counter 'update' is 1.5"),
+        (lambda d: d["counters"].update(agent_steps="many"), "counter 'agent_steps'"),
+        (lambda d: d["config"].update(ImageHeight=84), "ImageHeight x ImageWidth = 84 x 44"),
+        (lambda d: d["config"].update(NumWorkers=8), "NumWorkers = 8"),
+    ],
+)
+def test_inconsistent_checkpoints_are_refused_in_one_line(runner: SerialRunner, tmp_path: Path, change, needle) -> None:
     with pytest.raises(CheckpointError, match="inconsistent checkpoint") as e:
         load_checkpoint(_tampered(runner.learner.run_dir, tmp_path, change))
     assert needle in str(e.value) and "\n" not in str(e.value)
@@ -244,8 +253,9 @@ def test_a_failed_resume_leaves_the_run_dir_as_it_was(runner: SerialRunner, caps
     assert (run_dir / "config.yaml").read_text() == before
 
 
-def test_a_second_signal_during_an_update_stops_at_once_and_cleanly(runner: SerialRunner, monkeypatch, same_batches,
-                                                                    capsys: pytest.CaptureFixture) -> None:
+def test_a_second_signal_during_an_update_stops_at_once_and_cleanly(
+    runner: SerialRunner, monkeypatch, same_batches, capsys: pytest.CaptureFixture
+) -> None:
     """launch.py's learner with real signals, sent from inside its second update (the data comes from
     this process's collector). Before, the second one raised KeyboardInterrupt out of the launcher."""
     import os
@@ -273,8 +283,20 @@ def test_a_second_signal_during_an_update_stops_at_once_and_cleanly(runner: Seri
     before = (run_dir / "checkpoints" / "latest.pt").read_bytes()
     handler = signal.getsignal(signal.SIGTERM)
     try:
-        rc = launch.main(["--role", "learner", "--resume", str(run_dir), "--learner-gpu", "-1", "--bind",
-                          free_tcp_address(), "--total-steps", str(10 ** 9)])
+        rc = launch.main(
+            [
+                "--role",
+                "learner",
+                "--resume",
+                str(run_dir),
+                "--learner-gpu",
+                "-1",
+                "--bind",
+                free_tcp_address(),
+                "--total-steps",
+                str(10**9),
+            ]
+        )
     except KeyboardInterrupt:
         pytest.fail("the second signal raised KeyboardInterrupt")
     err = capsys.readouterr().err
@@ -288,8 +310,15 @@ def test_a_second_signal_during_an_update_stops_at_once_and_cleanly(runner: Seri
 def test_a_non_finite_loss_stops_the_run_unpublished(runner: SerialRunner, tmp_path: Path, same_batches) -> None:
     """Before, NaN weights went out to every actor (which refused them) and training went on."""
     cfg = tiny_cfg(LearningRate=1.0)  # the config's largest: the losses overflow in the first minibatch
-    learner = Learner(cfg, runner.learner.run_dir, "cpu", bind=free_tcp_address(), total_steps=10 ** 9,
-                      resume=load_checkpoint(runner.learner.run_dir), tensorboard=False)
+    learner = Learner(
+        cfg,
+        runner.learner.run_dir,
+        "cpu",
+        bind=free_tcp_address(),
+        total_steps=10**9,
+        resume=load_checkpoint(runner.learner.run_dir),
+        tensorboard=False,
+    )
     for g in learner.agent.optimizer.param_groups:
         g["lr"] = cfg.LearningRate  # the resumed optimizer state brought the old rate back
     runner.collect()
@@ -304,8 +333,9 @@ def test_a_non_finite_loss_stops_the_run_unpublished(runner: SerialRunner, tmp_p
     assert load_checkpoint(runner.learner.run_dir)["counters"]["update"] == 1  # the last good checkpoint
 
 
-def test_a_full_disk_during_a_checkpoint_is_one_line_and_latest_stays(runner: SerialRunner,
-                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_full_disk_during_a_checkpoint_is_one_line_and_latest_stays(
+    runner: SerialRunner, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from learner.checkpoint import CheckpointWriteError
 
     learner, ckpt_dir = runner.learner, runner.learner.run_dir / "checkpoints"

@@ -1,6 +1,7 @@
 """Hostile peers on loopback against a real learner role and a real actor: a flood of well-formed
 bogus segments, made-up actor ids, and frames over the size cap. Each stays within the bounds that
 learner/learner_io.py derives from the config, and training goes on."""
+
 from __future__ import annotations
 
 import csv
@@ -127,8 +128,18 @@ class RssWatch(threading.Thread):
 
 def segment_frames(actor: int, version: int, seq: int, streams: list[int], bufs: list[bytes]) -> list[bytes]:
     specs = [{"name": n, "dtype": d.name, "shape": list(s)} for n, (d, s) in SPEC.segment_arrays(len(streams)).items()]
-    header = {"proto": 1, "kind": "segment", "compression": "zstd", "arrays": specs, "actor": actor,
-              "streams": streams, "version": version, "run": 7 + hash(actor) % 100, "seq": seq, "episodes": []}
+    header = {
+        "proto": 1,
+        "kind": "segment",
+        "compression": "zstd",
+        "arrays": specs,
+        "actor": actor,
+        "streams": streams,
+        "version": version,
+        "run": 7 + hash(actor) % 100,
+        "seq": seq,
+        "episodes": [],
+    }
     return [json.dumps(header).encode(), *bufs]
 
 
@@ -167,8 +178,18 @@ def flood(addr: str, messages, deadline_s: float) -> int:
 # ---- the I/O thread's admission, in process ----------------------------------------------------------
 def make_io(version: int = 5) -> tuple[LearnerIO, list, list]:
     rejected, dropped = [], []
-    io = LearnerIO(None, None, SPEC, SPEC.num_streams, SPEC.frame_stack, CFG.max_policy_lag, pin=False,
-                   on_reject=rejected.append, on_stale=dropped.extend, version=version)
+    io = LearnerIO(
+        None,
+        None,
+        SPEC,
+        SPEC.num_streams,
+        SPEC.frame_stack,
+        CFG.max_policy_lag,
+        pin=False,
+        on_reject=rejected.append,
+        on_stale=dropped.extend,
+        version=version,
+    )
     io.consume_version = version
     return io, rejected, dropped
 
@@ -189,7 +210,7 @@ def test_unusable_segments_are_dropped_from_their_header_alone() -> None:
 def test_made_up_actor_ids_are_refused_before_anything_else() -> None:
     io, rejected, dropped = make_io()
     bufs = compressed_arrays(1)
-    for actor in (SPEC.num_streams, 10 ** 6, -1, True, "0"):
+    for actor in (SPEC.num_streams, 10**6, -1, True, "0"):
         io.admit(segment_frames(actor, 5, 0, [0], bufs))
     io.admit(encode("warmup", {"actor": 9, "streams": [0]}, {"frames": np.zeros((1, 1, 84, 84), np.uint8)}))
     assert len(rejected) == 6 and not dropped and not io.pending and io.warmups.empty()
@@ -238,11 +259,33 @@ def live(tmp_path_factory: pytest.TempPathFactory):
     run_dir = tmp_path_factory.mktemp("flood") / "run"
     addr = free_tcp_address()
     logs = open(run_dir.parent / "stderr.txt", "w")  # a file, not a pipe: nothing may block on it
-    learner = subprocess.Popen([PY, "launch.py", "--role", "learner", "--config", str(SMOKE), "--bind", addr,
-                                "--learner-gpu", "-1", "--run-dir", str(run_dir), "--total-steps", "100000000"],
-                               cwd=REPO, stdout=subprocess.DEVNULL, stderr=logs)
-    actors = subprocess.Popen([PY, "launch.py", "--role", "actors", "--config", str(SMOKE), "--learner", addr,
-                               "--actors", "1"], cwd=REPO, stdout=subprocess.DEVNULL, stderr=logs)
+    learner = subprocess.Popen(
+        [
+            PY,
+            "launch.py",
+            "--role",
+            "learner",
+            "--config",
+            str(SMOKE),
+            "--bind",
+            addr,
+            "--learner-gpu",
+            "-1",
+            "--run-dir",
+            str(run_dir),
+            "--total-steps",
+            "100000000",
+        ],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=logs,
+    )
+    actors = subprocess.Popen(
+        [PY, "launch.py", "--role", "actors", "--config", str(SMOKE), "--learner", addr, "--actors", "1"],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=logs,
+    )
     listener = Listener(addr)
     listener.start()
     try:
@@ -289,8 +332,10 @@ def test_a_flood_of_valid_segments_stays_bounded_and_training_goes_on(live) -> N
     assert learner.poll() is None, f"learner died (or was killed at {watch.peak / 2**20:.0f} MiB RSS)"
     assert sent == 10_000
     grew = watch.peak - rss0
-    print(f"flood: {sent} segments in {time.monotonic() - t0:.1f} s; RSS {rss0 / 2**20:.0f} MiB + "
-          f"{grew / 2**20:.1f} MiB (bound {bound / 2**20:.1f} MiB); heartbeat gap {listener.max_gap(t0):.2f} s")
+    print(
+        f"flood: {sent} segments in {time.monotonic() - t0:.1f} s; RSS {rss0 / 2**20:.0f} MiB + "
+        f"{grew / 2**20:.1f} MiB (bound {bound / 2**20:.1f} MiB); heartbeat gap {listener.max_gap(t0):.2f} s"
+    )
     assert grew <= bound
     assert listener.max_gap(t0) < 5.0  # HEARTBEAT_S is 1 s
     assert updates(run_dir) >= u0 + 3 and actors.poll() is None
@@ -305,13 +350,21 @@ def test_made_up_actor_ids_are_refused_and_the_retired_table_stays_small(live) -
     bufs = compressed_arrays(1)
     msgs = (segment_frames(i, 0, 0, [i % SPEC.num_streams], bufs) for i in range(20_000))
     assert flood(addr, msgs, deadline_s=60) == 20_000
-    wait_for(lambda: int(last_row(run_dir)["rejected_messages"]) - rejected0 >= 20_000 - SPEC.num_streams
-             or learner.poll() is not None, 60, "the made-up ids counted")
+    wait_for(
+        lambda: (
+            int(last_row(run_dir)["rejected_messages"]) - rejected0 >= 20_000 - SPEC.num_streams
+            or learner.poll() is not None
+        ),
+        60,
+        "the made-up ids counted",
+    )
     wait_for(lambda: updates(run_dir) >= u0 + 3 or learner.poll() is not None, 60, "updates after the ids")
     assert learner.poll() is None and actors.poll() is None
     largest = max([b for t, b in listener.table_bytes if t >= t0] or [0])
-    print(f"ids: retirement table up to {largest} bytes (bound {retired_table_bytes(CFG.NumWorkers)}), "
-          f"heartbeat gap {listener.max_gap(t0):.2f} s")
+    print(
+        f"ids: retirement table up to {largest} bytes (bound {retired_table_bytes(CFG.NumWorkers)}), "
+        f"heartbeat gap {listener.max_gap(t0):.2f} s"
+    )
     assert 0 < largest <= retired_table_bytes(CFG.NumWorkers)
     assert int(last_row(run_dir)["rejected_messages"]) - rejected0 >= 20_000 - SPEC.num_streams
     assert listener.max_gap(t0) < 5.0
@@ -326,9 +379,18 @@ def test_frames_over_the_size_cap_never_reach_the_learner(live) -> None:
     rejected0, u0 = int(last_row(run_dir)["rejected_messages"]), updates(run_dir)
     frame_too_big = [b"{}", b"\0" * (max_frame_bytes(SPEC) + 1)]
     assert flood(addr, iter([frame_too_big] * 20), deadline_s=10) == 20
-    header = {"proto": 1, "kind": "segment", "compression": "none", "actor": 0, "streams": [0],
-              "version": listener.version, "run": 1, "seq": 0, "episodes": [],  # fresh: it is read in full
-              "arrays": [{"name": "frames", "dtype": "uint8", "shape": [SPEC.max_message_bytes() + 1]}]}
+    header = {
+        "proto": 1,
+        "kind": "segment",
+        "compression": "none",
+        "actor": 0,
+        "streams": [0],
+        "version": listener.version,
+        "run": 1,
+        "seq": 0,
+        "episodes": [],  # fresh: it is read in full
+        "arrays": [{"name": "frames", "dtype": "uint8", "shape": [SPEC.max_message_bytes() + 1]}],
+    }
     declared_too_big = [json.dumps(header).encode(), b"\0" * (SPEC.max_message_bytes() + 1)]
     assert flood(addr, iter([declared_too_big]), deadline_s=10) == 1
     wait_for(lambda: int(last_row(run_dir)["rejected_messages"]) > rejected0, 60, "the oversized message counted")

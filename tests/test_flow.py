@@ -1,4 +1,5 @@
 """Flow control alone (common/flow.py): the learner's ledger, the actor's gate, the replay check. No sockets."""
+
 from __future__ import annotations
 
 import threading

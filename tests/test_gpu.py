@@ -1,4 +1,5 @@
 """GPU paths of the learner: skipped cleanly where there is no CUDA device (CI never has one)."""
+
 from __future__ import annotations
 
 import copy
@@ -69,8 +70,9 @@ def test_actor_policy_step_on_cuda(tmp_path: Path) -> None:
     from actors.rollout import build_collector, sample_actions
 
     # episodes cut at 7 steps: the bootstrap value at a time limit (_value_ext) runs on the GPU too
-    cfg = load_config(REPO / "configs" / "smoke.yaml", {"NumWorkers": 3, "actor_device": "cuda:0",
-                                                        "MaxStepsPerEpisode": 7})
+    cfg = load_config(
+        REPO / "configs" / "smoke.yaml", {"NumWorkers": 3, "actor_device": "cuda:0", "MaxStepsPerEpisode": 7}
+    )
     col = build_collector(cfg, 0, 1)
     cpu_policy = copy.deepcopy(col.policy).cpu()
     torch.nn.init.normal_(cpu_policy.pi_head.weight, std=0.5)  # a policy far from uniform

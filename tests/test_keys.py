@@ -1,4 +1,5 @@
 """The secure link: key files, CURVE on both channels, who the learner admits, and the refusals."""
+
 from __future__ import annotations
 
 import json
@@ -101,7 +102,7 @@ def test_key_folders_are_checked_in_one_line(tmp_path: Path, keys: dict[str, Pat
     (empty / "authorized" / "actor.key").unlink()
     with pytest.raises(KeysError, match="holds no actor public keys"):
         load_learner_keys(empty)
-    (empty / "actor.key_secret").write_text("metadata\ncurve\n    public-key = \"short\"\n")
+    (empty / "actor.key_secret").write_text('metadata\ncurve\n    public-key = "short"\n')
     with pytest.raises(KeysError, match="actor.key_secret: not a"):
         load_actor_keys(empty)
 
@@ -109,8 +110,9 @@ def test_key_folders_are_checked_in_one_line(tmp_path: Path, keys: dict[str, Pat
 def test_a_learner_reachable_from_outside_needs_keys_or_insecure(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     run_dir = tmp_path / "run"
     for role, bind in (("learner", "tcp://0.0.0.0:5555"), ("local", "tcp://10.1.2.3:5555")):
-        p = launch(capsys, "--role", role, "--config", SMOKE, "--bind", bind, "--learner-gpu", "-1", "--run-dir",
-                   str(run_dir))
+        p = launch(
+            capsys, "--role", role, "--config", SMOKE, "--bind", bind, "--learner-gpu", "-1", "--run-dir", str(run_dir)
+        )
         line = one_line(p.stderr)
         assert p.returncode == 2 and "--keys" in line and "--insecure" in line and bind in line
         assert not run_dir.exists()  # refused before anything was written
@@ -121,8 +123,9 @@ def test_a_learner_reachable_from_outside_needs_keys_or_insecure(tmp_path: Path,
 def test_handshake_events_name_the_refusal() -> None:
     auth_denied = handshake_refusal(zmq.EVENT_HANDSHAKE_FAILED_AUTH, 400, 0, True)[0]
     assert "authorized" in auth_denied
-    keyless = handshake_refusal(zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL, zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH, 0,
-                                False)[0]
+    keyless = handshake_refusal(
+        zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL, zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH, 0, False
+    )[0]
     assert "--keys" in keyless
     n, why = 0, None
     for _ in range(2):  # one cut handshake may be a dropped link: no verdict yet
@@ -200,11 +203,36 @@ def _actor(addr: str, keys_dir: Path | None, actor_id: int, total: int, role: bo
     """An actors role (the launcher and its actor), or one bare actor process."""
     over = ["MaxStepsPerEpisode=10", "actor_timeout_s=300"]  # a refusal must not wait for the timeout
     if role:
-        args = ["launch.py", "--role", "actors", "--config", SMOKE, "--learner", addr, "--actors", "1",
-                "--actor-offset", str(actor_id), "--total-actors", str(total), *over]
+        args = [
+            "launch.py",
+            "--role",
+            "actors",
+            "--config",
+            SMOKE,
+            "--learner",
+            addr,
+            "--actors",
+            "1",
+            "--actor-offset",
+            str(actor_id),
+            "--total-actors",
+            str(total),
+            *over,
+        ]
     else:
-        args = ["-m", "actors.main", "--config", SMOKE, "--learner", addr, "--actor-id", str(actor_id),
-                "--num-actors", str(total), *over]
+        args = [
+            "-m",
+            "actors.main",
+            "--config",
+            SMOKE,
+            "--learner",
+            addr,
+            "--actor-id",
+            str(actor_id),
+            "--num-actors",
+            str(total),
+            *over,
+        ]
     if keys_dir is not None:
         args += ["--keys", str(keys_dir)]
     return subprocess.Popen([PY, *args], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -215,12 +243,36 @@ def test_keyed_roles_train_and_refused_actors_exit_with_their_reason(tmp_path: P
     role, an actor with an unknown key and one with a wrong learner key each get 0 segments in and
     exit 4 with one line saying why, from the handshake (their actor_timeout_s is 300 s)."""
     addr, run_dir = free_tcp_address(), tmp_path / "run"
-    learner = subprocess.Popen([PY, "launch.py", "--role", "learner", "--config", SMOKE, "--bind", addr,
-                                "--learner-gpu", "-1", "--run-dir", str(run_dir), "--total-steps", "192",
-                                "--keys", str(keys["learner"]), "MaxStepsPerEpisode=10"],
-                               cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    refused = {"keyless": (None, "has none", True), "unknown_actor": (keys["unknown_actor"], "authorized", False),
-               "wrong_learner": (keys["wrong_learner"], "learner.key", False)}
+    learner = subprocess.Popen(
+        [
+            PY,
+            "launch.py",
+            "--role",
+            "learner",
+            "--config",
+            SMOKE,
+            "--bind",
+            addr,
+            "--learner-gpu",
+            "-1",
+            "--run-dir",
+            str(run_dir),
+            "--total-steps",
+            "192",
+            "--keys",
+            str(keys["learner"]),
+            "MaxStepsPerEpisode=10",
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    refused = {
+        "keyless": (None, "has none", True),
+        "unknown_actor": (keys["unknown_actor"], "authorized", False),
+        "wrong_learner": (keys["wrong_learner"], "learner.key", False),
+    }
     procs = {}
     try:
         t0 = time.monotonic()

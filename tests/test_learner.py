@@ -1,4 +1,5 @@
 """The learner's pieces: stream handling, staleness, reward treatment, the predictor mask, checkpoints."""
+
 from __future__ import annotations
 
 import copy
@@ -49,8 +50,11 @@ def test_serial_training_runs_and_logs_raw_score(small_cfg, tmp_path: Path) -> N
 def _segment_frames(runner: SerialRunner, version: int) -> list[bytes]:
     i, col = runner.collectors[0]
     arrays, episodes = col.collect()
-    return encode("segment", {"actor": i, "streams": col.streams, "version": version, "run": 0, "seq": 0,
-                              "episodes": episodes}, arrays)
+    return encode(
+        "segment",
+        {"actor": i, "streams": col.streams, "version": version, "run": 0, "seq": 0, "episodes": episodes},
+        arrays,
+    )
 
 
 def test_stale_segments_are_dropped_and_counted(small_cfg, tmp_path: Path) -> None:
@@ -58,8 +62,18 @@ def test_stale_segments_are_dropped_and_counted(small_cfg, tmp_path: Path) -> No
     cfg = small_cfg(max_policy_lag=1, NumWorkers=1)
     runner = SerialRunner(cfg, tmp_path, num_actors=1)
     stale = []
-    pf = LearnerIO(None, None, runner.learner.spec, cfg.NumWorkers, cfg.FrameStack, cfg.max_policy_lag, pin=False,
-                   on_reject=lambda e: None, on_stale=stale.append, version=5)
+    pf = LearnerIO(
+        None,
+        None,
+        runner.learner.spec,
+        cfg.NumWorkers,
+        cfg.FrameStack,
+        cfg.max_policy_lag,
+        pin=False,
+        on_reject=lambda e: None,
+        on_stale=stale.append,
+        version=5,
+    )
     for v in (3, 4, 5):
         pf.pending.append(parse_message(_segment_frames(runner, v), runner.learner.spec))
     pf._maybe_assemble()
@@ -75,8 +89,9 @@ def test_stale_segments_are_dropped_and_counted(small_cfg, tmp_path: Path) -> No
     assert [len(x) for x in stale] == [1, 1] and not pf.pending
 
 
-def test_a_heartbeat_between_an_update_and_its_weights_keeps_the_lag_bound(small_cfg, tmp_path: Path, fake_sub,
-                                                                          weights_frames) -> None:
+def test_a_heartbeat_between_an_update_and_its_weights_keeps_the_lag_bound(
+    small_cfg, tmp_path: Path, fake_sub, weights_frames
+) -> None:
     """Regression: the learner retired a consumed segment before it published that update's weights,
     and a heartbeat sent in between carried the old version with the new retirement. An actor holding
     the old weights then started a segment with them, which arrived one update too stale and was
@@ -100,8 +115,18 @@ def test_a_heartbeat_between_an_update_and_its_weights_keeps_the_lag_bound(small
     rx.gate.sent(1)
     first = [s for s in learner.pending if s.seq == 0]
     learner.step_on(first)  # update 0 -> 1 consumes segment 0; its weights are not published yet
-    io = LearnerIO(None, None, learner.spec, 1, cfg.FrameStack, 1, pin=False, on_reject=lambda e: None,
-                   on_stale=lambda s: None, heartbeat_meta=learner.ledger.flow_meta)
+    io = LearnerIO(
+        None,
+        None,
+        learner.spec,
+        1,
+        cfg.FrameStack,
+        1,
+        pin=False,
+        on_reject=lambda e: None,
+        on_stale=lambda s: None,
+        heartbeat_meta=learner.ledger.flow_meta,
+    )
     rx.sock.queue.append(io.heartbeat_frames())
     rx.poll()
     assert rx.version == 0 and rx.gate.unretired() == 2  # no segment 2 with version-0 weights: too stale at update 2
@@ -160,8 +185,11 @@ def small_state(update: int) -> dict:
     """The smallest state load_checkpoint accepts: every agent part, counters, normalisers that fit the config."""
     agent = {k: {} for k in ("policy", "rnd", "optimizer", "reward_rms", "rng", "torch_rng")}
     agent.update(obs_rms={"mean": torch.zeros(2, 3)}, reward_filter={"state": torch.zeros(1)})
-    return {"config": {"ImageHeight": 2, "ImageWidth": 3, "NumWorkers": 1}, "agent": agent,
-            "counters": {"update": update, "agent_steps": 0}}
+    return {
+        "config": {"ImageHeight": 2, "ImageWidth": 3, "NumWorkers": 1},
+        "agent": agent,
+        "counters": {"update": update, "agent_steps": 0},
+    }
 
 
 def test_checkpoint_files_rotate_and_latest_is_newest(tmp_path: Path) -> None:

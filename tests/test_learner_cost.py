@@ -1,4 +1,5 @@
 """What the learner skips to be cheaper must not change what it computes."""
+
 from __future__ import annotations
 
 import numpy as np

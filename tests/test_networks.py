@@ -1,5 +1,6 @@
 """common/networks.py: the paper's policy, RND target and predictor (Burda et al. 2018, appendix A.4), as the
 released code builds them (policies/cnn_policy_param_matched.py)."""
+
 from __future__ import annotations
 
 import copy
@@ -89,13 +90,16 @@ def test_policy_rows_are_independent(policy):
     obs = torch.randint(0, 256, (4, 4, 84, 84), dtype=torch.uint8)
     full = policy(obs)
     for i in range(4):
-        one = policy(obs[i:i + 1])
+        one = policy(obs[i : i + 1])
         for a, b in zip(full, one, strict=True):
-            torch.testing.assert_close(a[i:i + 1], b, rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(a[i : i + 1], b, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("net,in_ch,layers", [("policy", 4, POLICY_CONV_LAYERS), ("target", 1, RND_CONV_LAYERS),
-                                              ("predictor", 1, RND_CONV_LAYERS)], indirect=["net"])
+@pytest.mark.parametrize(
+    "net,in_ch,layers",
+    [("policy", 4, POLICY_CONV_LAYERS), ("target", 1, RND_CONV_LAYERS), ("predictor", 1, RND_CONV_LAYERS)],
+    indirect=["net"],
+)
 def test_conv_stack(net, in_ch, layers):
     convs = _convs(net)
     assert [(c.out_channels, c.kernel_size, c.stride) for c in convs] == [(o, (k, k), (s, s)) for o, k, s in layers]
@@ -113,8 +117,11 @@ def test_policy_layers(policy):
 
 def test_rnd_layers(target, predictor):
     assert [(lin.in_features, lin.out_features) for lin in _linears(target)] == [(RND_CONV_OUT, 512)]
-    assert [(lin.in_features, lin.out_features) for lin in _linears(predictor)] == [(RND_CONV_OUT, 512), (512, 512),
-                                                                                   (512, 512)]
+    assert [(lin.in_features, lin.out_features) for lin in _linears(predictor)] == [
+        (RND_CONV_OUT, 512),
+        (512, 512),
+        (512, 512),
+    ]
     for net in (target, predictor):  # the RND convs use LeakyReLU with TF's default slope, 0.2
         leaky = [m for m in net.modules() if isinstance(m, nn.LeakyReLU)]
         assert len(leaky) == 3 and all(m.negative_slope == 0.2 for m in leaky)
@@ -129,9 +136,11 @@ def test_target_has_no_trainable_parameters(rnd_model):
     assert all(p.requires_grad for p in model.predictor.parameters())
 
 
-@pytest.mark.parametrize("opt_fn", [lambda p: torch.optim.Adam(p, lr=1e-3),
-                                    lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, weight_decay=0.1)],
-                         ids=["adam", "sgd_wd"])
+@pytest.mark.parametrize(
+    "opt_fn",
+    [lambda p: torch.optim.Adam(p, lr=1e-3), lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, weight_decay=0.1)],
+    ids=["adam", "sgd_wd"],
+)
 def test_target_unchanged_by_an_optimiser_step(opt_fn, rnd_model):
     """An optimiser built over all of RNDModel's parameters moves the predictor and never the target."""
     torch.manual_seed(1)
@@ -156,8 +165,9 @@ def _gram_gain(w: torch.Tensor) -> float:
     m = w.detach().reshape(w.shape[0], -1).double()
     gram = m @ m.T if m.shape[0] <= m.shape[1] else m.T @ m
     g2 = gram.diagonal().mean().item()
-    torch.testing.assert_close(gram, g2 * torch.eye(gram.shape[0], dtype=torch.float64), rtol=0,
-                               atol=1e-5 * max(g2, 1e-12))  # float32 weights
+    torch.testing.assert_close(
+        gram, g2 * torch.eye(gram.shape[0], dtype=torch.float64), rtol=0, atol=1e-5 * max(g2, 1e-12)
+    )  # float32 weights
     return math.sqrt(g2)
 
 

@@ -1,4 +1,5 @@
 """common/normalize.py: the running mean/std (per pixel and scalar) and RND's per-stream reward forward filter."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -28,12 +29,13 @@ def _with_prior(data, eps):
     """Exact moments of the data plus the initial pseudo-sample (mean 0, var 1, weight eps)."""
     total = data.shape[0] + eps
     mean = data.sum(0) / total
-    var = (eps * (1.0 + mean ** 2) + ((data - mean) ** 2).sum(0)) / total
+    var = (eps * (1.0 + mean**2) + ((data - mean) ** 2).sum(0)) / total
     return mean, var, total
 
 
-@pytest.mark.parametrize("shape,batches", [((84, 84), _pixel_batches()), ((), _scalar_batches())],
-                         ids=["per_pixel", "scalar"])
+@pytest.mark.parametrize(
+    "shape,batches", [((84, 84), _pixel_batches()), ((), _scalar_batches())], ids=["per_pixel", "scalar"]
+)
 def test_running_mean_std_matches_numpy(shape, batches):
     """Several uneven batches give numpy's mean/var (population) over all the data fed in."""
     rms = RunningMeanStd(shape, epsilon=1e-12)  # a negligible prior: plain numpy moments
@@ -47,8 +49,9 @@ def test_running_mean_std_matches_numpy(shape, batches):
     assert rms.count.item() == pytest.approx(data.shape[0], rel=1e-12)
 
 
-@pytest.mark.parametrize("shape,batches", [((84, 84), _pixel_batches()), ((), _scalar_batches())],
-                         ids=["per_pixel", "scalar"])
+@pytest.mark.parametrize(
+    "shape,batches", [((84, 84), _pixel_batches()), ((), _scalar_batches())], ids=["per_pixel", "scalar"]
+)
 def test_running_mean_std_default_prior(shape, batches):
     """With the default epsilon the result is exact for the data plus a pseudo-sample (mean 0, var 1, weight 1e-4)."""
     rms = RunningMeanStd(shape)
@@ -138,7 +141,7 @@ def _run(filt, seqs, schedule=SCHEDULE, pos=None, dtype=torch.float64):
     pos = dict.fromkeys(seqs, 0) if pos is None else pos
     outs = {s: [] for s in seqs}
     for ids, t in schedule:
-        rewards = np.stack([seqs[s][pos[s]:pos[s] + t] for s in ids], axis=1)  # [T, B]
+        rewards = np.stack([seqs[s][pos[s] : pos[s] + t] for s in ids], axis=1)  # [T, B]
         out = filt(torch.tensor(rewards, dtype=dtype), torch.tensor(ids))
         assert out.shape == rewards.shape and out.dtype == dtype
         for j, s in enumerate(ids):
@@ -279,11 +282,16 @@ def test_forward_filter_load_rejects_other_stream_count():
         RewardForwardFilter(4, GAMMA).load_state_dict(RewardForwardFilter(3, GAMMA).state_dict())
 
 
-@pytest.mark.parametrize("rewards,ids", [(torch.zeros(5), torch.tensor([0])),
-                                         (torch.zeros(5, 2), torch.tensor([0, 1, 2])),
-                                         (torch.zeros(5, 2, 1), torch.tensor([0, 1])),
-                                         (torch.zeros(5, 2), torch.tensor([[0, 1]]))],
-                         ids=["rewards_1d", "ids_longer", "rewards_3d", "ids_2d"])
+@pytest.mark.parametrize(
+    "rewards,ids",
+    [
+        (torch.zeros(5), torch.tensor([0])),
+        (torch.zeros(5, 2), torch.tensor([0, 1, 2])),
+        (torch.zeros(5, 2, 1), torch.tensor([0, 1])),
+        (torch.zeros(5, 2), torch.tensor([[0, 1]])),
+    ],
+    ids=["rewards_1d", "ids_longer", "rewards_3d", "ids_2d"],
+)
 def test_forward_filter_rejects_bad_shapes(rewards, ids):
     filt = RewardForwardFilter(NUM_STREAMS, GAMMA)
     with pytest.raises(ValueError):

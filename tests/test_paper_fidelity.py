@@ -1,6 +1,7 @@
 """The learner follows the RND paper's released code (github.com/openai/random-network-distillation):
 the combined advantage goes to PPO unstandardised, V-trace's advantage is GAE's form, the batch's mean
 truncated importance weight is logged, and a checkpoint of the earlier 3x3 policy conv is refused in one line."""
+
 from __future__ import annotations
 
 import copy
@@ -29,9 +30,10 @@ REPO = Path(__file__).resolve().parents[1]
 def small_agent(**overrides) -> tuple[RNDAgent, object]:
     """An agent on 44x44 frames and a batch whose behaviour log-probs differ from the learner's (rho != 1)."""
     t, k = 8, 3
-    cfg = load_config(REPO / "configs" / "smoke.yaml",
-                      {"NumWorkers": k, "RolloutSteps": t, "ImageHeight": 44, "ImageWidth": 44, "BatchSize": t * k,
-                       **overrides})
+    cfg = load_config(
+        REPO / "configs" / "smoke.yaml",
+        {"NumWorkers": k, "RolloutSteps": t, "ImageHeight": 44, "ImageWidth": 44, "BatchSize": t * k, **overrides},
+    )
     agent = RNDAgent(cfg, NUM_ACTIONS, "cpu")
     rng = np.random.default_rng(0)
     segments = synthetic_segments(cfg, rng)
@@ -62,8 +64,16 @@ def test_stream_targets_use_the_configured_advantage_form(form: str) -> None:
     rew, disc = extrinsic_stream(batch.rewards, batch.terminated, batch.truncated, batch.trunc_value, 0.999)
     vs, adv = agent.stream_targets(batch.behaviour_logp, target_logp, rew, v_ext, disc, 0.95)
     want = vtrace(batch.behaviour_logp, target_logp, rew, v_ext[:-1], v_ext[-1], disc, lam=0.95, advantage=form)
-    other = vtrace(batch.behaviour_logp, target_logp, rew, v_ext[:-1], v_ext[-1], disc, lam=0.95,
-                   advantage="impala" if form == "gae" else "gae")
+    other = vtrace(
+        batch.behaviour_logp,
+        target_logp,
+        rew,
+        v_ext[:-1],
+        v_ext[-1],
+        disc,
+        lam=0.95,
+        advantage="impala" if form == "gae" else "gae",
+    )
     torch.testing.assert_close(adv, want.pg_advantages, rtol=0, atol=0)
     torch.testing.assert_close(vs, want.vs, rtol=0, atol=0)
     assert not torch.allclose(adv, other.pg_advantages)

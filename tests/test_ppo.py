@@ -2,6 +2,7 @@
 choice of the ratio's reference policy: under V-trace the surrogate's gradient at the start of an
 update must be IMPALA's policy gradient, rho_s grad log pi(a_s) A_s (Espeholt et al. 2018, eq. 4),
 with one importance weight per sample, not two."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -61,10 +62,21 @@ def make_agent_and_batch(vtrace: bool) -> tuple[RNDAgent, object]:
     """A small agent whose loss is the surrogate alone (no value, entropy; RND touches only the predictor),
     and a batch whose behaviour log-probs are far from the learner's policy (an actor one update behind)."""
     t, k, h, w, s = 8, 3, 44, 44, 4
-    cfg = load_config(REPO / "configs" / "smoke.yaml",
-                      {"NumWorkers": k, "RolloutSteps": t, "ImageHeight": h, "ImageWidth": w, "BatchSize": t * k,
-                       "UseVTraceCorrection": vtrace, "normalize_advantages": False, "value_coeff": 0.0,
-                       "PPOEntropyCoeff": 0.0, "vtrace_rho_bar": 1.0})
+    cfg = load_config(
+        REPO / "configs" / "smoke.yaml",
+        {
+            "NumWorkers": k,
+            "RolloutSteps": t,
+            "ImageHeight": h,
+            "ImageWidth": w,
+            "BatchSize": t * k,
+            "UseVTraceCorrection": vtrace,
+            "normalize_advantages": False,
+            "value_coeff": 0.0,
+            "PPOEntropyCoeff": 0.0,
+            "vtrace_rho_bar": 1.0,
+        },
+    )
     agent = RNDAgent(cfg, NUM_ACTIONS, "cpu")
     rng = np.random.default_rng(0)
     segments = synthetic_segments(cfg, rng)
@@ -76,8 +88,10 @@ def make_agent_and_batch(vtrace: bool) -> tuple[RNDAgent, object]:
 
 def policy_grads(agent: RNDAgent, loss: torch.Tensor) -> list[torch.Tensor]:
     params = list(agent.policy.parameters())
-    return [g if g is not None else torch.zeros_like(p)
-            for g, p in zip(torch.autograd.grad(loss, params, allow_unused=True), params, strict=True)]
+    return [
+        g if g is not None else torch.zeros_like(p)
+        for g, p in zip(torch.autograd.grad(loss, params, allow_unused=True), params, strict=True)
+    ]
 
 
 @pytest.mark.parametrize("perturb", [0.0, 0.05])

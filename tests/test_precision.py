@@ -1,5 +1,6 @@
 """The precision rule (bf16 autocast where the hardware has native bf16) and what it must not change:
 the actors' log-probs are those of the distribution that sampled, and the learner's outputs stay fp32."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -25,12 +26,15 @@ def test_auto_is_bf16_on_cuda() -> None:
     assert autocast_dtype("auto", torch.device("cuda", 1)) is torch.bfloat16
 
 
-@pytest.mark.parametrize("caps, want", [
-    ({"avx512_bf16": True, "amx_bf16": False}, torch.bfloat16),
-    ({"avx512_bf16": False, "amx_bf16": True}, torch.bfloat16),
-    ({"avx512_bf16": False, "amx_bf16": False, "avx512": True}, None),
-    ({}, None),
-])
+@pytest.mark.parametrize(
+    "caps, want",
+    [
+        ({"avx512_bf16": True, "amx_bf16": False}, torch.bfloat16),
+        ({"avx512_bf16": False, "amx_bf16": True}, torch.bfloat16),
+        ({"avx512_bf16": False, "amx_bf16": False, "avx512": True}, None),
+        ({}, None),
+    ],
+)
 def test_auto_on_cpu_follows_native_bf16(monkeypatch, caps, want) -> None:
     monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: caps)
     assert precision.cpu_has_native_bf16() is (want is not None)
@@ -87,6 +91,7 @@ def test_bf16_actor_samples_the_distribution() -> None:
 
 def test_collector_takes_the_actor_precision() -> None:
     from actors.rollout import build_collector
+
     for setting, want in (("fp32", None), ("bf16", torch.bfloat16)):
         cfg = load_config("configs/smoke.yaml", {"actor_precision": setting})
         assert build_collector(cfg, 0, 1).dtype is want

@@ -1,4 +1,5 @@
 """The README stays true: its opening commands, and every config key with its current default."""
+
 from pathlib import Path
 
 from common.config import docs_table

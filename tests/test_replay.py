@@ -1,6 +1,7 @@
 """Replayed segments and late warm-up frames: a valid segment sent again is consumed once, and warm-up
 frames that come after the warm-up has ended leave the observation normaliser alone. Both are counted.
 (The replay check alone, ``SeenSegments``, is tested in tests/test_flow.py.)"""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -15,23 +16,38 @@ from learner.learner_io import LearnerIO
 from learner.serial import SerialRunner
 
 REPO = Path(__file__).resolve().parents[1]
-CFG = load_config(REPO / "configs" / "smoke.yaml", {"NumWorkers": 2, "RolloutSteps": 8, "BatchSize": 16,
-                                                      "ImageHeight": 48, "ImageWidth": 48, "NumInitSteps": 4})
+CFG = load_config(
+    REPO / "configs" / "smoke.yaml",
+    {"NumWorkers": 2, "RolloutSteps": 8, "BatchSize": 16, "ImageHeight": 48, "ImageWidth": 48, "NumInitSteps": 4},
+)
 SPEC = SegmentSpec.from_config(CFG, NUM_ACTIONS)
 
 
 def io_and_logs(version: int = 0) -> tuple[LearnerIO, list, list]:
     rejected, dropped = [], []
-    io = LearnerIO(None, None, SPEC, SPEC.num_streams, SPEC.frame_stack, CFG.max_policy_lag, pin=False,
-                   on_reject=rejected.append, on_stale=dropped.extend, version=version)
+    io = LearnerIO(
+        None,
+        None,
+        SPEC,
+        SPEC.num_streams,
+        SPEC.frame_stack,
+        CFG.max_policy_lag,
+        pin=False,
+        on_reject=rejected.append,
+        on_stale=dropped.extend,
+        version=version,
+    )
     return io, rejected, dropped
 
 
 def real_segment(runner: SerialRunner, seq: int, run: int = 5) -> list[bytes]:
     i, col = runner.collectors[0]
     arrays, episodes = col.collect()
-    return encode("segment", {"actor": i, "streams": col.streams, "version": 0, "run": run, "seq": seq,
-                              "episodes": episodes}, arrays)
+    return encode(
+        "segment",
+        {"actor": i, "streams": col.streams, "version": 0, "run": run, "seq": seq, "episodes": episodes},
+        arrays,
+    )
 
 
 def test_a_segment_sent_twelve_times_is_filed_once(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 A_t = sum_{l=0}^{T-1-t} (prod_{k=t}^{t+l-1} gamma_k lam) delta_{t+l},  delta_t = r_t + gamma_t V(x_{t+1}) - V(x_t),
 with per-step discounts gamma_t (0 at an episode cut) and V(x_T) the bootstrap value.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -100,13 +101,25 @@ def test_cut_stops_the_bootstrap():
     torch.testing.assert_close(ret1[-1], rewards[-1], rtol=0, atol=1e-12)
 
 
-@pytest.mark.parametrize("bad", [
-    dict(rewards=torch.zeros(4, 4)), dict(values=torch.zeros(5, 2)), dict(discounts=torch.zeros(5)),
-    dict(bootstrap_value=torch.zeros(4)), dict(bootstrap_value=torch.zeros(1, 3)),
-], ids=["rewards", "values", "discounts", "bootstrap_wide", "bootstrap_2d"])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        dict(rewards=torch.zeros(4, 4)),
+        dict(values=torch.zeros(5, 2)),
+        dict(discounts=torch.zeros(5)),
+        dict(bootstrap_value=torch.zeros(4)),
+        dict(bootstrap_value=torch.zeros(1, 3)),
+    ],
+    ids=["rewards", "values", "discounts", "bootstrap_wide", "bootstrap_2d"],
+)
 def test_shape_validation(bad):
-    kw = dict(rewards=torch.zeros(5, 3), values=torch.zeros(5, 3), bootstrap_value=torch.zeros(3),
-              discounts=torch.zeros(5, 3), lam=0.95)
+    kw = dict(
+        rewards=torch.zeros(5, 3),
+        values=torch.zeros(5, 3),
+        bootstrap_value=torch.zeros(3),
+        discounts=torch.zeros(5, 3),
+        lam=0.95,
+    )
     gae(**kw)  # the good shapes pass
     with pytest.raises(ValueError):
         gae(**{**kw, **bad})

@@ -1,4 +1,5 @@
 """Hostile or unlucky inputs: none may crash the learner or corrupt what it learns from."""
+
 from __future__ import annotations
 
 import json
@@ -38,20 +39,23 @@ def test_a_good_segment_routes() -> None:
     assert not rejected and len(segments) == 1
 
 
-@pytest.mark.parametrize("header", [
-    b'{"proto":1,"kind":"segment","compression":"none","arrays":[{"name":"x","dtype":[],"shape":[1]}]}',
-    b"[" * 100_000 + b"]" * 100_000,
-    b'{"proto":1,"kind":"segment","compression":"none","arrays":[],"x":' + b"9" * 5000 + b"}",
-])
+@pytest.mark.parametrize(
+    "header",
+    [
+        b'{"proto":1,"kind":"segment","compression":"none","arrays":[{"name":"x","dtype":[],"shape":[1]}]}',
+        b"[" * 100_000 + b"]" * 100_000,
+        b'{"proto":1,"kind":"segment","compression":"none","arrays":[],"x":' + b"9" * 5000 + b"}",
+    ],
+)
 def test_hostile_headers_are_rejected_not_raised(header: bytes) -> None:
     rejected, segments = routed([header])
     assert len(rejected) == 1 and isinstance(rejected[0], WireError) and not segments
 
 
 def test_huge_numbers_in_meta_are_rejected() -> None:
-    meta, arrays = good_segment(episodes=[{"stream": 0, "t": 0, "return": 10 ** 400, "length": 3}])
+    meta, arrays = good_segment(episodes=[{"stream": 0, "t": 0, "return": 10**400, "length": 3}])
     assert len(routed(encode("segment", meta, arrays))[0]) == 1
-    meta, arrays = good_segment(timings={"env": 10 ** 400})
+    meta, arrays = good_segment(timings={"env": 10**400})
     assert len(routed(encode("segment", meta, arrays))[0]) == 1
 
 
@@ -59,8 +63,16 @@ def test_declared_sizes_are_capped_before_decompressing() -> None:
     import zstandard
 
     shape = [1 << 20, 1 << 10]  # 1 GiB declared, matching a zstd frame that claims the same
-    header = json.dumps({"proto": 1, "kind": "warmup", "compression": "zstd", "actor": 0, "streams": [0],
-                         "arrays": [{"name": "frames", "dtype": "uint8", "shape": shape}]}).encode()
+    header = json.dumps(
+        {
+            "proto": 1,
+            "kind": "warmup",
+            "compression": "zstd",
+            "actor": 0,
+            "streams": [0],
+            "arrays": [{"name": "frames", "dtype": "uint8", "shape": shape}],
+        }
+    ).encode()
     bomb = zstandard.ZstdCompressor().compress(b"\0" * 1000)
     rejected, _ = routed([header, bomb])
     assert len(rejected) == 1 and "allowed" in str(rejected[0])
@@ -139,8 +151,18 @@ def test_actor_forgets_flow_state_when_the_learner_restarts(fake_sub, weights_fr
 
 def test_segments_newer_than_any_published_weights_are_dropped() -> None:
     stale = []
-    io = LearnerIO(None, None, SPEC, num_envs=2, frame_stack=4, max_lag=1, pin=False,
-                   on_reject=lambda e: None, on_stale=stale.extend, version=100)
+    io = LearnerIO(
+        None,
+        None,
+        SPEC,
+        num_envs=2,
+        frame_stack=4,
+        max_lag=1,
+        pin=False,
+        on_reject=lambda e: None,
+        on_stale=stale.extend,
+        version=100,
+    )
     for v in (99, 100, 104):
         meta, arrays = good_segment(version=v)
         route_message(encode("segment", meta, arrays), SPEC, io.on_reject, io.warmups.put, io.pending.append)
@@ -170,8 +192,10 @@ def test_resumed_logs_drop_rows_written_after_the_checkpoint(tmp_path: Path) -> 
 def test_no_checkpoint_of_a_half_applied_update(tmp_path: Path) -> None:
     from learner.serial import SerialRunner
 
-    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml",
-                      {"NumWorkers": 1, "ImageHeight": 44, "ImageWidth": 44, "BatchSize": 16})
+    cfg = load_config(
+        Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml",
+        {"NumWorkers": 1, "ImageHeight": 44, "ImageWidth": 44, "BatchSize": 16},
+    )
     runner = SerialRunner(cfg, tmp_path, num_actors=1)
     runner.run(1)
     runner.learner.save()

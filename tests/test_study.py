@@ -1,5 +1,6 @@
 """study.py: the grid runs as ordinary launch.py runs (skip if finished, resume if not), and the report's
 numbers and figures come from the run folders; eval.py's intrinsic-reward trace."""
+
 from __future__ import annotations
 
 import csv
@@ -27,8 +28,9 @@ TINY = ["--config", str(REPO / "configs" / "smoke.yaml"), "--gpus", "none", "--p
 
 
 def run_study(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(REPO / "study.py"), *args], capture_output=True, text=True,
-                          timeout=timeout, cwd=REPO)
+    return subprocess.run(
+        [sys.executable, str(REPO / "study.py"), *args], capture_output=True, text=True, timeout=timeout, cwd=REPO
+    )
 
 
 def metrics_rows(run_dir: Path) -> list[dict]:
@@ -75,14 +77,43 @@ def test_dry_run_prints_the_default_grid_and_refuses_bad_keys(tmp_path: Path):
 
 
 def test_overrides_after_the_options_and_paths_from_another_folder(tmp_path: Path):
-    out = subprocess.run([sys.executable, str(REPO / "study.py"), "run", str(tmp_path / "o"), "--config",
-                          "configs/smoke.yaml", "--gpus", "none", "--dry-run", "LearningRate=0.0002"],
-                         capture_output=True, text=True, cwd=REPO, timeout=120)
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "study.py"),
+            "run",
+            str(tmp_path / "o"),
+            "--config",
+            "configs/smoke.yaml",
+            "--gpus",
+            "none",
+            "--dry-run",
+            "LearningRate=0.0002",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     assert all("LearningRate=0.0002" in line for line in out.stdout.splitlines())
-    elsewhere = subprocess.run([sys.executable, str(REPO / "study.py"), "run", "s", "--config",
-                                str(REPO / "configs" / "smoke.yaml"), "--gpus", "none", "--dry-run"],
-                               capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    elsewhere = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "study.py"),
+            "run",
+            "s",
+            "--config",
+            str(REPO / "configs" / "smoke.yaml"),
+            "--gpus",
+            "none",
+            "--dry-run",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+    )
     assert elsewhere.returncode == 0, elsewhere.stderr
     assert f"--run-dir {tmp_path / 's' / 'ExtCoeff2_seed0'}" in elsewhere.stdout  # the folder it was started in
 
@@ -93,6 +124,7 @@ def test_a_folder_of_another_config_is_not_continued(tmp_path: Path):
     (s / "ExtCoeff2_seed0" / "study_run.json").write_text(json.dumps({"config_hash": "0123456789abcdef"}))
     out = run_study("run", str(s), *TINY, "--axis", "ExtCoeff=2", "--dry-run")
     assert out.returncode == 2 and "another config" in out.stderr
+
 
 def test_study_runs_skips_finished_resumes_and_reports(tmp_path: Path):
     s = tmp_path / "s"
@@ -111,8 +143,9 @@ def test_study_runs_skips_finished_resumes_and_reports(tmp_path: Path):
 
     # interrupted half-way through a longer study, then continued by the same command
     args = [sys.executable, str(REPO / "study.py"), "run", str(s), *TINY, "--axis", "ExtCoeff=2,0"]
-    proc = subprocess.Popen(args + ["--total-steps", "100000"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, cwd=REPO)
+    proc = subprocess.Popen(
+        args + ["--total-steps", "100000"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO
+    )
     deadline = time.monotonic() + 120
     while len(metrics_rows(s / names[0])) < 6 and time.monotonic() < deadline:  # a checkpoint at update 5
         time.sleep(0.5)
@@ -144,28 +177,47 @@ def test_study_runs_skips_finished_resumes_and_reports(tmp_path: Path):
 
 
 # ---- study report on synthetic run dirs ----------------------------------------------------------------
-def synthetic_run(root: Path, name: str, values: dict, seed: int, rng: np.random.Generator,
-                  first_reward_at: int | None, cells_per_update: int = 3) -> None:
+def synthetic_run(
+    root: Path,
+    name: str,
+    values: dict,
+    seed: int,
+    rng: np.random.Generator,
+    first_reward_at: int | None,
+    cells_per_update: int = 3,
+) -> None:
     run = root / name
     run.mkdir(parents=True)
-    (run / "study_run.json").write_text(json.dumps({"name": name, "values": values, "seed": seed,
-                                                    "status": "finished", "command": "launch.py ..."}))
+    (run / "study_run.json").write_text(
+        json.dumps({"name": name, "values": values, "seed": seed, "status": "finished", "command": "launch.py ..."})
+    )
     (run / "config.yaml").write_text("EnvName: MontezumaRevengeNoFrameskip-v4\n")
     with open(run / "metrics.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(METRICS))
         w.writeheader()
         for u in range(1, 21):
             row = {k: f"{rng.normal():.6g}" for k in METRICS}
-            row.update(update=u, agent_steps=u * 1000 + seed * 7, time_s=f"{u * 2.5:.6g}",
-                       rooms_visited_total=1 + u // 10, cells_visited_total=10 + cells_per_update * u)
+            row.update(
+                update=u,
+                agent_steps=u * 1000 + seed * 7,
+                time_s=f"{u * 2.5:.6g}",
+                rooms_visited_total=1 + u // 10,
+                cells_visited_total=10 + cells_per_update * u,
+            )
             w.writerow(row)
     episodes = [{"return": 0.0, "length": 50, "agent_steps": s} for s in (3000, 5000)]
     if first_reward_at is not None:
-        episodes += [{"return": 100.0, "length": 80, "agent_steps": first_reward_at},
-                     {"return": 400.0, "length": 90, "agent_steps": first_reward_at + 4000}]
+        episodes += [
+            {"return": 100.0, "length": 80, "agent_steps": first_reward_at},
+            {"return": 400.0, "length": 90, "agent_steps": first_reward_at + 4000},
+        ]
     (run / "episodes.jsonl").write_text("".join(json.dumps(e) + "\n" for e in episodes))
-    cells = [{"level": 0, "room": r, "x_bucket": x, "y_bucket": y, "steps": int(rng.integers(1, 50))}
-             for r in (1, 0) for x in range(3, 9) for y in range(18, 30, 3)]
+    cells = [
+        {"level": 0, "room": r, "x_bucket": x, "y_bucket": y, "steps": int(rng.integers(1, 50))}
+        for r in (1, 0)
+        for x in range(3, 9)
+        for y in range(18, 30, 3)
+    ]
     (run / "exploration.json").write_text(json.dumps({"cells": cells, "rooms": {}}))
 
 
@@ -191,8 +243,11 @@ def test_report_on_synthetic_runs_writes_every_figure_and_the_csv_values(tmp_pat
         assert r["rooms_visited_total"] == int(rows[-1]["rooms_visited_total"]) == 3
         assert r["wall_s"] == pytest.approx(float(rows[-1]["time_s"]))
         assert r["steps_per_s"] == pytest.approx(r["agent_steps"] / r["wall_s"])
-    assert [summary[n]["cells_visited_total"] for n in ("ExtCoeff2_seed0", "ExtCoeff2_seed1", "ExtCoeff0_seed0")] \
-        == [70, 90, 50]
+    assert [summary[n]["cells_visited_total"] for n in ("ExtCoeff2_seed0", "ExtCoeff2_seed1", "ExtCoeff0_seed0")] == [
+        70,
+        90,
+        50,
+    ]
     a = summary["ExtCoeff2_seed0"]
     assert a["steps_to_first_reward"] == 6000 and a["best_episode_return"] == 400.0
     assert a["wall_s_to_first_reward"] == pytest.approx(15.0)  # 6,000 steps are update 6's, at 6 x 2.5 s
@@ -212,9 +267,19 @@ def test_report_refuses_an_empty_study(tmp_path: Path, capsys):
 
 # ---- eval.py --int-trace --------------------------------------------------------------------------------
 def tiny_checkpoint(tmp_path: Path) -> Path:
-    cfg = load_config(REPO / "configs" / "smoke.yaml", {"NumWorkers": 2, "RolloutSteps": 8, "NumInitSteps": 4,
-                                                        "BatchSize": 8, "EpochSteps": 1, "MaxStepsPerEpisode": 30,
-                                                        "ImageHeight": 48, "ImageWidth": 48})
+    cfg = load_config(
+        REPO / "configs" / "smoke.yaml",
+        {
+            "NumWorkers": 2,
+            "RolloutSteps": 8,
+            "NumInitSteps": 4,
+            "BatchSize": 8,
+            "EpochSteps": 1,
+            "MaxStepsPerEpisode": 30,
+            "ImageHeight": 48,
+            "ImageWidth": 48,
+        },
+    )
     runner = SerialRunner(cfg, tmp_path / "run", num_actors=1)
     runner.run(2)
     return runner.learner.save()
@@ -223,8 +288,22 @@ def tiny_checkpoint(tmp_path: Path) -> Path:
 def test_eval_int_trace_and_best_gif(tmp_path: Path):
     ckpt = tiny_checkpoint(tmp_path)
     out = tmp_path / "eval.json"
-    assert eval_py.main([str(ckpt), "--episodes", "2", "--int-trace", str(tmp_path / "trace.png"),
-                         "--best-gif", str(tmp_path / "best.gif"), "--json", str(out)]) == 0
+    assert (
+        eval_py.main(
+            [
+                str(ckpt),
+                "--episodes",
+                "2",
+                "--int-trace",
+                str(tmp_path / "trace.png"),
+                "--best-gif",
+                str(tmp_path / "best.gif"),
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
     ev = json.loads(out.read_text())
     trace = ev["int_trace"]
     assert len(trace["rewards"]) == ev["episodes"][0]["length"] == 30
@@ -246,7 +325,7 @@ def test_int_trace_is_the_learners_normalised_rnd_error(tmp_path: Path):
     frame = np.random.default_rng(1).integers(0, 256, size=(48, 48)).astype(np.uint8)
     trace.add(frame, np.zeros((210, 160, 3), np.uint8))
     rms = data["agent"]["obs_rms"]
-    x = ((torch.from_numpy(frame).double() - rms["mean"].double()) / (rms["var"].double() + 1e-8).sqrt())
+    x = (torch.from_numpy(frame).double() - rms["mean"].double()) / (rms["var"].double() + 1e-8).sqrt()
     x = x.clamp(-cfg.obs_clip, cfg.obs_clip).float()[None, None]
     from common.networks import RNDModel
 

@@ -7,6 +7,7 @@ v_T = V(x_T), is IMPALA's rho_s (r_s + gamma_s v_{s+1} - V(x_s)) ("impala"), or
 rho_s (r_s + gamma_s V(x_{s+1}) - V(x_s) + gamma_s lambda (v_{s+1} - V(x_{s+1}))) ("gae"), which is
 GAE(lambda) (Schulman et al. 2016, eq. 16) when pi = mu.
 """
+
 from __future__ import annotations
 
 import math
@@ -18,8 +19,18 @@ from common.returns import gae
 from common.vtrace import vtrace
 
 
-def vtrace_reference(behaviour_logp, target_logp, rewards, values, bootstrap_value, discounts,
-                     rho_bar=1.0, c_bar=1.0, lam=1.0, advantage="gae"):
+def vtrace_reference(
+    behaviour_logp,
+    target_logp,
+    rewards,
+    values,
+    bootstrap_value,
+    discounts,
+    rho_bar=1.0,
+    c_bar=1.0,
+    lam=1.0,
+    advantage="gae",
+):
     """Explicit loops over s and t with Python floats; returns (vs, pg_advantages) as nested lists [T][B]."""
     mu, pi, r, v, g = (x.tolist() for x in (behaviour_logp, target_logp, rewards, values, discounts))
     boot = bootstrap_value.tolist()
@@ -47,8 +58,9 @@ def vtrace_reference(behaviour_logp, target_logp, rewards, values, bootstrap_val
             if advantage == "impala":
                 adv[s][b] = rho[s] * (r[s][b] + g[s][b] * v_next - big_v[s])
             else:
-                adv[s][b] = rho[s] * (r[s][b] + g[s][b] * big_v[s + 1] - big_v[s]
-                                      + g[s][b] * lam * (v_next - big_v[s + 1]))
+                adv[s][b] = rho[s] * (
+                    r[s][b] + g[s][b] * big_v[s + 1] - big_v[s] + g[s][b] * lam * (v_next - big_v[s + 1])
+                )
     return vs, adv
 
 
@@ -75,8 +87,9 @@ def _check_against_reference(args, rho_bar, c_bar, lam, advantage="gae", rtol=1e
 
 
 @pytest.mark.parametrize("T,B", [(1, 1), (5, 3), (12, 4)])
-@pytest.mark.parametrize("rho_bar,c_bar,lam", [(1.0, 1.0, 1.0), (1.0, 1.0, 0.95), (0.8, 1.3, 0.9),
-                                               (2.0, 0.5, 0.7), (1.5, 1.5, 1.0)])
+@pytest.mark.parametrize(
+    "rho_bar,c_bar,lam", [(1.0, 1.0, 1.0), (1.0, 1.0, 0.95), (0.8, 1.3, 0.9), (2.0, 0.5, 0.7), (1.5, 1.5, 1.0)]
+)
 @pytest.mark.parametrize("seed", [0, 1])
 @pytest.mark.parametrize("advantage", ["gae", "impala"])
 def test_matches_paper_reference(T, B, rho_bar, c_bar, lam, seed, advantage):
@@ -104,10 +117,12 @@ def test_matches_reference_all_cuts_and_no_cuts(advantage):
 
 def test_default_form_is_gae():
     args = _inputs(7, 3, seed=6)
-    torch.testing.assert_close(vtrace(*args, lam=0.95).pg_advantages,
-                               vtrace(*args, lam=0.95, advantage="gae").pg_advantages, rtol=0, atol=0)
-    assert not torch.allclose(vtrace(*args, lam=0.95).pg_advantages,
-                              vtrace(*args, lam=0.95, advantage="impala").pg_advantages)
+    torch.testing.assert_close(
+        vtrace(*args, lam=0.95).pg_advantages, vtrace(*args, lam=0.95, advantage="gae").pg_advantages, rtol=0, atol=0
+    )
+    assert not torch.allclose(
+        vtrace(*args, lam=0.95).pg_advantages, vtrace(*args, lam=0.95, advantage="impala").pg_advantages
+    )
 
 
 @pytest.mark.parametrize("rho_bar,c_bar", [(1.0, 1.0), (0.8, 1.3), (2.0, 0.5)])
@@ -129,9 +144,14 @@ def _single(ratio_0, ratio_1=1.0, r=(0.7, -0.4), v=(0.2, 0.9), boot=1.3, g=(0.9,
     """T=2, B=1 inputs with chosen pi/mu ratios."""
     behaviour = torch.tensor([[-1.0], [-2.0]], dtype=torch.float64)
     target = behaviour + torch.log(torch.tensor([[ratio_0], [ratio_1]], dtype=torch.float64))
-    return (behaviour, target, torch.tensor([[r[0]], [r[1]]], dtype=torch.float64),
-            torch.tensor([[v[0]], [v[1]]], dtype=torch.float64), torch.tensor([boot], dtype=torch.float64),
-            torch.tensor([[g[0]], [g[1]]], dtype=torch.float64))
+    return (
+        behaviour,
+        target,
+        torch.tensor([[r[0]], [r[1]]], dtype=torch.float64),
+        torch.tensor([[v[0]], [v[1]]], dtype=torch.float64),
+        torch.tensor([boot], dtype=torch.float64),
+        torch.tensor([[g[0]], [g[1]]], dtype=torch.float64),
+    )
 
 
 def test_rho_below_one_is_not_bounded_below():
@@ -152,9 +172,14 @@ def test_rho_truncated_from_above():
     assert out.pg_advantages[1, 0].item() == pytest.approx(1.5 * td_1, abs=1e-12)
 
 
-@pytest.mark.parametrize("ratio_0,c_bar,lam,rho_bar", [(0.4, 1.0, 0.8, 1.0),  # c below 1 kept as is
-                                                       (4.0, 2.0, 0.9, 3.0),  # c truncated at c_bar, rho at rho_bar
-                                                       (0.6, 0.5, 1.0, 2.0)])  # c_bar < ratio < rho_bar
+@pytest.mark.parametrize(
+    "ratio_0,c_bar,lam,rho_bar",
+    [
+        (0.4, 1.0, 0.8, 1.0),  # c below 1 kept as is
+        (4.0, 2.0, 0.9, 3.0),  # c truncated at c_bar, rho at rho_bar
+        (0.6, 0.5, 1.0, 2.0),
+    ],
+)  # c_bar < ratio < rho_bar
 def test_trace_coefficient_c(ratio_0, c_bar, lam, rho_bar):
     """v_0 - V_0 = delta_0 + gamma_0 c_0 (v_1 - V_1), c_0 = lam * min(c_bar, pi/mu), rho_0 = min(rho_bar, pi/mu)."""
     args = _single(ratio_0=ratio_0, ratio_1=1.0)
@@ -181,12 +206,12 @@ def test_cut_isolates_the_past_from_the_future():
     gen = torch.Generator().manual_seed(9)
     for i in (1, 2, 3):  # target_logp, rewards, values after the cut
         args[i] = args[i].clone()
-        args[i][k + 1:] += torch.randn(args[i][k + 1:].shape, generator=gen, dtype=args[i].dtype)
+        args[i][k + 1 :] += torch.randn(args[i][k + 1 :].shape, generator=gen, dtype=args[i].dtype)
     args[4] = args[4] + 5.0  # bootstrap too
     out2 = vtrace(*args, lam=0.9)
-    torch.testing.assert_close(out.vs[:k + 1], out2.vs[:k + 1], rtol=0, atol=1e-12)
-    torch.testing.assert_close(out.pg_advantages[:k + 1], out2.pg_advantages[:k + 1], rtol=0, atol=1e-12)
-    assert not torch.allclose(out.vs[k + 1:], out2.vs[k + 1:])
+    torch.testing.assert_close(out.vs[: k + 1], out2.vs[: k + 1], rtol=0, atol=1e-12)
+    torch.testing.assert_close(out.pg_advantages[: k + 1], out2.pg_advantages[: k + 1], rtol=0, atol=1e-12)
+    assert not torch.allclose(out.vs[k + 1 :], out2.vs[k + 1 :])
 
 
 @pytest.mark.parametrize("lam", [0.0, 0.5, 0.95, 1.0])
@@ -206,8 +231,9 @@ def test_on_policy_reduces_to_gae(lam, rho_bar, c_bar):
         torch.testing.assert_close(impala.pg_advantages, adv, rtol=1e-10, atol=1e-10)
     else:  # IMPALA's advantage is the one-step one on the lambda-returns, not the GAE advantage
         values_tp1 = torch.cat([out.vs[1:], bootstrap.unsqueeze(0)])
-        torch.testing.assert_close(impala.pg_advantages, rewards + discounts * values_tp1 - values, rtol=1e-10,
-                                   atol=1e-10)
+        torch.testing.assert_close(
+            impala.pg_advantages, rewards + discounts * values_tp1 - values, rtol=1e-10, atol=1e-10
+        )
         assert (impala.pg_advantages - adv).abs().max() > 1e-3
 
 
@@ -229,8 +255,14 @@ def test_outputs_carry_no_gradient():
 
 def _bad_shapes():
     T, B = 5, 3
-    good = dict(behaviour_logp=torch.zeros(T, B), target_logp=torch.zeros(T, B), rewards=torch.zeros(T, B),
-                values=torch.zeros(T, B), bootstrap_value=torch.zeros(B), discounts=torch.zeros(T, B))
+    good = dict(
+        behaviour_logp=torch.zeros(T, B),
+        target_logp=torch.zeros(T, B),
+        rewards=torch.zeros(T, B),
+        values=torch.zeros(T, B),
+        bootstrap_value=torch.zeros(B),
+        discounts=torch.zeros(T, B),
+    )
     cases = {
         "values_1d": dict(values=torch.zeros(T)),
         "values_3d": dict(values=torch.zeros(T, B, 1)),
@@ -252,6 +284,7 @@ def test_shape_validation(kwargs):
 
 def test_good_shapes_accepted():
     T, B = 5, 3
-    out = vtrace(torch.zeros(T, B), torch.zeros(T, B), torch.zeros(T, B), torch.zeros(T, B), torch.zeros(B),
-                 torch.zeros(T, B))
+    out = vtrace(
+        torch.zeros(T, B), torch.zeros(T, B), torch.zeros(T, B), torch.zeros(T, B), torch.zeros(B), torch.zeros(T, B)
+    )
     assert out.vs.shape == (T, B) and out.pg_advantages.shape == (T, B)

@@ -1,4 +1,5 @@
 """common/wire.py: a JSON header plus raw buffers, never pickled; every malformed message raises WireError."""
+
 from __future__ import annotations
 
 import ast
@@ -78,9 +79,17 @@ def arrays_ending(episodes: list[dict]) -> dict[str, np.ndarray]:
 
 
 def segment_meta(**over) -> dict:
-    meta = {"actor": 1, "streams": list(STREAMS), "version": 3, "run": 77, "seq": 0,
-            "episodes": [{"stream": 5, "t": 2, "return": 100.0, "length": 37, "rooms": [0, 1]},
-                         {"stream": 2, "t": 4, "return": 0.0, "length": 4500}]}
+    meta = {
+        "actor": 1,
+        "streams": list(STREAMS),
+        "version": 3,
+        "run": 77,
+        "seq": 0,
+        "episodes": [
+            {"stream": 5, "t": 2, "return": 100.0, "length": 37, "rooms": [0, 1]},
+            {"stream": 2, "t": 4, "return": 0.0, "length": 4500},
+        ],
+    }
     meta.update(over)
     return meta
 
@@ -95,8 +104,14 @@ def wire_encode(*args, **kwargs) -> list[bytes]:
 
 
 def segment_frames(compression: str = "none", meta: dict | None = None, arrays: dict | None = None) -> list[bytes]:
-    return on_the_wire(encode("segment", segment_meta() if meta is None else meta,
-                              segment_arrays() if arrays is None else arrays, compression))
+    return on_the_wire(
+        encode(
+            "segment",
+            segment_meta() if meta is None else meta,
+            segment_arrays() if arrays is None else arrays,
+            compression,
+        )
+    )
 
 
 def with_header(frames: list[bytes], **changes) -> list[bytes]:
@@ -218,8 +233,11 @@ def test_fewer_streams_than_spec_is_fine():
 # the envelope: decode
 
 
-@pytest.mark.parametrize("header", [b"{not json", b"\xff\xfe\x00{}", b"", b"[1, 2]", b'"segment"', b"3", b"null"],
-                         ids=["not-json", "not-utf8", "empty", "list", "string", "number", "null"])
+@pytest.mark.parametrize(
+    "header",
+    [b"{not json", b"\xff\xfe\x00{}", b"", b"[1, 2]", b'"segment"', b"3", b"null"],
+    ids=["not-json", "not-utf8", "empty", "list", "string", "number", "null"],
+)
 def test_decode_refuses_bad_header_bytes(header):
     with pytest.raises(WireError):
         decode([header] + segment_frames()[1:])
@@ -267,9 +285,11 @@ def test_decode_refuses_unknown_dtype(dtype):
         decode(edit_spec(frames, "actions", dtype=dtype))
 
 
-@pytest.mark.parametrize("shape", [[-1, 3], [5, -3], [1 << 31, 3], [2 ** 64, 3], [5.0, 3], [True, 3], "5,3", None,
-                                   {"0": 5}, [1, 1, 1, 1, 1, 5, 3]],
-                         ids=["neg0", "neg1", "2^31", "2^64", "float", "bool", "string", "null", "dict", "7-dims"])
+@pytest.mark.parametrize(
+    "shape",
+    [[-1, 3], [5, -3], [1 << 31, 3], [2**64, 3], [5.0, 3], [True, 3], "5,3", None, {"0": 5}, [1, 1, 1, 1, 1, 5, 3]],
+    ids=["neg0", "neg1", "2^31", "2^64", "float", "bool", "string", "null", "dict", "7-dims"],
+)
 def test_decode_refuses_bad_shape(shape):
     with pytest.raises(WireError):
         decode(edit_spec(segment_frames(), "actions", shape=shape))
@@ -324,8 +344,9 @@ def test_decode_refuses_truncated_buffer():
         decode(frames)
 
 
-@pytest.mark.parametrize("payload", [b"not zstd at all", b"", b"\x28\xb5\x2f\xfd\x00"], ids=["garbage", "empty",
-                                                                                            "magic-only"])
+@pytest.mark.parametrize(
+    "payload", [b"not zstd at all", b"", b"\x28\xb5\x2f\xfd\x00"], ids=["garbage", "empty", "magic-only"]
+)
 def test_decode_refuses_corrupt_zstd(payload):
     frames = segment_frames("zstd")
     frames[index_of(frames, "rewards")] = payload
@@ -361,8 +382,13 @@ def test_decode_refuses_zstd_bigger_than_declared_with_content_size():
 
 def _zstd_frame_claiming(content_size: int, payload: bytes) -> bytes:
     """A valid-looking zstd frame (one raw block) whose header claims ``content_size`` bytes."""
-    return (struct.pack("<I", 0xFD2FB528) + bytes([0xE0]) + struct.pack("<Q", content_size)
-            + struct.pack("<I", 1 | (len(payload) << 3))[:3] + payload)
+    return (
+        struct.pack("<I", 0xFD2FB528)
+        + bytes([0xE0])
+        + struct.pack("<Q", content_size)
+        + struct.pack("<I", 1 | (len(payload) << 3))[:3]
+        + payload
+    )
 
 
 def test_zstd_frame_helper_is_a_valid_frame():
@@ -399,6 +425,7 @@ def test_decode_does_not_inflate_a_zstd_bomb_past_the_declared_size(monkeypatch)
                 out = attr(*args, **kwargs)
                 produced.append(len(out))
                 return out
+
             return decompress
 
     monkeypatch.setattr(wire._zstd, "ZstdDecompressor", Recording)
@@ -520,9 +547,11 @@ def test_terminated_and_truncated_both_set_refused():
     assert "both" in refused(segment_frames(arrays=arrays))
 
 
-@pytest.mark.parametrize("streams", [[2, 5, 8], [2, 5, -1], [2, 5, 5], [2, True, 5], [2, 5.0, 7], [2, "5", 7],
-                                     [2, None, 7]],
-                         ids=["too-big", "negative", "repeated", "bool", "float", "string", "null"])
+@pytest.mark.parametrize(
+    "streams",
+    [[2, 5, 8], [2, 5, -1], [2, 5, 5], [2, True, 5], [2, 5.0, 7], [2, "5", 7], [2, None, 7]],
+    ids=["too-big", "negative", "repeated", "bool", "float", "string", "null"],
+)
 def test_bad_stream_ids_refused(streams):
     refused(segment_frames(meta=segment_meta(streams=streams, episodes=[])))
 
@@ -602,8 +631,9 @@ BAD_EPISODES = {
     "cells-repeat": [dict(GOOD_EP, cells=[[5, 30], [5, 7]])],
     "cells-unsorted": [dict(GOOD_EP, cells=[[6, 30], [5, 7]])],
     "cells-steps-exceed-length": [dict(GOOD_EP, cells=[[5, 30], [6, 8]])],
-    "cells-too-many": [dict(GOOD_EP, length=MAX_EPISODE_CELLS + 1,
-                            cells=[[c, 1] for c in valid_cells(MAX_EPISODE_CELLS + 1)])],
+    "cells-too-many": [
+        dict(GOOD_EP, length=MAX_EPISODE_CELLS + 1, cells=[[c, 1] for c in valid_cells(MAX_EPISODE_CELLS + 1)])
+    ],
 }
 
 
@@ -630,26 +660,50 @@ def test_bools_in_episode_records_refused(field, value):
 
 def test_good_episode_records_pass():
     biggest_cell = cell_id(255, 255, 255, 255)
-    eps = [dict(GOOD_EP), {"stream": 7, "t": 0, "return": -3, "length": 1}, dict(GOOD_EP, t=SPEC.rollout_steps - 1),
-           dict(GOOD_EP, rooms=list(range(256))), dict(GOOD_EP, cells=[[0, 1], [5, 30], [biggest_cell, 6]]),
-           dict(GOOD_EP, cells=[]), dict(GOOD_EP, length=MAX_EPISODE_CELLS,
-                                         cells=[[c, 1] for c in valid_cells(MAX_EPISODE_CELLS)])]
+    eps = [
+        dict(GOOD_EP),
+        {"stream": 7, "t": 0, "return": -3, "length": 1},
+        dict(GOOD_EP, t=SPEC.rollout_steps - 1),
+        dict(GOOD_EP, rooms=list(range(256))),
+        dict(GOOD_EP, cells=[[0, 1], [5, 30], [biggest_cell, 6]]),
+        dict(GOOD_EP, cells=[]),
+        dict(GOOD_EP, length=MAX_EPISODE_CELLS, cells=[[c, 1] for c in valid_cells(MAX_EPISODE_CELLS)]),
+    ]
     for ep in eps:
         check_segment(segment_frames(meta=segment_meta(episodes=[ep]), arrays=arrays_ending([ep])))
     both = [dict(GOOD_EP), dict(GOOD_EP, stream=2, t=2)]  # two streams ending at one step
     check_segment(segment_frames(meta=segment_meta(episodes=both), arrays=arrays_ending(both)))
 
 
-@pytest.mark.parametrize("case", ["no-end-there", "twice", "unknown-field", "rooms-unsorted", "rooms-repeat",
-                                  "room-negative", "room-256", "room-huge", "length-huge", "bucket-out-of-range"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "no-end-there",
+        "twice",
+        "unknown-field",
+        "rooms-unsorted",
+        "rooms-repeat",
+        "room-negative",
+        "room-256",
+        "room-huge",
+        "length-huge",
+        "bucket-out-of-range",
+    ],
+)
 def test_episode_records_must_match_the_segment_and_stay_small(case):
     ep = dict(GOOD_EP)
-    eps = {"no-end-there": [dict(ep, t=3)], "twice": [ep, dict(ep)], "unknown-field": [dict(ep, notes="x" * 100)],
-           "rooms-unsorted": [dict(ep, rooms=[1, 0])], "rooms-repeat": [dict(ep, rooms=[1, 1])],
-           "room-negative": [dict(ep, rooms=[-1])], "room-256": [dict(ep, rooms=[256])],
-           "room-huge": [dict(ep, rooms=[10 ** 400])],
-           "length-huge": [dict(ep, length=10 ** 400, cells=[[5, 10 ** 400]])],
-           "bucket-out-of-range": [dict(ep, cells=[[0x01_01_20_1D, 37]])]}[case]  # x bucket 32 of 0..31
+    eps = {
+        "no-end-there": [dict(ep, t=3)],
+        "twice": [ep, dict(ep)],
+        "unknown-field": [dict(ep, notes="x" * 100)],
+        "rooms-unsorted": [dict(ep, rooms=[1, 0])],
+        "rooms-repeat": [dict(ep, rooms=[1, 1])],
+        "room-negative": [dict(ep, rooms=[-1])],
+        "room-256": [dict(ep, rooms=[256])],
+        "room-huge": [dict(ep, rooms=[10**400])],
+        "length-huge": [dict(ep, length=10**400, cells=[[5, 10**400]])],
+        "bucket-out-of-range": [dict(ep, cells=[[0x01_01_20_1D, 37]])],
+    }[case]  # x bucket 32 of 0..31
     refused(segment_frames(meta=segment_meta(episodes=eps), arrays=arrays_ending([ep])))
 
 
@@ -715,6 +769,7 @@ def test_validate_weights_accepts_good_and_round_trips(policy, compression):
         np.testing.assert_array_equal(msg.arrays[k], a)
     other = PolicyNet(18, 4, NET_HW, NET_HW)
     import torch
+
     other.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in msg.arrays.items()})
     for (k, v), (k2, v2) in zip(policy.state_dict().items(), other.state_dict().items(), strict=True):
         assert k == k2 and torch.equal(v, v2)
@@ -818,9 +873,20 @@ def test_no_pickle_on_the_wire_path(path):
     _check_tree(ast.parse(path.read_text(), filename=str(path)), str(path.relative_to(REPO)))
 
 
-@pytest.mark.parametrize("src", ["import pickle", "import pickle as pk", "from pickle import loads",
-                                 "sock.recv_pyobj()", "sock.send_pyobj(x)", "import marshal",
-                                 "np.load(f, allow_pickle=True)", "cloudpickle.dumps(x)", "from _pickle import dumps"])
+@pytest.mark.parametrize(
+    "src",
+    [
+        "import pickle",
+        "import pickle as pk",
+        "from pickle import loads",
+        "sock.recv_pyobj()",
+        "sock.send_pyobj(x)",
+        "import marshal",
+        "np.load(f, allow_pickle=True)",
+        "cloudpickle.dumps(x)",
+        "from _pickle import dumps",
+    ],
+)
 def test_pickle_detector_catches_pickle(src):
     """The rule above must be able to fail: it flags the usual ways of pickling."""
     with pytest.raises(AssertionError):

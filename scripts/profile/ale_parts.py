@@ -5,6 +5,7 @@ resize to 84x84), in 5 alternating rounds of 2,000 agent steps each, process CPU
 
   python scripts/profile/ale_parts.py
 """
+
 import math
 import time
 
@@ -44,8 +45,10 @@ for _ in range(5):
     for m in range(4):
         res[m].append(loop(m))
 med = [float(np.median(res[m])) for m in range(4)]
-print(f"CPU us per agent step, cumulative: act x4 {med[0]:.0f} | + grabs {med[1]:.0f} | + max {med[2]:.0f} | "
-      f"+ resize {med[3]:.0f}")
+print(
+    f"CPU us per agent step, cumulative: act x4 {med[0]:.0f} | + grabs {med[1]:.0f} | + max {med[2]:.0f} | "
+    f"+ resize {med[3]:.0f}"
+)
 print(f"resize share of the full step: {100 * (med[3] - med[2]) / med[3]:.0f}%")
 
 
@@ -117,16 +120,22 @@ for _ in range(3):
         cv2.setNumThreads(nt)
         by_threads.setdefault(nt, []).append(loop(3))
 cv2.setNumThreads(default)
-print(f"full step, CPU us: cv2 threads {default} {[round(v) for v in by_threads[default]]} | "
-      f"threads 1 {[round(v) for v in by_threads[1]]}")
+print(
+    f"full step, CPU us: cv2 threads {default} {[round(v) for v in by_threads[default]]} | "
+    f"threads 1 {[round(v) for v in by_threads[1]]}"
+)
 # 4 frames resized at once as the channels of one image (OpenCV's INTER_AREA takes at most 4), and the
 # transpose into that layout
 frames = np.stack([mx] * 4)
 hwc = np.ascontiguousarray(frames.transpose(1, 2, 0))
-assert np.array_equal(cv2.resize(hwc, (84, 84), interpolation=cv2.INTER_AREA).transpose(2, 0, 1),
-                      np.stack([cv2.resize(f, (84, 84), interpolation=cv2.INTER_AREA) for f in frames]))
+assert np.array_equal(
+    cv2.resize(hwc, (84, 84), interpolation=cv2.INTER_AREA).transpose(2, 0, 1),
+    np.stack([cv2.resize(f, (84, 84), interpolation=cv2.INTER_AREA) for f in frames]),
+)
 separate_us = per_call(lambda: [cv2.resize(f, (84, 84), interpolation=cv2.INTER_AREA) for f in frames], 1000) / 4
 together_us = per_call(lambda: cv2.resize(hwc, (84, 84), interpolation=cv2.INTER_AREA), 1000) / 4
 transpose_us = per_call(lambda: np.ascontiguousarray(frames.transpose(1, 2, 0)), 1000) / 4
-print(f"per frame, us: 4 separate resizes {separate_us:.0f} | one 4-channel resize {together_us:.0f} | "
-      f"the transpose to 4 channels {transpose_us:.0f}")
+print(
+    f"per frame, us: 4 separate resizes {separate_us:.0f} | one 4-channel resize {together_us:.0f} | "
+    f"the transpose to 4 channels {transpose_us:.0f}"
+)

@@ -1,8 +1,9 @@
 """Steps/s of the collector alone (K envs, smoke config) for SECONDS: for A/B runs under different settings.
 
-  python scripts/profile/collect_rate.py 4 5
-  ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 python scripts/profile/collect_rate.py 4 5
+python scripts/profile/collect_rate.py 4 5
+ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 python scripts/profile/collect_rate.py 4 5
 """
+
 import sys
 import time
 from pathlib import Path

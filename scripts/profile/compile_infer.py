@@ -3,6 +3,7 @@ and the compile time.
 
   python scripts/profile/compile_infer.py
 """
+
 import time
 
 import numpy as np
@@ -20,7 +21,7 @@ t0 = time.perf_counter()
 cnet = torch.compile(net)
 with torch.inference_mode():
     cnet(obs)
-print("compile s", time.perf_counter()-t0, flush=True)
+print("compile s", time.perf_counter() - t0, flush=True)
 
 
 def rate(f, secs=0.4):
@@ -28,21 +29,24 @@ def rate(f, secs=0.4):
         f(obs)
         n = 0
         t0 = time.perf_counter()
-        while time.perf_counter()-t0 < secs:
+        while time.perf_counter() - t0 < secs:
             f(obs)
             n += K
-    return n/(time.perf_counter()-t0)
+    return n / (time.perf_counter() - t0)
 
 
 res = {"eager": [], "compiled": []}
 for _ in range(10):
     res["eager"].append(rate(net))
     res["compiled"].append(rate(cnet))
-print({k: round(float(np.median(v))) for k, v in res.items()}, "ratio",
-      np.median(np.array(res["compiled"])/np.array(res["eager"])))
+print(
+    {k: round(float(np.median(v))) for k, v in res.items()},
+    "ratio",
+    np.median(np.array(res["compiled"]) / np.array(res["eager"])),
+)
 # weights update: does it recompile?
 net.load_state_dict(PolicyNet(18).state_dict())
 t0 = time.perf_counter()
 with torch.inference_mode():
     cnet(obs)
-print("after load_state_dict s", time.perf_counter()-t0)
+print("after load_state_dict s", time.perf_counter() - t0)

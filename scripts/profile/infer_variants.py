@@ -3,6 +3,7 @@ TorchScript copy (forward only), in 12 alternating 0.3 s rounds; also the time t
 
   python scripts/profile/infer_variants.py
 """
+
 import time
 
 import numpy as np
@@ -20,10 +21,10 @@ def rate(fn, obs, secs=2.0):
     fn(obs)
     n = 0
     t0 = time.perf_counter()
-    while time.perf_counter()-t0 < secs:
+    while time.perf_counter() - t0 < secs:
         fn(obs)
         n += obs.shape[0]
-    return n/(time.perf_counter()-t0)
+    return n / (time.perf_counter() - t0)
 
 
 def frozen(net, obs):
@@ -53,14 +54,19 @@ def measure(K):
 
     t0 = time.perf_counter()
     frozen(net, obs)
-    tfreeze = time.perf_counter()-t0
+    tfreeze = time.perf_counter() - t0
     res = {"base": [], "cl": [], "jit": []}
     for _ in range(12):
         for name, f in (("base", base), ("cl", cl), ("jit", jt)):
             res[name].append(rate(f, obs, 0.3))
-    jit_ratio = np.median(np.array(res["jit"])/np.array(res["base"]))
-    print(K, {k: round(float(np.median(v))) for k, v in res.items()}, f"jit/base per-round median {jit_ratio:.2f}",
-          f"freeze s {tfreeze:.3f}", flush=True)
+    jit_ratio = np.median(np.array(res["jit"]) / np.array(res["base"]))
+    print(
+        K,
+        {k: round(float(np.median(v))) for k, v in res.items()},
+        f"jit/base per-round median {jit_ratio:.2f}",
+        f"freeze s {tfreeze:.3f}",
+        flush=True,
+    )
 
 
 for K in (4, 8, 16):

@@ -10,6 +10,7 @@ CPU comparison's: Montezuma, 84x84, 16 envs x 128 steps, 4 epochs of 4 minibatch
   python3 scripts/profile/learner_cpu.py --rounds 5 --json /tmp/learner_cpu.json
   python3 scripts/profile/learner_cpu.py --variants fp32,bf16,bf16_compile --threads 1
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,9 +36,10 @@ VARIANTS = ("fp32", "bf16", "fp32_nchw", "bf16_nchw", "bf16_compile")
 
 def build(variant: str, overrides: dict) -> RNDAgent:
     precision = variant.split("_")[0]
-    cfg = load_config(REPO / "configs" / "montezuma.yaml",
-                      {**SETTINGS, **overrides, "learner_precision": precision,
-                       "learner_compile": variant.endswith("compile")})
+    cfg = load_config(
+        REPO / "configs" / "montezuma.yaml",
+        {**SETTINGS, **overrides, "learner_precision": precision, "learner_compile": variant.endswith("compile")},
+    )
     agent = RNDAgent(cfg, NUM_ACTIONS)
     if variant.endswith("_nchw"):
         agent.memory_format = torch.contiguous_format
@@ -60,6 +62,7 @@ class PhaseClock:
             out = fn(*a, **kw)
             self.seconds[key] += time.perf_counter() - t
             return out
+
         return run
 
 
@@ -74,9 +77,11 @@ def one_update(agent: RNDAgent, clock: PhaseClock, batch: Batch) -> dict[str, fl
 
 def summarise(rows: list[dict[str, float]], samples: int) -> dict:
     med = {k: statistics.median(r[k] for r in rows) for k in rows[0]}
-    return {**{f"{k}_median": round(v, 4) for k, v in med.items()},
-            "update_s_min": round(min(r["update_s"] for r in rows), 4),
-            "samples_per_s_median": round(samples / med["update_s"], 1)}
+    return {
+        **{f"{k}_median": round(v, 4) for k, v in med.items()},
+        "update_s_min": round(min(r["update_s"] for r in rows), 4),
+        "samples_per_s_median": round(samples / med["update_s"], 1),
+    }
 
 
 def main() -> int:
@@ -102,12 +107,19 @@ def main() -> int:
             rows[v].append(one_update(agents[v], clocks[v], batch))
             print(f"round {r} {v:20s} " + " ".join(f"{k} {x:.3f}" for k, x in rows[v][-1].items()), flush=True)
     samples = batch.T * batch.B
-    ratios = {v: round(statistics.median(a["update_s"] / b["update_s"] for a, b in zip(rows[names[0]], rows[v],
-                                                                                       strict=True)), 3)
-              for v in names[1:]}
-    out = {"threads": args.threads, "settings": {**SETTINGS, **overrides}, "rounds": args.rounds,
-           "variants": {v: summarise(rows[v], samples) for v in names},
-           f"speedup_over_{names[0]}_per_round_median": ratios}
+    ratios = {
+        v: round(
+            statistics.median(a["update_s"] / b["update_s"] for a, b in zip(rows[names[0]], rows[v], strict=True)), 3
+        )
+        for v in names[1:]
+    }
+    out = {
+        "threads": args.threads,
+        "settings": {**SETTINGS, **overrides},
+        "rounds": args.rounds,
+        "variants": {v: summarise(rows[v], samples) for v in names},
+        f"speedup_over_{names[0]}_per_round_median": ratios,
+    }
     print(json.dumps(out, indent=2))
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2))

@@ -4,6 +4,7 @@ The JSON is rewritten after each variant, so a run stopped by a time limit keeps
 
   python scripts/profile/learner_variants.py --seconds 10 --json learner_variants.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,8 +35,12 @@ def main() -> int:
         cfg = load_config(args.config, {"learner_precision": precision, "learner_compile": compiled})
         t0 = time.perf_counter()
         res = bench_learner(cfg, args.device, args.seconds)
-        row = {"learner_precision": precision, "learner_compile": compiled, **res,
-               "wall_s_with_warmup": time.perf_counter() - t0}
+        row = {
+            "learner_precision": precision,
+            "learner_compile": compiled,
+            **res,
+            "wall_s_with_warmup": time.perf_counter() - t0,
+        }
         out["variants"].append(row)
         print(json.dumps(row), flush=True)
         Path(args.json).write_text(json.dumps(out, indent=2))

@@ -4,6 +4,7 @@ path alone), in 10 alternating rounds (medians, us per batch).
 
   python scripts/profile/policy_layers.py
 """
+
 import time
 
 import numpy as np
@@ -35,14 +36,22 @@ with torch.inference_mode():
     f = c[6](c[5](c[4](h2)))
     z = net.trunk[2:](fc1(f))
     for _ in range(3):
-        r = {"scale": us(lambda: obs.float().mul_(1 / 255)), "conv1": us(lambda: c[0](x)),
-             "conv2": us(lambda: c[2](h1)), "conv3": us(lambda: c[4](h2)), "fc1": us(lambda: fc1(f)),
-             "all heads": us(lambda: net.heads(z)), "full forward": us(lambda: net(obs))}
+        r = {
+            "scale": us(lambda: obs.float().mul_(1 / 255)),
+            "conv1": us(lambda: c[0](x)),
+            "conv2": us(lambda: c[2](h1)),
+            "conv3": us(lambda: c[4](h2)),
+            "fc1": us(lambda: fc1(f)),
+            "all heads": us(lambda: net.heads(z)),
+            "full forward": us(lambda: net(obs)),
+        }
         print(" | ".join(f"{k} {v:.0f}" for k, v in r.items()), flush=True)
     assert torch.equal(net(obs).logits, net.logits(obs))
     full, alone = [], []
     for _ in range(10):
         full.append(us(lambda: net(obs).logits))
         alone.append(us(lambda: net.logits(obs)))
-    print(f"forward().logits {np.median(full):.0f} | logits() {np.median(alone):.0f} | "
-          f"ratio (per-round median) {np.median(np.array(alone) / np.array(full)):.3f}")
+    print(
+        f"forward().logits {np.median(full):.0f} | logits() {np.median(alone):.0f} | "
+        f"ratio (per-round median) {np.median(np.array(alone) / np.array(full)):.3f}"
+    )

@@ -10,6 +10,7 @@ the learner does not use for RND, is emulated the same way (inputs and outputs o
 
   python scripts/profile/tf32_rnd.py                  # about 4 minutes on 2 cores
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,10 +43,12 @@ def emulate(mode: str) -> None:
         F.conv2d = lambda x, w, b=None, *a, **k: _CONV(tf32_round(x), tf32_round(w), b, *a, **k)
         F.linear = lambda x, w, b=None: _LINEAR(tf32_round(x), tf32_round(w), b)
     elif mode == "bf16":
-        F.conv2d = lambda x, w, b=None, *a, **k: bf16_round(_CONV(bf16_round(x), bf16_round(w),
-                                                                  None if b is None else bf16_round(b), *a, **k))
-        F.linear = lambda x, w, b=None: bf16_round(_LINEAR(bf16_round(x), bf16_round(w),
-                                                           None if b is None else bf16_round(b)))
+        F.conv2d = lambda x, w, b=None, *a, **k: bf16_round(
+            _CONV(bf16_round(x), bf16_round(w), None if b is None else bf16_round(b), *a, **k)
+        )
+        F.linear = lambda x, w, b=None: bf16_round(
+            _LINEAR(bf16_round(x), bf16_round(w), None if b is None else bf16_round(b))
+        )
     else:
         F.conv2d, F.linear = _CONV, _LINEAR
 
@@ -69,7 +72,7 @@ def errors(model: RNDModel, x: torch.Tensor, mode: str) -> torch.Tensor:
     emulate(mode)
     try:
         with torch.no_grad():
-            return torch.cat([model(x[i:i + 500]) for i in range(0, len(x), 500)])
+            return torch.cat([model(x[i : i + 500]) for i in range(0, len(x), 500)])
     finally:
         emulate("fp32")
 
@@ -86,8 +89,11 @@ def report(tag: str, model: RNDModel, sets: dict[str, torch.Tensor]) -> None:
         for mode in ("tf32", "bf16"):
             rounded = errors(model, x, mode)
             rel = (rounded - exact).abs() / exact
-            print(f"{'':>18}{mode}: |{mode} - fp32| / fp32 median {rel.median():.2e}, p99 {rel.quantile(0.99):.2e}, "
-                  f"max {rel.max():.2e}; Spearman {spearman(exact, rounded):.5f}", flush=True)
+            print(
+                f"{'':>18}{mode}: |{mode} - fp32| / fp32 median {rel.median():.2e}, p99 {rel.quantile(0.99):.2e}, "
+                f"max {rel.max():.2e}; Spearman {spearman(exact, rounded):.5f}",
+                flush=True,
+            )
 
 
 def main() -> int:
