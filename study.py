@@ -867,6 +867,28 @@ def report_lines(
     out_flag: str,
 ) -> list[str]:
     runs = [r for rs in groups.values() for r in rs]
+    out = runs_section(study_dir, runs, summary, eval_episodes, out_flag)
+    out += [
+        "",
+        "## Answers",
+        "",
+        "Per configuration; several seeds read as mean [min, max]. *final return* is the mean return of the last "
+        "100 episodes at the end; *best episode* the highest return of any episode; *rooms* and *cells* are "
+        "run totals (a cell is a level, room and 8x8 RAM-unit position bucket); *steps to first reward* the "
+        "agent steps at which the first episode with a nonzero return was consumed.",
+        "",
+    ]
+    out += answers_table(groups, summary)
+    out += figures_section(figures)
+    if eval_episodes:
+        out += eval_section(runs, summary, eval_episodes)
+    return out + [""]
+
+
+def runs_section(
+    study_dir: Path, runs: list[RunData], summary: dict[str, dict], eval_episodes: int, out_flag: str
+) -> list[str]:
+    """The report's title, where its numbers come from, and each run with its command."""
     out = [
         f"# Study: {study_dir.name}",
         "",
@@ -884,18 +906,12 @@ def report_lines(
             f"- `{r.name}` ({info.get('status', '?')}, {summary[r.name]['agent_steps']:,} agent steps): "
             f"`{info.get('command', '?')}`"
         )
-    out += [
-        "",
-        "## Answers",
-        "",
-        "Per configuration; several seeds read as mean [min, max]. *final return* is the mean return of the last "
-        "100 episodes at the end; *best episode* the highest return of any episode; *rooms* and *cells* are "
-        "run totals (a cell is a level, room and 8x8 RAM-unit position bucket); *steps to first reward* the "
-        "agent steps at which the first episode with a nonzero return was consumed.",
-        "",
-    ]
-    out += answers_table(groups, summary)
-    out += [
+    return out
+
+
+def figures_section(figures: dict[str, str]) -> list[str]:
+    """The curves, the room map and the heat maps that were drawn."""
+    out = [
         "",
         "## Curves",
         "",
@@ -919,26 +935,30 @@ def report_lines(
             f"![heat maps]({figures['heat_maps']})",
             "",
         ]
-    if eval_episodes:
-        out += [
-            "## Checkpoints played",
-            "",
-            f"`eval.py` on each run's newest checkpoint, {eval_episodes} episodes with sticky actions, seed 0; "
-            "the GIF is the best of them.",
-            "",
-        ]
-        out += eval_table(runs, summary)
-        out += [
-            "",
-            "Intrinsic reward of each step of the first eval episode, with the frames at its highest peaks:",
-            "",
-        ]
-        out += [
-            f"![{r.name}]({summary[r.name]['eval']['int_trace']})"
-            for r in runs
-            if "int_trace" in (summary[r.name].get("eval") or {})
-        ]
-    return out + [""]
+    return out
+
+
+def eval_section(runs: list[RunData], summary: dict[str, dict], eval_episodes: int) -> list[str]:
+    """eval.py's table of each run's newest checkpoint and the intrinsic-reward traces."""
+    out = [
+        "## Checkpoints played",
+        "",
+        f"`eval.py` on each run's newest checkpoint, {eval_episodes} episodes with sticky actions, seed 0; "
+        "the GIF is the best of them.",
+        "",
+    ]
+    out += eval_table(runs, summary)
+    out += [
+        "",
+        "Intrinsic reward of each step of the first eval episode, with the frames at its highest peaks:",
+        "",
+    ]
+    out += [
+        f"![{r.name}]({summary[r.name]['eval']['int_trace']})"
+        for r in runs
+        if "int_trace" in (summary[r.name].get("eval") or {})
+    ]
+    return out
 
 
 def write_figures(groups: dict[str, list[RunData]], out: Path) -> dict[str, str]:
