@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from common.config import Config, load_config
-from common.wire import encode
+from common.networks import NUM_ACTIONS
+from common.wire import SegmentSpec, encode
 from learner.batch import Batch, Segment, assemble
 
 REPO = Path(__file__).resolve().parents[1]
@@ -94,3 +95,29 @@ class SameBatches:
 def same_batches() -> Callable[[list[Segment], int], SameBatches]:
     """``SameBatches``: (segments, frame_stack) -> a batch source that never runs dry."""
     return SameBatches
+
+
+@pytest.fixture
+def socketless_io() -> Callable[..., tuple]:
+    """(cfg, version) -> (a LearnerIO with no sockets at learner ``version``, its rejections, its drops):
+    the I/O thread's admission and batch forming, driven in process."""
+    from learner.learner_io import LearnerIO
+
+    def make(cfg: Config, version: int) -> tuple[LearnerIO, list, list]:
+        spec = SegmentSpec.from_config(cfg, NUM_ACTIONS)
+        rejected, dropped = [], []
+        io = LearnerIO(
+            None,
+            None,
+            spec,
+            spec.num_streams,
+            spec.frame_stack,
+            cfg.max_policy_lag,
+            pin=False,
+            on_reject=rejected.append,
+            on_stale=dropped.extend,
+            version=version,
+        )
+        return io, rejected, dropped
+
+    return make

@@ -22,7 +22,6 @@ from common.networks import NUM_ACTIONS
 from common.transport import free_tcp_address, weights_address
 from common.wire import SegmentSpec, encode
 from learner.learner_io import (
-    LearnerIO,
     flood_memory_bound,
     max_frame_bytes,
     merge_moments,
@@ -176,28 +175,12 @@ def flood(addr: str, messages, deadline_s: float) -> int:
 
 
 # ---- the I/O thread's admission, in process ----------------------------------------------------------
-def make_io(version: int = 5) -> tuple[LearnerIO, list, list]:
-    rejected, dropped = [], []
-    io = LearnerIO(
-        None,
-        None,
-        SPEC,
-        SPEC.num_streams,
-        SPEC.frame_stack,
-        CFG.max_policy_lag,
-        pin=False,
-        on_reject=rejected.append,
-        on_stale=dropped.extend,
-        version=version,
-    )
-    io.consume_version = version
-    return io, rejected, dropped
 
 
-def test_unusable_segments_are_dropped_from_their_header_alone() -> None:
+def test_unusable_segments_are_dropped_from_their_header_alone(socketless_io) -> None:
     """Too old, or newer than any weights: dropped and retired without decompressing (corrupt zstd
     data here, which decoding would reject), so its actor moves on and nothing is inflated."""
-    io, rejected, dropped = make_io(version=5)
+    io, rejected, dropped = socketless_io(CFG, 5)
     corrupt = [b"\x28\xb5\x2f\xfd garbage"] * len(SPEC.segment_arrays(1))
     for v in (0, 3, 6, 99):
         io.admit(segment_frames(1, v, 40 + v, [1], corrupt))
@@ -207,8 +190,8 @@ def test_unusable_segments_are_dropped_from_their_header_alone() -> None:
     assert len(rejected) == 1 and "zstd" in str(rejected[0])
 
 
-def test_made_up_actor_ids_are_refused_before_anything_else() -> None:
-    io, rejected, dropped = make_io()
+def test_made_up_actor_ids_are_refused_before_anything_else(socketless_io) -> None:
+    io, rejected, dropped = socketless_io(CFG, 5)
     bufs = compressed_arrays(1)
     for actor in (SPEC.num_streams, 10**6, -1, True, "0"):
         io.admit(segment_frames(actor, 5, 0, [0], bufs))
@@ -219,8 +202,8 @@ def test_made_up_actor_ids_are_refused_before_anything_else() -> None:
     assert "does not accept 'stop'" in str(rejected[-1])
 
 
-def test_pending_segments_are_bounded_per_actor_id_and_in_all() -> None:
-    io, rejected, dropped = make_io()
+def test_pending_segments_are_bounded_per_actor_id_and_in_all(socketless_io) -> None:
+    io, rejected, dropped = socketless_io(CFG, 5)
     one, every = compressed_arrays(1), compressed_arrays(SPEC.num_streams)
     for seq in range(10):  # one actor id: only its newest pending_segments_per_actor stay
         io.admit(segment_frames(2, 5, seq, [2], one))
@@ -234,8 +217,8 @@ def test_pending_segments_are_bounded_per_actor_id_and_in_all() -> None:
     assert len(dropped) + len(io.pending) == 30 and not rejected
 
 
-def test_warmup_moments_waiting_for_the_main_thread_are_merged_into_one() -> None:
-    io, rejected, _ = make_io()
+def test_warmup_moments_waiting_for_the_main_thread_are_merged_into_one(socketless_io) -> None:
+    io, rejected, _ = socketless_io(CFG, 5)
     rng = np.random.default_rng(0)
     frames = [rng.integers(0, 256, (3, 1, SPEC.height, SPEC.width), dtype=np.uint8) for _ in range(50)]
     for f in frames:

@@ -12,7 +12,6 @@ import torch
 from common.config import load_config
 from common.networks import NUM_ACTIONS
 from common.wire import SegmentSpec, encode
-from learner.learner_io import LearnerIO
 from learner.serial import SerialRunner
 
 REPO = Path(__file__).resolve().parents[1]
@@ -21,23 +20,6 @@ CFG = load_config(
     {"NumWorkers": 2, "RolloutSteps": 8, "BatchSize": 16, "ImageHeight": 48, "ImageWidth": 48, "NumInitSteps": 4},
 )
 SPEC = SegmentSpec.from_config(CFG, NUM_ACTIONS)
-
-
-def io_and_logs(version: int = 0) -> tuple[LearnerIO, list, list]:
-    rejected, dropped = [], []
-    io = LearnerIO(
-        None,
-        None,
-        SPEC,
-        SPEC.num_streams,
-        SPEC.frame_stack,
-        CFG.max_policy_lag,
-        pin=False,
-        on_reject=rejected.append,
-        on_stale=dropped.extend,
-        version=version,
-    )
-    return io, rejected, dropped
 
 
 def real_segment(runner: SerialRunner, seq: int, run: int = 5) -> list[bytes]:
@@ -50,9 +32,9 @@ def real_segment(runner: SerialRunner, seq: int, run: int = 5) -> list[bytes]:
     )
 
 
-def test_a_segment_sent_twelve_times_is_filed_once(tmp_path: Path) -> None:
+def test_a_segment_sent_twelve_times_is_filed_once(socketless_io, tmp_path: Path) -> None:
     runner = SerialRunner(CFG, tmp_path, num_actors=1)
-    io, rejected, dropped = io_and_logs()
+    io, rejected, dropped = socketless_io(CFG, 0)
     frames = real_segment(runner, seq=3)
     for _ in range(12):
         io.admit(frames)
@@ -65,7 +47,7 @@ def test_a_segment_sent_twelve_times_is_filed_once(tmp_path: Path) -> None:
     assert len(io.pending) == 3 and len(rejected) == 12
 
 
-def test_warmup_after_the_warmup_ended_is_ignored_and_counted(tmp_path: Path) -> None:
+def test_warmup_after_the_warmup_ended_is_ignored_and_counted(socketless_io, tmp_path: Path) -> None:
     runner = SerialRunner(CFG, tmp_path, num_actors=1)
     runner.warmup()
     learner = runner.learner
@@ -76,7 +58,7 @@ def test_warmup_after_the_warmup_ended_is_ignored_and_counted(tmp_path: Path) ->
     assert torch.equal(learner.agent.obs_rms.mean, mean) and learner.counters["warmup_frames"] == count
     assert learner.counters["rejected_messages"] == 1
 
-    io, rejected, _ = io_and_logs()  # the I/O thread refuses them too once batches are being formed
+    io, rejected, _ = socketless_io(CFG, 0)  # the I/O thread refuses them too once batches are being formed
     io.enabled = True
     io.admit(encode("warmup", {"actor": 0, "streams": [0, 1]}, {"frames": bright}))
     assert io.warmups.empty() and io._warm is None and len(rejected) == 1
