@@ -17,7 +17,7 @@ NATIVE_BF16_CPU_FEATURES = ("avx512_bf16", "amx_bf16")
 
 def cpu_has_native_bf16() -> bool:
     """True when this CPU multiplies bf16 natively (AVX512_BF16 or AMX), as PyTorch detects it."""
-    caps = torch.cpu.get_capabilities() if hasattr(torch.cpu, "get_capabilities") else {}
+    caps = torch.cpu.get_capabilities()
     return any(bool(caps.get(f)) for f in NATIVE_BF16_CPU_FEATURES)
 
 

@@ -58,7 +58,7 @@ class RunStats:
         self.recent: deque[tuple[float, int, int, int]] = deque(maxlen=RECENT_EPISODES)
         self.rejected_by_reason: Counter[str] = Counter()
         self.elapsed_before, self.restarts_before = 0.0, 0
-        self._restarts = restarts  # actor restarts of this session, as the supervisor counts them
+        self._restarts = restarts  # actor restarts by this process's supervisor
         self._step_times: deque[tuple[float, int]] = deque(maxlen=STEP_RATE_WINDOW + 1)
         self._start = time.monotonic()
         self._lock = threading.Lock()
