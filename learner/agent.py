@@ -22,7 +22,9 @@ from common.vtrace import truncated_ratios, vtrace
 from learner.batch import Batch
 from learner.checkpoint import CheckpointError
 
-INFER_CHUNK = 4096  # samples per no-grad forward pass when scoring a whole batch
+# samples per no-grad forward pass when scoring a whole batch: on the CPU a chunk whose activations stay in
+# cache ran the scoring and intrinsic passes 1.3-2x faster than one pass over 2,048 (scripts/profile/learner_cpu.py)
+INFER_CHUNK = {"cpu": 256, "cuda": 4096}
 
 
 class Targets(NamedTuple):
@@ -93,6 +95,7 @@ class RNDAgent:
         self.memory_format = torch.channels_last if self.device.type == "cpu" else torch.contiguous_format
         self.policy.to(memory_format=self.memory_format)
         self.rnd.to(memory_format=self.memory_format)
+        self.infer_chunk = INFER_CHUNK.get(self.device.type, INFER_CHUNK["cuda"])
         # compiled callables beside the plain modules, so state_dicts keep their plain keys
         self.features_fn = torch.compile(self.policy.features) if cfg.learner_compile else self.policy.features
         self.rnd_fn = torch.compile(self.rnd) if cfg.learner_compile else self.rnd
@@ -108,7 +111,7 @@ class RNDAgent:
         configured, the heads in fp32 (bf16's 8-bit mantissa would blur values next to sparse rewards; on CUDA
         their matmul inputs are TF32, 10 bits, and sums and outputs stay fp32)."""
         with autocast(self.device, self.amp_dtype):
-            x = self.features_fn(obs.contiguous(memory_format=self.memory_format))
+            x = self.features_fn(obs, self.amp_dtype or torch.float32, self.memory_format)
         return self.policy.heads(x.float())
 
     # ---- RND -----------------------------------------------------------------------------
@@ -123,10 +126,10 @@ class RNDAgent:
     @torch.no_grad()
     def intrinsic_rewards(self, batch: Batch) -> torch.Tensor:
         """Predictor error on the newest frame of each next observation, current predictor: [T, B]."""
-        n = batch.T * batch.B
+        n, chunk = batch.T * batch.B, self.infer_chunk
         out = torch.empty(n, device=self.device)
-        for lo in range(0, n, INFER_CHUNK):
-            idx = torch.arange(lo, min(n, lo + INFER_CHUNK), device=self.device)
+        for lo in range(0, n, chunk):
+            idx = torch.arange(lo, min(n, lo + chunk), device=self.device)
             out[lo : lo + len(idx)] = self.rnd_fn(self.normalise_frames(batch.next_frames(idx)))
         return out.view(batch.T, batch.B)
 
@@ -154,8 +157,8 @@ class RNDAgent:
         v_ext = torch.empty(n, device=self.device)
         v_int = torch.empty(n, device=self.device)
         actions = torch.cat([batch.actions.reshape(-1), torch.zeros(batch.B, dtype=torch.long, device=self.device)])
-        for lo in range(0, n, INFER_CHUNK):
-            idx = torch.arange(lo, min(n, lo + INFER_CHUNK), device=self.device)
+        for lo in range(0, n, self.infer_chunk):
+            idx = torch.arange(lo, min(n, lo + self.infer_chunk), device=self.device)
             out = self.run_policy(batch.obs(idx))
             logp[idx] = torch.log_softmax(out.logits, -1).gather(1, actions[idx, None]).squeeze(1)
             v_ext[idx], v_int[idx] = out.value_ext, out.value_int

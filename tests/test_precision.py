@@ -10,7 +10,7 @@ import torch
 from actors.rollout import sample_actions
 from common import precision
 from common.config import load_config
-from common.networks import NUM_ACTIONS, PolicyNet
+from common.networks import NUM_ACTIONS, PolicyNet, scaled_obs
 from common.precision import autocast, autocast_dtype
 from learner.agent import RNDAgent
 
@@ -109,3 +109,23 @@ def test_learner_bf16_on_cpu_keeps_outputs_fp32_and_close() -> None:
         assert got.dtype == torch.float32
         assert torch.allclose(got, ref, atol=0.02, rtol=0.05)
     assert not torch.equal(y.logits, x.logits)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+def test_scaled_obs_is_the_fp32_quotient_rounded_once(dtype, memory_format) -> None:
+    obs = torch.from_numpy(_obs(6, 84))
+    got = scaled_obs(obs, dtype, memory_format)
+    assert got.dtype == dtype and got.is_contiguous(memory_format=memory_format)
+    assert torch.equal(got, obs.float().mul_(1.0 / 255.0).to(dtype))
+
+
+def test_bf16_features_equal_autocast_of_the_fp32_input() -> None:
+    """The trunk fed a bf16 input computes exactly what autocast computed from the fp32 one."""
+    net = PolicyNet(NUM_ACTIONS).to(memory_format=torch.channels_last)
+    obs = torch.from_numpy(_obs(8, 84))
+    fp32_in = obs.contiguous(memory_format=torch.channels_last).float().mul_(1.0 / 255.0)
+    with torch.no_grad(), autocast("cpu", torch.bfloat16):
+        want = net.trunk(fp32_in)
+        got = net.features(obs, torch.bfloat16, torch.channels_last)
+    assert torch.equal(got, want)
