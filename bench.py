@@ -333,7 +333,9 @@ def bench_e2e(cfg: Config, n: int, device: str, seconds: float, lag: int, cfg_di
     bind = free_tcp_address()
     sup = actor_supervisor(path, connect_address(bind), list(range(n)), n, [], True)
     run_dir = cfg_dir / f"run_lag{lag}"
-    learner = Learner(cfg, run_dir, device, bind=bind, total_steps=1 << 62, supervisor=sup, tensorboard=False)
+    learner = Learner(
+        cfg, run_dir, device, bind=bind, total_steps=1 << 62, supervisor=sup, tensorboard=False, progress=False
+    )  # no progress line: it would interleave with the bench's own output
     marks: list[tuple[float, int, dict]] = []
 
     def mark(row: dict) -> None:  # note time and steps at each update, then stop after `seconds`
@@ -342,7 +344,6 @@ def bench_e2e(cfg: Config, n: int, device: str, seconds: float, lag: int, cfg_di
             learner.request_stop()
 
     learner.on_update.append(mark)
-    learner.logger.progress = lambda row, total: None  # keep the bench's own output readable
     watchdog = threading.Timer(seconds * 4 + 300, learner.request_stop)
     watchdog.start()
     sup.start()

@@ -67,7 +67,8 @@ class Learner:
     """Wires the agent to its batch source, logs and checkpoints. ``step_on(segments)`` is the socket-free core.
 
     With ``bind`` the batches come from the I/O thread; without, from messages handed in with ``handle``.
-    ``on_update`` holds callables given each metrics row as it is logged."""
+    ``on_update`` holds callables given each metrics row as it is logged. ``progress=False`` turns the
+    live console line off (the metrics files are written as ever)."""
 
     def __init__(
         self,
@@ -80,6 +81,7 @@ class Learner:
         resume: dict | None = None,
         tensorboard: bool = True,
         keys: LearnerKeys | None = None,
+        progress: bool = True,
     ):
         self.cfg = cfg
         self.run_dir = Path(run_dir)
@@ -106,6 +108,7 @@ class Learner:
             resume_update=self.version if resume is not None else None,
             tensorboard=tensorboard,
             purge_step=self.stats.counters["agent_steps"] if resume is not None else None,
+            progress=progress,
         )
         self.ctx = zmq.Context.instance()
         self.sockets: LearnerSockets | None = None

@@ -78,10 +78,16 @@ class RunLogger:
     """Owns the run dir's log files; a resumed run continues them."""
 
     def __init__(
-        self, run_dir: Path, resume_update: int | None = None, tensorboard: bool = True, purge_step: int | None = None
+        self,
+        run_dir: Path,
+        resume_update: int | None = None,
+        tensorboard: bool = True,
+        purge_step: int | None = None,
+        progress: bool = True,
     ):
         """``resume_update``: continue the logs of a run resumed at that update (rows after it, written
-        after its checkpoint by a run that then died, are dropped so that none appears twice)."""
+        after its checkpoint by a run that then died, are dropped so that none appears twice).
+        ``progress``: print the live console line (off: ``progress`` prints nothing; the files are kept as ever)."""
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         csv_path, ep_path = self.run_dir / "metrics.csv", self.run_dir / "episodes.jsonl"
@@ -101,6 +107,7 @@ class RunLogger:
 
             self._tb = SummaryWriter(str(self.run_dir / "tb"), purge_step=purge_step)
         self._tty = sys.stdout.isatty()
+        self._show_progress = progress
         self._last_print = 0.0
 
     def log_update(self, row: dict[str, Any]) -> None:
@@ -122,7 +129,9 @@ class RunLogger:
             self._episodes.flush()
 
     def progress(self, row: dict[str, Any], total_steps: int) -> None:
-        """One live line: on a terminal it redraws in place; in a file, one line every 10 s."""
+        """One live line: on a terminal it redraws in place; in a file, one line every 10 s; none if off."""
+        if not self._show_progress:
+            return
         now = time.monotonic()
         if not self._tty and now - self._last_print < 10.0:
             return
@@ -137,7 +146,7 @@ class RunLogger:
         print("\r" + line if self._tty else line, end="" if self._tty else "\n", flush=True)
 
     def close(self) -> None:
-        if self._tty:
+        if self._tty and self._show_progress:  # end the line redrawn in place
             print(flush=True)
         self._csv_file.close()
         self._episodes.close()

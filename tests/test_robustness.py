@@ -189,6 +189,18 @@ def test_resumed_logs_drop_rows_written_after_the_checkpoint(tmp_path: Path) -> 
     assert eps == [1, 2, 3]
 
 
+@pytest.mark.parametrize("progress", [True, False])
+def test_the_progress_line_can_be_turned_off(tmp_path: Path, capsys: pytest.CaptureFixture, progress: bool) -> None:
+    log = RunLogger(tmp_path, tensorboard=False, progress=progress)
+    row = {"update": 1, "agent_steps": 10, "steps_per_second": 5.0, "rooms_visited_total": 1, "policy_lag_mean": 0.0}
+    log.log_update(row)
+    log.progress(row, 100)
+    log.close()
+    out = capsys.readouterr().out
+    assert ("update      1 | steps" in out) is progress
+    assert len((tmp_path / "metrics.csv").read_text().splitlines()) == 2  # the CSV is written either way
+
+
 def test_no_checkpoint_of_a_half_applied_update(tmp_path: Path) -> None:
     from learner.serial import SerialRunner
 
