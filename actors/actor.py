@@ -136,9 +136,9 @@ class WeightsReceiver:
         self.last_refusal = str(e)
 
     def _load(self, msg: Message, meta: WeightsMeta) -> None:
-        """Hold these weights: the policy's parameters (unless it holds this version already), the
-        warm-up the learner asks for, and the gate's view of the learner."""
-        if meta.flow.version != self.gate.version:
+        """Hold these weights: the policy's parameters (unless it holds them already), the warm-up the
+        learner asks for, and the gate's view of the learner."""
+        if not self.gate.holds(meta.flow):
             self.policy.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in msg.arrays.items()})
         self.warmup_steps = meta.warmup_steps
         self.gate.hold_weights(meta.flow)

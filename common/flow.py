@@ -158,6 +158,11 @@ class ActorGate:
         drain: no newer version, or a learner run other than the held one (a resumed learner may be older)."""
         return newest is None or flow.version >= newest.version or self.is_new_learner(flow)
 
+    def holds(self, flow: FlowMeta) -> bool:
+        """Whether the weights ``flow`` came with are those the actor holds: the same version of the same
+        learner run (a fresh learner's version 0 is not an earlier run's version 0)."""
+        return flow.version == self.version and not self.is_new_learner(flow)
+
     def hold_weights(self, flow: FlowMeta) -> None:
         """The actor now holds the weights ``flow`` came with: their retirements count (invariant 3);
         from a new learner run, what was sent before will never be reported (invariant 4)."""

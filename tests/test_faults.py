@@ -93,6 +93,21 @@ def test_a_fresh_learner_behind_running_actors_gets_warmup_frames(policy: Policy
     assert not rx.needs_warmup()
 
 
+def test_an_actor_loads_a_fresh_learners_weights_of_the_version_it_holds(policy: PolicyNet, weights_frames) -> None:
+    """A learner started anew behind running actors publishes version 0 again: the actor must sample
+    with those weights, not the earlier run's version 0, or its segments would carry the wrong version."""
+    rx = WeightsReceiver(LateSub(delay_s=0.0), policy, timeout_s=30, actor_id=0, run_id=5)
+    first, fresh = PolicyNet(18, 4, 44, 44), PolicyNet(18, 4, 44, 44)
+    torch.nn.init.zeros_(fresh.pi_head.bias)
+    torch.nn.init.ones_(first.pi_head.bias)
+    rx.sock.queue.append(weights_frames(first, 0, learner_run=1))
+    rx.poll()
+    assert torch.equal(policy.pi_head.bias, first.pi_head.bias)
+    rx.sock.queue.append(weights_frames(fresh, 0, learner_run=2))
+    rx.poll()
+    assert rx.learner_run == 2 and torch.equal(policy.pi_head.bias, fresh.pi_head.bias)
+
+
 def _exits(code_by_incarnation: dict[int, int], default: int):
     def cmd(actor_id: int, incarnation: int) -> list[str]:
         code = code_by_incarnation.get(incarnation, default)

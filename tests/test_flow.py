@@ -119,6 +119,13 @@ def test_actor_forgets_flow_state_when_the_learner_restarts() -> None:
     assert gate.retired_floor == 42 and gate.retired == -1
 
 
+def test_the_same_version_of_another_learner_run_is_not_held() -> None:
+    gate = ActorGate(actor_id=0, run_id=5)
+    gate.hold_weights(beat(0, learner_run=1, retired=[]))
+    assert gate.holds(beat(0, 1, [])) and not gate.holds(beat(1, 1, []))
+    assert not gate.holds(beat(0, 2, []))  # a fresh learner's version 0: other weights
+
+
 def test_newest_weights_of_one_drain() -> None:
     """Of the weights read in one drain the newest version is held, or a new learner run's whatever its version."""
     gate = ActorGate(actor_id=0, run_id=5)
