@@ -27,6 +27,14 @@ from learner.checkpoint import CheckpointError
 INFER_CHUNK = {"cpu": 256, "cuda": 4096}
 
 
+def conv_layout(device: torch.device, amp_dtype: torch.dtype | None) -> torch.memory_format:
+    """The layout a network's convs run fastest in: channels-last for fp32 on the CPU, where oneDNN's
+    convolutions gain 1.2x per update from it; the default layout for bf16 (its input then made directly in
+    bf16), which measured as fast, and everywhere on CUDA (scripts/profile/learner_cpu.py, docs/benchmarks.md)."""
+    fp32_cpu = device.type == "cpu" and amp_dtype is None
+    return torch.channels_last if fp32_cpu else torch.contiguous_format
+
+
 class Targets(NamedTuple):
     """Per-sample training targets, flattened time-major: index t * B + b."""
 
@@ -90,11 +98,10 @@ class RNDAgent:
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
             torch.backends.cudnn.benchmark = True
-        # oneDNN's CPU convolutions run faster on channels-last tensors: 1.6x over fp32 against 1.5x for bf16
-        # alone, and the fp32 RND passes gain too (scripts/profile/learner_cpu.py, docs/benchmarks.md)
-        self.memory_format = torch.channels_last if self.device.type == "cpu" else torch.contiguous_format
-        self.policy.to(memory_format=self.memory_format)
-        self.rnd.to(memory_format=self.memory_format)
+        self.policy_format = conv_layout(self.device, self.amp_dtype)
+        self.rnd_format = conv_layout(self.device, None)  # RND computes in fp32 everywhere
+        self.policy.to(memory_format=self.policy_format)
+        self.rnd.to(memory_format=self.rnd_format)
         self.infer_chunk = INFER_CHUNK.get(self.device.type, INFER_CHUNK["cuda"])
         # compiled callables beside the plain modules, so state_dicts keep their plain keys
         self.features_fn = torch.compile(self.policy.features) if cfg.learner_compile else self.policy.features
@@ -111,7 +118,7 @@ class RNDAgent:
         configured, the heads in fp32 (bf16's 8-bit mantissa would blur values next to sparse rewards; on CUDA
         their matmul inputs are TF32, 10 bits, and sums and outputs stay fp32)."""
         with autocast(self.device, self.amp_dtype):
-            x = self.features_fn(obs, self.amp_dtype or torch.float32, self.memory_format)
+            x = self.features_fn(obs, self.amp_dtype or torch.float32, self.policy_format)
         return self.policy.heads(x.float())
 
     # ---- RND -----------------------------------------------------------------------------
@@ -121,7 +128,7 @@ class RNDAgent:
         std = self.obs_rms.std.float()
         x = (frames.float() - mean) / std
         x = x.clamp_(-self.cfg.obs_clip, self.cfg.obs_clip).unsqueeze(1)
-        return x.contiguous(memory_format=self.memory_format)
+        return x.contiguous(memory_format=self.rnd_format)
 
     @torch.no_grad()
     def intrinsic_rewards(self, batch: Batch) -> torch.Tensor:

@@ -2,10 +2,12 @@
 round, so all see the same machine), with the phase split of each: the scoring pass (policy on every
 observation), the intrinsic-reward pass (RND on every next frame) and the PPO epochs.
 
-Variants: fp32 and bf16 (autocast of the policy trunk) as the learner runs them on the CPU (channels-last
-networks and inputs); the same with the default contiguous layout (``_nchw``); and bf16 with torch.compile
-of the policy trunk and RND (``bf16_compile``, compiled before the first round). Settings default to the
-CPU comparison's: Montezuma, 84x84, 16 envs x 128 steps, 4 epochs of 4 minibatches.
+Variants: fp32 and bf16 (autocast of the policy trunk) as the learner runs them on the CPU (the layout of
+``learner.agent.conv_layout``: channels-last for fp32, the default layout for the bf16 policy, RND
+channels-last); the same with every network and input in one layout (``_nchw``: the default, ``_cl``:
+channels-last); and bf16 with torch.compile of the policy trunk and RND (``bf16_compile``, compiled before
+the first round). Settings default to the CPU comparison's: Montezuma, 84x84, 16 envs x 128 steps, 4 epochs
+of 4 minibatches.
 
   python3 scripts/profile/learner_cpu.py --rounds 5 --json /tmp/learner_cpu.json
   python3 scripts/profile/learner_cpu.py --variants fp32,bf16,bf16_compile --threads 1
@@ -31,7 +33,8 @@ from learner.batch import Batch, assemble
 
 REPO = Path(__file__).resolve().parents[2]
 SETTINGS = {"NumWorkers": 16, "RolloutSteps": 128, "BatchSize": 512, "EpochSteps": 4}
-VARIANTS = ("fp32", "bf16", "fp32_nchw", "bf16_nchw", "bf16_compile")
+VARIANTS = ("fp32", "bf16", "fp32_nchw", "bf16_cl", "bf16_compile")
+LAYOUTS = {"nchw": torch.contiguous_format, "cl": torch.channels_last}
 
 
 def build(variant: str, overrides: dict) -> RNDAgent:
@@ -41,10 +44,11 @@ def build(variant: str, overrides: dict) -> RNDAgent:
         {**SETTINGS, **overrides, "learner_precision": precision, "learner_compile": variant.endswith("compile")},
     )
     agent = RNDAgent(cfg, NUM_ACTIONS)
-    if variant.endswith("_nchw"):
-        agent.memory_format = torch.contiguous_format
-        agent.policy.to(memory_format=torch.contiguous_format)
-        agent.rnd.to(memory_format=torch.contiguous_format)
+    layout = LAYOUTS.get(variant.split("_")[-1])
+    if layout is not None:
+        agent.policy_format = agent.rnd_format = layout
+        agent.policy.to(memory_format=layout)
+        agent.rnd.to(memory_format=layout)
     return agent
 
 
