@@ -14,6 +14,7 @@ from common.wire import SegmentSpec, encode
 from learner.batch import Batch, Segment, assemble
 
 REPO = Path(__file__).resolve().parents[1]
+SMOKE = str(REPO / "configs" / "smoke.yaml")
 
 
 @pytest.fixture
@@ -121,3 +122,42 @@ def socketless_io() -> Callable[..., tuple]:
         return io, rejected, dropped
 
     return make
+
+
+def learner_role_args(bind: str, run_dir: Path, total_steps: int, *extra: str) -> list[str]:
+    """The arguments after the interpreter of a ``launch.py --role learner`` on the CPU with smoke.yaml,
+    bound at ``bind``; ``extra`` (flags, overrides) goes last."""
+    return [
+        "launch.py",
+        "--role",
+        "learner",
+        "--config",
+        SMOKE,
+        "--bind",
+        bind,
+        "--learner-gpu",
+        "-1",
+        "--run-dir",
+        str(run_dir),
+        "--total-steps",
+        str(total_steps),
+        *extra,
+    ]
+
+
+def actors_role_args(learner: str, actors: int, *extra: str) -> list[str]:
+    """The arguments after the interpreter of a ``launch.py --role actors`` with smoke.yaml, ``actors``
+    actors connecting to ``learner``; ``extra`` (flags, overrides) goes last."""
+    return ["launch.py", "--role", "actors", "--config", SMOKE, "--learner", learner, "--actors", str(actors), *extra]
+
+
+@pytest.fixture(scope="session")  # session: module-scoped fixtures start roles too
+def learner_role_cmd() -> Callable[..., list[str]]:
+    """``learner_role_args``: (bind, run_dir, total_steps, *extra) -> the arguments after the interpreter."""
+    return learner_role_args
+
+
+@pytest.fixture(scope="session")
+def actors_role_cmd() -> Callable[..., list[str]]:
+    """``actors_role_args``: (learner, actors, *extra) -> the arguments after the interpreter."""
+    return actors_role_args

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -55,29 +56,21 @@ def free_addr() -> str:
     return free_tcp_address()
 
 
-def start_learner_role(addr: str, run_dir: Path, total_steps: int) -> subprocess.Popen:
-    return subprocess.Popen(
-        [
-            PY,
-            "launch.py",
-            "--role",
-            "learner",
-            "--config",
-            SMOKE,
-            "--bind",
-            addr,
-            "--learner-gpu",
-            "-1",
-            "--run-dir",
-            str(run_dir),
-            "--total-steps",
-            str(total_steps),
-        ],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+def popen(args: list[str]) -> subprocess.Popen:
+    """``args`` under this interpreter in the repo, its output piped as text."""
+    return subprocess.Popen([PY, *args], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.fixture
+def start_learner_role(learner_role_cmd: Callable[..., list[str]]) -> Callable[[str, Path, int], subprocess.Popen]:
+    """(addr, run_dir, total_steps) -> a learner role bound at ``addr``, started."""
+    return lambda addr, run_dir, total_steps: popen(learner_role_cmd(addr, run_dir, total_steps))
+
+
+@pytest.fixture
+def start_actors_role(actors_role_cmd: Callable[..., list[str]]) -> Callable[..., subprocess.Popen]:
+    """(addr, *extra) -> an actors role of 2 actors connecting to ``addr``, started."""
+    return lambda addr, *extra: popen(actors_role_cmd(addr, 2, *extra))
 
 
 def test_local_train_eval_resume(tmp_path: Path) -> None:
@@ -159,14 +152,12 @@ def test_local_train_eval_resume(tmp_path: Path) -> None:
     assert int(rows[-1]["agent_steps"]) == 320
 
 
-def test_learner_and_actors_roles_over_tcp(tmp_path: Path) -> None:
+def test_learner_and_actors_roles_over_tcp(tmp_path: Path, start_learner_role, actors_role_cmd) -> None:
     addr = free_addr()
     run_dir = tmp_path / "run"
     learner = start_learner_role(addr, run_dir, total_steps=128)
     try:
-        actors = run(
-            ["launch.py", "--role", "actors", "--config", SMOKE, "--learner", addr, "--actors", "2"], timeout=180
-        )
+        actors = run(actors_role_cmd(addr, 2), timeout=180)
         assert actors.returncode == 0, actors.stderr
         assert "learner finished training" in actors.stderr
         out, err = learner.communicate(timeout=60)
@@ -177,20 +168,17 @@ def test_learner_and_actors_roles_over_tcp(tmp_path: Path) -> None:
     assert int(rows[-1]["agent_steps"]) == 128
 
 
-def test_actor_gives_up_on_a_silent_learner(tmp_path: Path) -> None:
+def test_actor_gives_up_on_a_silent_learner(tmp_path: Path, actors_role_cmd) -> None:
     addr = free_addr()  # nothing listens there
     t0 = time.monotonic()
-    p = run(
-        ["launch.py", "--role", "actors", "--config", SMOKE, "--learner", addr, "--actors", "1", "actor_timeout_s=3"],
-        timeout=120,
-    )
+    p = run(actors_role_cmd(addr, 1, "actor_timeout_s=3"), timeout=120)
     assert p.returncode == 3, p.stderr  # the actors role failed: every actor gave up (before, exit 0)
     assert "no message from the learner" in p.stderr
     assert "launch: error: no actor left: actor 0 gave up on a silent learner" in p.stderr
     assert time.monotonic() - t0 < 60
 
 
-def test_bad_messages_are_counted_not_fatal(tmp_path: Path) -> None:
+def test_bad_messages_are_counted_not_fatal(tmp_path: Path, start_learner_role, actors_role_cmd) -> None:
     addr = free_addr()
     run_dir = tmp_path / "run"
     learner = start_learner_role(addr, run_dir, total_steps=128)
@@ -206,9 +194,7 @@ def test_bad_messages_are_counted_not_fatal(tmp_path: Path) -> None:
         ]
         for frames in bad:
             push.send_multipart(frames)
-        actors = run(
-            ["launch.py", "--role", "actors", "--config", SMOKE, "--learner", addr, "--actors", "1"], timeout=180
-        )
+        actors = run(actors_role_cmd(addr, 1), timeout=180)
         assert actors.returncode == 0, actors.stderr
         _, err = learner.communicate(timeout=60)
         assert learner.returncode == 0, err
@@ -342,25 +328,17 @@ def test_a_second_signal_during_an_update_stops_cleanly(tmp_path: Path) -> None:
     assert load_checkpoint(run_dir)["counters"]["update"] == 1
 
 
-def _actors_role(addr: str, *extra: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        [PY, "launch.py", "--role", "actors", "--config", SMOKE, "--learner", addr, "--actors", "2", *extra],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs /proc to find actor processes")
-def test_an_actor_stopped_past_its_timeout_goes_on_when_resumed(tmp_path: Path) -> None:
+def test_an_actor_stopped_past_its_timeout_goes_on_when_resumed(
+    tmp_path: Path, start_learner_role, start_actors_role
+) -> None:
     """SIGSTOP for longer than actor_timeout_s, then SIGCONT: before, the actor gave up at once on a
     learner that was alive (it judged the silence before reading what was queued)."""
     addr = free_addr()
     run_dir = tmp_path / "run"
     learner = start_learner_role(addr, run_dir, total_steps=10**8)
-    actors = _actors_role(addr, "actor_timeout_s=5")
+    actors = start_actors_role(addr, "actor_timeout_s=5")
     try:
         _wait_rows(run_dir, 1, time.monotonic() + 180)
         pids = _actor_pids(addr)
@@ -383,12 +361,14 @@ def test_an_actor_stopped_past_its_timeout_goes_on_when_resumed(tmp_path: Path) 
 
 
 @pytest.mark.slow
-def test_a_fresh_learner_behind_running_actors_gets_its_warmup(tmp_path: Path) -> None:
+def test_a_fresh_learner_behind_running_actors_gets_its_warmup(
+    tmp_path: Path, start_learner_role, start_actors_role
+) -> None:
     """The first learner dies (SIGKILL: no stop message); a fresh one on the same address asks for
     warm-up frames. Before, the running actors never sent them again and it waited forever."""
     addr = free_addr()
     first = start_learner_role(addr, tmp_path / "first", total_steps=10**8)
-    actors = _actors_role(addr)
+    actors = start_actors_role(addr)
     second = None
     try:
         _wait_rows(tmp_path / "first", 1, time.monotonic() + 180)

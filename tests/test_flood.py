@@ -237,34 +237,19 @@ def test_warmup_moments_waiting_for_the_main_thread_are_merged_into_one(socketle
 
 # ---- a real learner role under attack ------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def live(tmp_path_factory: pytest.TempPathFactory):
+def live(tmp_path_factory: pytest.TempPathFactory, learner_role_cmd, actors_role_cmd):
     """A learner role on loopback (no keys) training with one real actor, past its second update."""
     run_dir = tmp_path_factory.mktemp("flood") / "run"
     addr = free_tcp_address()
     logs = open(run_dir.parent / "stderr.txt", "w")  # a file, not a pipe: nothing may block on it
     learner = subprocess.Popen(
-        [
-            PY,
-            "launch.py",
-            "--role",
-            "learner",
-            "--config",
-            str(SMOKE),
-            "--bind",
-            addr,
-            "--learner-gpu",
-            "-1",
-            "--run-dir",
-            str(run_dir),
-            "--total-steps",
-            "100000000",
-        ],
+        [PY, *learner_role_cmd(addr, run_dir, 100000000)],
         cwd=REPO,
         stdout=subprocess.DEVNULL,
         stderr=logs,
     )
     actors = subprocess.Popen(
-        [PY, "launch.py", "--role", "actors", "--config", str(SMOKE), "--learner", addr, "--actors", "1"],
+        [PY, *actors_role_cmd(addr, 1)],
         cwd=REPO,
         stdout=subprocess.DEVNULL,
         stderr=logs,

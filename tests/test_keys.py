@@ -7,6 +7,7 @@ import stat
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -199,26 +200,18 @@ def test_curve_admits_only_authorized_actors_on_both_channels(keys: dict[str, Pa
         ctx.term()
 
 
-def _actor(addr: str, keys_dir: Path | None, actor_id: int, total: int, role: bool) -> subprocess.Popen:
+def _actor(
+    actors_role_cmd: Callable[..., list[str]],
+    addr: str,
+    keys_dir: Path | None,
+    actor_id: int,
+    total: int,
+    role: bool,
+) -> subprocess.Popen:
     """An actors role (the launcher and its actor), or one bare actor process."""
     over = ["MaxStepsPerEpisode=10", "actor_timeout_s=300"]  # a refusal must not wait for the timeout
     if role:
-        args = [
-            "launch.py",
-            "--role",
-            "actors",
-            "--config",
-            SMOKE,
-            "--learner",
-            addr,
-            "--actors",
-            "1",
-            "--actor-offset",
-            str(actor_id),
-            "--total-actors",
-            str(total),
-            *over,
-        ]
+        args = actors_role_cmd(addr, 1, "--actor-offset", str(actor_id), "--total-actors", str(total), *over)
     else:
         args = [
             "-m",
@@ -238,31 +231,15 @@ def _actor(addr: str, keys_dir: Path | None, actor_id: int, total: int, role: bo
     return subprocess.Popen([PY, *args], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def test_keyed_roles_train_and_refused_actors_exit_with_their_reason(tmp_path: Path, keys: dict[str, Path]) -> None:
+def test_keyed_roles_train_and_refused_actors_exit_with_their_reason(
+    tmp_path: Path, keys: dict[str, Path], learner_role_cmd, actors_role_cmd
+) -> None:
     """A learner role and a good actors role with keys train over TCP on loopback; a keyless actors
     role, an actor with an unknown key and one with a wrong learner key each get 0 segments in and
     exit 4 with one line saying why, from the handshake (their actor_timeout_s is 300 s)."""
     addr, run_dir = free_tcp_address(), tmp_path / "run"
     learner = subprocess.Popen(
-        [
-            PY,
-            "launch.py",
-            "--role",
-            "learner",
-            "--config",
-            SMOKE,
-            "--bind",
-            addr,
-            "--learner-gpu",
-            "-1",
-            "--run-dir",
-            str(run_dir),
-            "--total-steps",
-            "192",
-            "--keys",
-            str(keys["learner"]),
-            "MaxStepsPerEpisode=10",
-        ],
+        [PY, *learner_role_cmd(addr, run_dir, 192, "--keys", str(keys["learner"]), "MaxStepsPerEpisode=10")],
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -277,8 +254,8 @@ def test_keyed_roles_train_and_refused_actors_exit_with_their_reason(tmp_path: P
     try:
         t0 = time.monotonic()
         for i, (name, (k, _, role)) in enumerate(refused.items()):
-            procs[name] = _actor(addr, k, i + 1, 4, role)
-        good = _actor(addr, keys["actor"], 0, 1, role=True)
+            procs[name] = _actor(actors_role_cmd, addr, k, i + 1, 4, role)
+        good = _actor(actors_role_cmd, addr, keys["actor"], 0, 1, role=True)
         for name, (_, needle, role) in refused.items():
             _, err = procs[name].communicate(timeout=120)
             assert procs[name].returncode == 4, err
