@@ -59,7 +59,10 @@ def main() -> int:
     args = p.parse_args()
     torch.set_num_threads(1)
     out = {f"batch_{b}": measure(int(b), args.rounds, args.seconds) for b in args.batches.split(",")}
-    print(json.dumps(out, indent=2))
+    for name, r in out.items():
+        rates = ", ".join(f"{k} {v:,.0f}" for k, v in r["samples_per_s_median"].items())
+        faster = f"bf16 faster in {r['bf16_faster_in_rounds']} of {r['rounds']} rounds"
+        print(f"{name}: samples/s {rates}; bf16 / fp32 {r['bf16_over_fp32_per_round_median']}; {faster}")
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2))
     return 0
