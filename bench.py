@@ -365,13 +365,21 @@ def bench_e2e(cfg: Config, n: int, device: str, seconds: float, lag: int, cfg_di
     }
 
 
+def with_envs(cfg: Config, envs: int) -> Config:
+    """``cfg`` with ``envs`` envs (NumWorkers), as one actor of it holds them; BatchSize is capped at the
+    smaller batch so that the config stays valid (the actor parts never train on it)."""
+    return load_config(
+        None, {**cfg.to_dict(), "NumWorkers": envs, "BatchSize": min(cfg.BatchSize, envs * cfg.RolloutSteps)}
+    )
+
+
 def wire_bytes(cfg: Config) -> dict:
     """Bytes per agent step of a real segment (real Montezuma frames), uncompressed and with zstd."""
     from actors.rollout import build_collector
     from common.wire import encode
 
     k = min(cfg.NumWorkers, 8)
-    col = build_collector(load_config(None, {**cfg.to_dict(), "NumWorkers": k}), 0, 1)
+    col = build_collector(with_envs(cfg, k), 0, 1)
     arrays, episodes = col.collect()
     meta = {"actor": 0, "streams": list(range(k)), "version": 0, "run": 0, "seq": 0, "episodes": episodes}
     steps = cfg.RolloutSteps * k
@@ -466,7 +474,7 @@ def machine_facts(args: argparse.Namespace, cfg: Config, device: str, n: int) ->
 
 def measure_single_core(cfg: Config, r: dict, phases: dict, seconds: float, tmpd: Path) -> None:
     """One actor process and its two single-core limits (emulator, policy step), into ``r`` and ``phases``."""
-    one = bench_actor_vs_ceiling(load_config(None, {**cfg.to_dict(), "NumWorkers": r["envs_per_actor"]}), seconds, tmpd)
+    one = bench_actor_vs_ceiling(with_envs(cfg, r["envs_per_actor"]), seconds, tmpd)
     r["actor_steps_per_s_per_process"], phases["actor"] = one["steps_per_s"], one["phases"]
     ale, infer = one["ale"], one["infer"]
     r["ale_steps_per_s_per_core"], r["infer_samples_per_s_per_core"] = float(np.mean(ale)), float(np.mean(infer))
