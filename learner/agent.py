@@ -23,13 +23,13 @@ from learner.batch import Batch
 from learner.checkpoint import CheckpointError
 
 # samples per no-grad forward pass when scoring a whole batch: on the CPU a chunk whose activations stay in
-# cache ran the scoring and intrinsic passes 1.3-2x faster than one pass over 2,048 (scripts/profile/learner_cpu.py)
+# cache runs the scoring and intrinsic passes faster than one pass over 2,048; a GPU wants large ones
 INFER_CHUNK = {"cpu": 256, "cuda": 4096}
 
 
 def conv_layout(device: torch.device, amp_dtype: torch.dtype | None) -> torch.memory_format:
     """The layout a network's convs run fastest in: channels-last for fp32 on the CPU, where oneDNN's
-    convolutions gain 1.2x per update from it; the default layout for bf16 (its input then made directly in
+    convolutions gain 1.25x per update from it; the default layout for bf16 (its input then made directly in
     bf16), which measured as fast, and everywhere on CUDA (scripts/profile/learner_cpu.py, docs/benchmarks.md)."""
     fp32_cpu = device.type == "cpu" and amp_dtype is None
     return torch.channels_last if fp32_cpu else torch.contiguous_format
