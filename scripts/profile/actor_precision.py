@@ -3,6 +3,7 @@ one thread as an actor runs it, in alternating rounds so both see the same machi
 the per-round median of their ratio, at each batch size (an actor's batch is its number of envs).
 
   python3 scripts/profile/actor_precision.py --rounds 10 --batches 8,16 --json /tmp/actor_precision.json
+  python3 scripts/profile/actor_precision.py --batches 8 ImageHeight=44 ImageWidth=44   # config key=value pairs
 """
 
 from __future__ import annotations
@@ -32,9 +33,10 @@ def samples_per_s(policy, obs, gen: torch.Generator, dtype: torch.dtype | None, 
     return n * obs.shape[0] / (time.perf_counter() - t0)
 
 
-def measure(batch: int, rounds: int, seconds: float) -> dict:
-    """Alternating rounds of fp32 and bf16 at one batch size."""
-    policy, obs = policy_step_inputs(load_config(None), batch)
+def measure(batch: int, rounds: int, seconds: float, overrides: dict[str, str]) -> dict:
+    """Alternating rounds of fp32 and bf16 at one batch size, with the shapes of the default config and
+    ``overrides``."""
+    policy, obs = policy_step_inputs(load_config(None, overrides), batch)
     gen = torch.Generator().manual_seed(0)
     rates: dict[str, list[float]] = {k: [] for k in DTYPES}
     for r in range(rounds):
@@ -56,9 +58,11 @@ def main() -> int:
     p.add_argument("--batches", default="8,16", help="comma-separated batch sizes")
     p.add_argument("--seconds", type=float, default=1.0, help="per precision per round")
     p.add_argument("--json", default=None)
+    p.add_argument("overrides", nargs="*", help="config key=value pairs (the frame size, say)")
     args = p.parse_args()
     torch.set_num_threads(1)
-    out = {f"batch_{b}": measure(int(b), args.rounds, args.seconds) for b in args.batches.split(",")}
+    overrides = dict(kv.split("=", 1) for kv in args.overrides)
+    out = {f"batch_{b}": measure(int(b), args.rounds, args.seconds, overrides) for b in args.batches.split(",")}
     for name, r in out.items():
         rates = ", ".join(f"{k} {v:,.0f}" for k, v in r["samples_per_s_median"].items())
         faster = f"bf16 faster in {r['bf16_faster_in_rounds']} of {r['rounds']} rounds"
