@@ -133,12 +133,15 @@ class RNDAgent:
     @torch.no_grad()
     def intrinsic_rewards(self, batch: Batch) -> torch.Tensor:
         """Predictor error on the newest frame of each next observation, current predictor: [T, B]."""
-        n, chunk = batch.T * batch.B, self.infer_chunk
+        n = batch.T * batch.B
         out = torch.empty(n, device=self.device)
-        for lo in range(0, n, chunk):
-            idx = torch.arange(lo, min(n, lo + chunk), device=self.device)
-            out[lo : lo + len(idx)] = self.rnd_fn(self.normalise_frames(batch.next_frames(idx)))
+        for idx in self.chunks(n):
+            out[idx] = self.rnd_fn(self.normalise_frames(batch.next_frames(idx)))
         return out.view(batch.T, batch.B)
+
+    def chunks(self, n: int) -> list[torch.Tensor]:
+        """Positions 0..n-1 as index tensors of at most ``infer_chunk`` each, in order: one no-grad pass each."""
+        return list(torch.arange(n, device=self.device).split(self.infer_chunk))
 
     def normalise_intrinsic(self, raw: torch.Tensor, batch: Batch) -> torch.Tensor:
         """Divide by the running std of per-stream discounted intrinsic returns (the filter runs
@@ -164,8 +167,7 @@ class RNDAgent:
         v_ext = torch.empty(n, device=self.device)
         v_int = torch.empty(n, device=self.device)
         actions = torch.cat([batch.actions.reshape(-1), torch.zeros(batch.B, dtype=torch.long, device=self.device)])
-        for lo in range(0, n, self.infer_chunk):
-            idx = torch.arange(lo, min(n, lo + self.infer_chunk), device=self.device)
+        for idx in self.chunks(n):
             out = self.run_policy(batch.obs(idx))
             logp[idx] = torch.log_softmax(out.logits, -1).gather(1, actions[idx, None]).squeeze(1)
             v_ext[idx], v_int[idx] = out.value_ext, out.value_int
