@@ -128,6 +128,14 @@ class Config:
         "elsewhere). The RND networks always run in fp32 (on CUDA with TF32 matmuls and convolutions).",
     )
     learner_compile: bool = _f(False, "torch.compile the learner's networks (slow first update, faster after).")
+    learner_heap_pad_mb: int = _f(
+        1024,
+        "Freed memory the learner's C heap keeps for reuse, in MiB (glibc's M_TOP_PAD): an update frees and "
+        "reallocates the same large tensors every minibatch, and without it each one faults its pages in "
+        "again. 0 leaves malloc's defaults; ignored where the C library is not glibc.",
+        0,
+        2047,
+    )
     actor_precision: Literal["auto", "fp32", "bf16"] = _f(
         "auto",
         "The actors' policy step: fp32, bf16 (autocast of the network; softmax, sampling and the "

@@ -13,6 +13,7 @@ from typing import NamedTuple
 import torch
 
 from common.config import Config
+from common.heap import keep_freed_heap
 from common.networks import PolicyNet, PolicyOutput, RNDModel
 from common.normalize import RewardForwardFilter, RunningMeanStd
 from common.ppo import clipped_surrogate
@@ -86,6 +87,7 @@ class RNDAgent:
     def __init__(self, cfg: Config, num_actions: int, device: torch.device | str = "cpu"):
         self.cfg = cfg
         self.device = torch.device(device)
+        keep_freed_heap(cfg.learner_heap_pad_mb << 20)
         torch.manual_seed(cfg.seed)
         self.policy = PolicyNet(num_actions, cfg.FrameStack, cfg.ImageHeight, cfg.ImageWidth).to(self.device)
         self.rnd = RNDModel(cfg.ImageHeight, cfg.ImageWidth).to(self.device)
