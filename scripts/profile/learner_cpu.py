@@ -1,6 +1,7 @@
 """The learner's update on the CPU, variant against variant in alternating rounds (one update of each per
 round, so all see the same machine), with the phase split of each: the scoring pass (policy on every
-observation), the intrinsic-reward pass (RND on every next frame) and the PPO epochs.
+observation), the intrinsic-reward pass (RND on every next frame) and the PPO epochs, and the minor page
+faults of each update.
 
 Variants: fp32 and bf16 (autocast of the policy trunk) as the learner runs them on the CPU (the layout of
 ``learner.agent.conv_layout``: channels-last for fp32, the default layout for the bf16 policy, RND
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import statistics
 import time
 from collections.abc import Callable
@@ -72,11 +74,19 @@ class PhaseClock:
 
 def one_update(agent: RNDAgent, clock: PhaseClock, batch: Batch) -> dict[str, float]:
     before = dict(clock.seconds)
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     t = time.perf_counter()
     agent.update(batch)
     total = time.perf_counter() - t
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
     score, intr = (clock.seconds[k] - before[k] for k in ("score", "intrinsic"))
-    return {"update_s": total, "score_s": score, "intrinsic_s": intr, "epochs_s": total - score - intr}
+    return {
+        "update_s": total,
+        "score_s": score,
+        "intrinsic_s": intr,
+        "epochs_s": total - score - intr,
+        "minor_faults": faults,  # pages the kernel mapped in during the update (its allocations' cost)
+    }
 
 
 def summarise(rows: list[dict[str, float]], samples: int) -> dict:
@@ -109,7 +119,8 @@ def main() -> int:
     for r in range(args.rounds):
         for v in names:
             rows[v].append(one_update(agents[v], clocks[v], batch))
-            print(f"round {r} {v:20s} " + " ".join(f"{k} {x:.3f}" for k, x in rows[v][-1].items()), flush=True)
+            parts = (f"{k} {x:.3f}" if isinstance(x, float) else f"{k} {x}" for k, x in rows[v][-1].items())
+            print(f"round {r} {v:20s} " + " ".join(parts), flush=True)
     samples = batch.T * batch.B
     ratios = {
         v: round(
