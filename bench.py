@@ -95,7 +95,8 @@ def bench_infer(cfg: Config, batch: int, seconds: float) -> float:
     from common.precision import autocast_dtype
 
     device = check_actor_device(cfg.actor_device)
-    dtype = autocast_dtype(cfg.actor_precision, device)  # the actor's own precision: its ceiling uses it too
+    # the actor's own precision: its ceiling uses it too
+    dtype = autocast_dtype(cfg.actor_precision, device, (cfg.ImageHeight, cfg.ImageWidth))
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

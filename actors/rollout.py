@@ -148,7 +148,7 @@ def build_collector(cfg: Config, actor_id: int, num_actors: int, incarnation: in
         policy,
         spec,
         seed=seed + 7919 * (actor_id + 1),
-        dtype=autocast_dtype(cfg.actor_precision, device),
+        dtype=autocast_dtype(cfg.actor_precision, device, (cfg.ImageHeight, cfg.ImageWidth)),
     )
 
 

@@ -124,8 +124,14 @@ class Config:
     learner_precision: Literal["auto", "fp32", "bf16"] = _f(
         "auto",
         "Policy network math on the learner: fp32, bf16 (autocast of the convs and shared layers; the "
-        "heads stay fp32), or auto (bf16 on CUDA and on a CPU with native bf16, AVX512_BF16 or AMX; fp32 "
-        "elsewhere). The RND networks always run in fp32 (on CUDA with TF32 matmuls and convolutions).",
+        "heads stay fp32), or auto (bf16 on CUDA, and on a CPU with native bf16, AVX512_BF16 or AMX, for "
+        "frames of at least 84x84, where it measured faster; fp32 elsewhere). The RND networks run in fp32 "
+        "(on CUDA with TF32 matmuls and convolutions) except as rnd_train_precision says.",
+    )
+    rnd_train_precision: Literal["fp32", "bf16"] = _f(
+        "fp32",
+        "The RND predictor's forward and backward in the PPO epochs: fp32, or bf16 (autocast of the predictor "
+        "alone; the target, the error and the intrinsic-reward pass stay fp32).",
     )
     learner_compile: bool = _f(False, "torch.compile the learner's networks (slow first update, faster after).")
     learner_heap_pad_mb: int = _f(

@@ -1,13 +1,13 @@
 """How much freed memory the process's C heap keeps for reuse. No processes or sockets here.
 
-An update allocates and frees the same large tensors every minibatch: the policy's input (29 MB in bf16
-for 512 samples at 84x84), the conv activations and their gradients. glibc's malloc hands memory at the
-top of its heap back to the kernel as soon as it is freed, and serves large requests from fresh mmaps, so
-every minibatch faults its pages in again: about 300,000 minor page faults per CPU update at the CPU
-comparison's settings (600,000 in fp32), with the kernel zeroing each page. Here malloc serves every
-request from its heap (``M_MMAP_MAX`` 0) and keeps up to ``M_TOP_PAD`` bytes free at the heap's top, so
-later tensors reuse resident pages instead. The cost is memory: the process holds its peak heap plus
-up to the pad, freed or not.
+An update allocates and frees the same large tensors every minibatch: the policy's input (29 MB in bf16 for
+512 samples at 84x84), the conv activations and their gradients. glibc's malloc hands memory at the top of its
+heap back to the kernel as soon as it is freed, and serves large requests from fresh mmaps, so every minibatch
+faults its pages in again, the kernel zeroing each page: about 650,000 minor page faults per fp32 update on
+the CPU at the CPU comparison's settings (``scripts/profile/learner_cpu.py``). Here malloc serves every
+request from its heap (``M_MMAP_MAX`` 0) and keeps up to ``M_TOP_PAD`` bytes free at the heap's top, so later
+tensors reuse resident pages instead. The cost is memory: the process holds its peak heap plus up to the pad,
+freed or not.
 """
 
 from __future__ import annotations

@@ -171,10 +171,17 @@ class RNDModel(nn.Module):
         self.target = RNDTarget(height, width)
         self.predictor = RNDPredictor(height, width)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, predictor_dtype: torch.dtype | None = None) -> torch.Tensor:
+        """x float [B, 1, H, W] -> error [B]. ``predictor_dtype``: an autocast dtype for the predictor alone
+        (its training step); the target, the difference and the error stay fp32 in any case."""
         with torch.no_grad():
             tgt = self.target(x)
-        return (self.predictor(x) - tgt).pow(2).mean(-1)
+        if predictor_dtype is None:
+            pred = self.predictor(x)
+        else:
+            with torch.autocast(x.device.type, dtype=predictor_dtype):
+                pred = self.predictor(x)
+        return (pred.float() - tgt).pow(2).mean(-1)
 
 
 def policy_param_spec(net: PolicyNet) -> list[tuple[str, tuple[int, ...]]]:

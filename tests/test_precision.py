@@ -8,22 +8,24 @@ import pytest
 import torch
 
 from actors.rollout import sample_actions
+from bench import synthetic_segments
 from common import precision
 from common.config import load_config
-from common.networks import NUM_ACTIONS, PolicyNet, scaled_obs
+from common.networks import NUM_ACTIONS, PolicyNet, RNDModel, scaled_obs
 from common.precision import autocast, autocast_dtype
 from learner.agent import RNDAgent, conv_layout
+from learner.batch import assemble
 
 
 def test_explicit_choices_hold_on_any_device() -> None:
     for dev in ("cpu", "cuda"):
-        assert autocast_dtype("fp32", dev) is None
-        assert autocast_dtype("bf16", dev) is torch.bfloat16
+        assert autocast_dtype("fp32", dev, (84, 84)) is None
+        assert autocast_dtype("bf16", dev, (44, 44)) is torch.bfloat16
 
 
 def test_auto_is_bf16_on_cuda() -> None:
-    assert autocast_dtype("auto", "cuda") is torch.bfloat16
-    assert autocast_dtype("auto", torch.device("cuda", 1)) is torch.bfloat16
+    assert autocast_dtype("auto", "cuda", (44, 44)) is torch.bfloat16
+    assert autocast_dtype("auto", torch.device("cuda", 1), (84, 84)) is torch.bfloat16
 
 
 @pytest.mark.parametrize(
@@ -38,7 +40,16 @@ def test_auto_is_bf16_on_cuda() -> None:
 def test_auto_on_cpu_follows_native_bf16(monkeypatch, caps, want) -> None:
     monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: caps)
     assert precision.cpu_has_native_bf16() is (want is not None)
-    assert autocast_dtype("auto", "cpu") is want
+    assert autocast_dtype("auto", "cpu", (84, 84)) is want
+
+
+def test_auto_on_cpu_takes_fp32_for_frames_smaller_than_84x84(monkeypatch) -> None:
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx512_bf16": True})
+    assert autocast_dtype("auto", "cpu", (84, 84)) is torch.bfloat16
+    assert autocast_dtype("auto", "cpu", (96, 80)) is torch.bfloat16
+    assert autocast_dtype("auto", "cpu", (84, 83)) is None
+    assert autocast_dtype("auto", "cpu", (44, 44)) is None
+    assert autocast_dtype("bf16", "cpu", (44, 44)) is torch.bfloat16
 
 
 def test_no_region_without_a_dtype() -> None:
@@ -141,3 +152,31 @@ def test_conv_layout_is_channels_last_only_for_fp32_on_the_cpu() -> None:
     conv2_rnd, conv2_policy = agent.rnd.predictor.net[0][2].weight, agent.policy.trunk[0][2].weight
     assert conv2_rnd.is_contiguous(memory_format=torch.channels_last) and not conv2_rnd.is_contiguous()
     assert conv2_policy.is_contiguous()
+
+
+def test_rnd_bf16_training_autocasts_the_predictor_alone() -> None:
+    """Under ``rnd_train_precision: bf16`` the predictor's matmuls run in bf16 and its gradient is close to
+    fp32's; the target, the error and the intrinsic-reward pass are fp32 as before."""
+    rnd = RNDModel(44, 44)
+    x = torch.randn(16, 1, 44, 44)
+    params = list(rnd.predictor.parameters())
+    exact = rnd(x)
+    half = rnd(x, torch.bfloat16)
+    assert exact.dtype == half.dtype == torch.float32
+    assert not torch.equal(half, exact)  # the predictor did compute in bf16
+    torch.testing.assert_close(half, exact, rtol=0.05, atol=1e-4)
+    for g, w in zip(torch.autograd.grad(half.mean(), params), torch.autograd.grad(exact.mean(), params), strict=True):
+        assert g.dtype == torch.float32
+        assert float((g - w).norm() / w.norm()) < 0.1
+    with torch.no_grad():
+        assert torch.equal(rnd(x), exact)  # the default path is the plain fp32 error
+
+
+def test_rnd_bf16_training_leaves_the_intrinsic_reward_fp32(small_cfg) -> None:
+    cfgs = [small_cfg(rnd_train_precision=p) for p in ("fp32", "bf16")]
+    a, b = (RNDAgent(c, NUM_ACTIONS) for c in cfgs)
+    assert (a.rnd_train_dtype, b.rnd_train_dtype) == (None, torch.bfloat16)
+    batch = assemble(synthetic_segments(cfgs[0], np.random.default_rng(0)), cfgs[0].FrameStack)
+    assert torch.equal(a.intrinsic_rewards(batch), b.intrinsic_rewards(batch))
+    idx = torch.arange(8)
+    assert not torch.equal(a.predictor_loss(batch, idx), b.predictor_loss(batch, idx))

@@ -6,9 +6,10 @@ faults of each update.
 Variants: fp32 and bf16 (autocast of the policy trunk) as the learner runs them on the CPU (the layout of
 ``learner.agent.conv_layout``: channels-last for fp32, the default layout for the bf16 policy, RND
 channels-last); the same with every network and input in one layout (``_nchw``: the default, ``_cl``:
-channels-last); and bf16 with torch.compile of the policy trunk and RND (``bf16_compile``, compiled before
-the first round). Settings default to the CPU comparison's: Montezuma, 84x84, 16 envs x 128 steps, 4 epochs
-of 4 minibatches.
+channels-last); bf16 with torch.compile of the policy trunk and RND (``bf16_compile``, compiled before
+the first round); and bf16 with the RND predictor's training step under bf16 too (``bf16_rnd16``,
+``rnd_train_precision: bf16``). Settings default to the CPU comparison's: Montezuma, 84x84, 16 envs x 128
+steps, 4 epochs of 4 minibatches.
 
   python3 scripts/profile/learner_cpu.py --rounds 5 --json /tmp/learner_cpu.json
   python3 scripts/profile/learner_cpu.py --variants fp32,bf16,bf16_compile --threads 1
@@ -35,7 +36,7 @@ from learner.batch import Batch, assemble
 
 REPO = Path(__file__).resolve().parents[2]
 SETTINGS = {"NumWorkers": 16, "RolloutSteps": 128, "BatchSize": 512, "EpochSteps": 4}
-VARIANTS = ("fp32", "bf16", "fp32_nchw", "bf16_cl", "bf16_compile")
+VARIANTS = ("fp32", "bf16", "fp32_nchw", "bf16_cl", "bf16_compile", "bf16_rnd16")
 LAYOUTS = {"nchw": torch.contiguous_format, "cl": torch.channels_last}
 
 
@@ -43,7 +44,13 @@ def build(variant: str, overrides: dict) -> RNDAgent:
     precision = variant.split("_")[0]
     cfg = load_config(
         REPO / "configs" / "montezuma.yaml",
-        {**SETTINGS, **overrides, "learner_precision": precision, "learner_compile": variant.endswith("compile")},
+        {
+            **SETTINGS,
+            **overrides,
+            "learner_precision": precision,
+            "learner_compile": variant.endswith("compile"),
+            **({"rnd_train_precision": "bf16"} if variant.endswith("rnd16") else {}),  # a key older trees lack
+        },
     )
     agent = RNDAgent(cfg, NUM_ACTIONS)
     layout = LAYOUTS.get(variant.split("_")[-1])
