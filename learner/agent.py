@@ -87,7 +87,7 @@ class RNDAgent:
     def __init__(self, cfg: Config, num_actions: int, device: torch.device | str = "cpu"):
         self.cfg = cfg
         self.device = torch.device(device)
-        keep_freed_heap(cfg.learner_heap_pad_mb << 20)
+        keep_freed_heap(cfg.learner_heap_pad_mb << 20)  # process-wide: the updates' large tensors reuse pages
         torch.manual_seed(cfg.seed)
         self.policy = PolicyNet(num_actions, cfg.FrameStack, cfg.ImageHeight, cfg.ImageWidth).to(self.device)
         self.rnd = RNDModel(cfg.ImageHeight, cfg.ImageWidth).to(self.device)

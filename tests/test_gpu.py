@@ -40,9 +40,10 @@ def test_cuda_scores_match_the_cpu(tmp_path: Path, precision: str) -> None:
         torch.testing.assert_close(a, b, atol=tol, rtol=tol)
 
 
-def test_cuda_update_runs_and_stays_finite(tmp_path: Path) -> None:
+@pytest.mark.parametrize("rnd_precision", ["fp32", "bf16"])
+def test_cuda_update_runs_and_stays_finite(tmp_path: Path, rnd_precision: str) -> None:
     cfg, segments, state = _segments_and_state(tmp_path)
-    agent = RNDAgent(cfg, 18, "cuda:0")
+    agent = RNDAgent(load_config(None, {**cfg.to_dict(), "rnd_train_precision": rnd_precision}), 18, "cuda:0")
     agent.load_state_dict(state)
     metrics = agent.update(assemble(segments, cfg.FrameStack, pin=True).to("cuda:0"))
     assert all(torch.isfinite(torch.tensor(v)) for k, v in metrics.items() if not k.startswith("explained_var"))
