@@ -33,13 +33,9 @@ def fp32_errors(model: RNDModel, x: torch.Tensor) -> torch.Tensor:
 
 
 def train_step(model: RNDModel, opt: torch.optim.Optimizer, x: torch.Tensor, dtype: torch.dtype | None) -> None:
-    """One predictor step on minibatch ``x`` [M, 1, H, W]: the predictor under ``dtype`` autocast if given,
-    the target and the squared error in fp32 (the error is the reward: only the gradient's path changes)."""
-    with torch.no_grad():
-        target = model.target(x)
-    with torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
-        pred = model.predictor(x)
-    loss = (pred.float() - target).pow(2).mean()
+    """One predictor step on minibatch ``x`` [M, 1, H, W] as the learner takes it (``RNDModel.forward`` with
+    ``predictor_dtype``): the predictor under ``dtype`` autocast if given, the target and the error in fp32."""
+    loss = model(x, dtype).mean()
     opt.zero_grad()
     loss.backward()
     opt.step()
