@@ -79,7 +79,7 @@ def bench_ale(cfg: Config, seconds: float) -> float:
 def policy_step_inputs(cfg: Config, batch: int, device: str = "cpu"):
     """A fresh actor policy (eval mode, on ``device``) and a fixed random uint8 obs batch [batch, S, H, W]
     (seed 0): what every policy-step measurement feeds it (bench_infer, scripts/profile/)."""
-    from common.networks import NUM_ACTIONS, PolicyNet
+    from common.rl.networks import NUM_ACTIONS, PolicyNet
 
     policy = PolicyNet(NUM_ACTIONS, cfg.FrameStack, cfg.ImageHeight, cfg.ImageWidth).eval().to(device)
     obs = np.random.default_rng(0).integers(
@@ -132,7 +132,7 @@ class Sink:
         """(Re)send version-0 weights, encoded once: late joiners need them, and re-encoding costs CPU."""
         if self._weights is None:
             from common.config import shape_keys
-            from common.networks import NUM_ACTIONS, PolicyNet
+            from common.rl.networks import NUM_ACTIONS, PolicyNet
             from common.wire import encode
 
             policy = PolicyNet(NUM_ACTIONS, self.cfg.FrameStack, self.cfg.ImageHeight, self.cfg.ImageWidth)
@@ -296,11 +296,12 @@ def synthetic_segments(cfg: Config, rng: np.random.Generator):
 
 def bench_learner(cfg: Config, device: str, seconds: float) -> dict:
     """The real update (assemble + targets + epochs) on synthetic batches of the configured shape."""
-    from common.networks import NUM_ACTIONS
+    from common.rl.networks import NUM_ACTIONS
+    from common.runtime import init_torch_runtime
     from learner.agent import RNDAgent
     from learner.batch import assemble
 
-    agent = RNDAgent(cfg, NUM_ACTIONS, device)
+    agent = RNDAgent(cfg, NUM_ACTIONS, device, init_torch_runtime(cfg, device, "learner"))
     segs = synthetic_segments(cfg, np.random.default_rng(0))
     pin = device.startswith("cuda")
     agent.update(assemble(segs, cfg.FrameStack, pin).to(device))  # warm-up: allocations, autotuning, compiling
@@ -324,6 +325,7 @@ def bench_learner(cfg: Config, device: str, seconds: float) -> dict:
 # ---- the whole system ---------------------------------------------------------------------------------------
 def bench_e2e(cfg: Config, n: int, device: str, seconds: float, lag: int, cfg_dir: Path) -> dict:
     """The real local system (learner + N actor processes) for ``seconds`` after its first two updates."""
+    from common.runtime import init_torch_runtime
     from common.transport import connect_address, free_tcp_address
     from launch import actor_supervisor
     from learner.learner import Learner
@@ -335,8 +337,16 @@ def bench_e2e(cfg: Config, n: int, device: str, seconds: float, lag: int, cfg_di
     sup = actor_supervisor(path, connect_address(bind), list(range(n)), n, [], True)
     run_dir = cfg_dir / f"run_lag{lag}"
     learner = Learner(
-        cfg, run_dir, device, bind=bind, total_steps=1 << 62, supervisor=sup, tensorboard=False, progress=False
-    )  # no progress line: it would interleave with the bench's own output
+        cfg,
+        run_dir,
+        device,
+        bind=bind,
+        total_steps=1 << 62,
+        supervisor=sup,
+        tensorboard=False,
+        progress=False,  # no progress line: it would interleave with the bench's own output
+        runtime=init_torch_runtime(cfg, device, "learner"),
+    )
     marks: list[tuple[float, int, dict]] = []
 
     def mark(row: dict) -> None:  # note time and steps at each update, then stop after `seconds`

@@ -103,7 +103,7 @@ class IntrinsicTrace:
     training (the checkpoint's observation normaliser, clip, and running std of intrinsic returns)."""
 
     def __init__(self, cfg, agent_state: dict):
-        from common.networks import NUM_ACTIONS
+        from common.rl.networks import NUM_ACTIONS
         from learner.agent import RNDAgent
 
         rng = torch.get_rng_state()
@@ -257,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     except (CheckpointError, ConfigError) as e:
         print(f"eval: error: {e}", file=sys.stderr)
         return 2
-    from common.networks import NUM_ACTIONS, PolicyNet
+    from common.rl.networks import NUM_ACTIONS, PolicyNet
     from learner.agent import load_network
 
     torch.set_num_threads(1)

@@ -259,6 +259,7 @@ def build_learner(args: argparse.Namespace, cfg: Config, resume: dict | None, lo
     learner holds the checkpoint, so a failed --resume leaves the run dir as it was."""
     import zmq
 
+    from common.runtime import init_torch_runtime
     from common.transport import connect_address, free_tcp_address
     from learner.learner import Learner
 
@@ -279,9 +280,18 @@ def build_learner(args: argparse.Namespace, cfg: Config, resume: dict | None, lo
             run_dir / "config.yaml", connect_address(bind), list(range(n)), n, [], True, args.keys
         )
     total = args.total_steps if args.total_steps is not None else cfg.total_agent_steps
+    runtime = init_torch_runtime(cfg, device, "learner")
     try:
         learner = Learner(
-            cfg, run_dir, device, bind=bind, total_steps=total, supervisor=supervisor, resume=resume, keys=keys
+            cfg,
+            run_dir,
+            device,
+            bind=bind,
+            total_steps=total,
+            supervisor=supervisor,
+            resume=resume,
+            keys=keys,
+            runtime=runtime,
         )
     except zmq.ZMQError as e:
         raise UsageError(f"--bind {bind}: {e} (is another learner using this port or port+1?)") from None

@@ -21,7 +21,8 @@ from actors.rollout import build_collector
 from actors.supervisor import EXIT_LEARNER_GONE, EXIT_MISMATCH, EXIT_OK, EXIT_REFUSED
 from common.config import Config, shape_keys
 from common.flow import ActorGate
-from common.networks import PolicyNet, policy_param_spec
+from common.rl.networks import PolicyNet, policy_param_spec
+from common.runtime import init_torch_runtime
 from common.transport import (
     ActorKeys,
     HandshakeWatch,
@@ -194,7 +195,7 @@ def run_actor(
     cfg: Config, actor_id: int, num_actors: int, learner_addr: str, incarnation: int = 0, keys_dir: Path | None = None
 ) -> int:
     """Actor main loop; returns a process exit code. One torch thread: actors are many, cores few."""
-    torch.set_num_threads(1)
+    init_torch_runtime(cfg, cfg.actor_device, "actor", threads=1)
     try:
         keys = load_actor_keys(keys_dir) if keys_dir is not None else None
     except KeysError as e:

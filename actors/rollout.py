@@ -16,8 +16,9 @@ import torch
 
 from actors.env import AtariEnv, make_env
 from common.config import Config, ConfigError
-from common.networks import NUM_ACTIONS, PolicyNet
-from common.precision import autocast, autocast_dtype
+from common.precision import autocast
+from common.rl.networks import NUM_ACTIONS, PolicyNet
+from common.runtime import actor_dtype
 from common.timing import Timings
 from common.wire import SegmentSpec
 
@@ -148,7 +149,7 @@ def build_collector(cfg: Config, actor_id: int, num_actors: int, incarnation: in
         policy,
         spec,
         seed=seed + 7919 * (actor_id + 1),
-        dtype=autocast_dtype(cfg.actor_precision, device, (cfg.ImageHeight, cfg.ImageWidth)),
+        dtype=actor_dtype(cfg, device),
     )
 
 

@@ -13,27 +13,15 @@ from typing import NamedTuple
 import torch
 
 from common.config import Config
-from common.heap import keep_freed_heap
-from common.networks import PolicyNet, PolicyOutput, RNDModel
-from common.normalize import RewardForwardFilter, RunningMeanStd
-from common.ppo import clipped_surrogate
-from common.precision import autocast, autocast_dtype
-from common.returns import extrinsic_stream, gae
-from common.vtrace import truncated_ratios, vtrace
+from common.precision import autocast
+from common.rl.networks import PolicyNet, PolicyOutput, RNDModel
+from common.rl.normalize import RewardForwardFilter, RunningMeanStd
+from common.rl.ppo import clipped_surrogate
+from common.rl.returns import extrinsic_stream, gae
+from common.rl.vtrace import truncated_ratios, vtrace
+from common.runtime import TorchRuntime, learner_runtime
 from learner.batch import Batch
 from learner.checkpoint import CheckpointError
-
-# samples per no-grad forward pass when scoring a whole batch: on the CPU a chunk whose activations stay in
-# cache runs the scoring and intrinsic passes faster than one pass over 2,048; a GPU wants large ones
-INFER_CHUNK = {"cpu": 256, "cuda": 4096}
-
-
-def conv_layout(device: torch.device, amp_dtype: torch.dtype | None) -> torch.memory_format:
-    """The layout a network's convs run fastest in: channels-last for fp32 on the CPU, where oneDNN's
-    convolutions gain 1.25x per update from it; the default layout for bf16 (its input then made directly in
-    bf16), which measured as fast, and everywhere on CUDA (scripts/profile/learner_cpu.py, docs/benchmarks.md)."""
-    fp32_cpu = device.type == "cpu" and amp_dtype is None
-    return torch.channels_last if fp32_cpu else torch.contiguous_format
 
 
 class Targets(NamedTuple):
@@ -84,32 +72,29 @@ def check_finite(loss: torch.Tensor, grad_norm: torch.Tensor, info: dict[str, to
 class RNDAgent:
     """Policy, RND model, optimizer, observation normaliser, reward filter + its running std."""
 
-    def __init__(self, cfg: Config, num_actions: int, device: torch.device | str = "cpu"):
+    def __init__(
+        self,
+        cfg: Config,
+        num_actions: int,
+        device: torch.device | str = "cpu",
+        runtime: TorchRuntime | None = None,
+    ):
+        """``runtime``: how the networks compute (``common/runtime.py``); by default the config's choices
+        on ``device``, with nothing process-wide set."""
         self.cfg = cfg
-        self.device = torch.device(device)
-        keep_freed_heap(cfg.learner_heap_pad_mb << 20)  # process-wide: the updates' large tensors reuse pages
+        rt = runtime if runtime is not None else learner_runtime(cfg, device)
+        self.device = rt.device
         torch.manual_seed(cfg.seed)
         self.policy = PolicyNet(num_actions, cfg.FrameStack, cfg.ImageHeight, cfg.ImageWidth).to(self.device)
         self.rnd = RNDModel(cfg.ImageHeight, cfg.ImageWidth).to(self.device)
-        frame_hw = (cfg.ImageHeight, cfg.ImageWidth)
-        self.amp_dtype = autocast_dtype(cfg.learner_precision, self.device, frame_hw)
-        # TF32 for the fp32 parts (the heads, RND): inputs rounded to 10 mantissa bits, fp32 accumulation.
-        # Emulated, it moved RND's per-frame error by at most 0.43% and kept the frames' novelty ranking
-        # (Spearman 1.00000) with the predictor's error down 139-fold; bf16 moved it 5-12x as much
-        # (scripts/profile/tf32_rnd.py, docs/benchmarks.md). cuDNN picks the fastest conv algorithms.
-        if self.device.type == "cuda":
-            torch.backends.cuda.matmul.allow_tf32 = True
-            torch.backends.cudnn.allow_tf32 = True
-            torch.backends.cudnn.benchmark = True
-        self.policy_format = conv_layout(self.device, self.amp_dtype)
-        self.rnd_format = conv_layout(self.device, None)  # RND's target and reward pass compute in fp32 everywhere
-        self.rnd_train_dtype = autocast_dtype(cfg.rnd_train_precision, self.device, frame_hw)
+        self.amp_dtype, self.rnd_train_dtype = rt.policy_dtype, rt.rnd_train_dtype
+        self.policy_format, self.rnd_format = rt.policy_format, rt.rnd_format
         self.policy.to(memory_format=self.policy_format)
         self.rnd.to(memory_format=self.rnd_format)
-        self.infer_chunk = INFER_CHUNK.get(self.device.type, INFER_CHUNK["cuda"])
+        self.infer_chunk = rt.infer_chunk
         # compiled callables beside the plain modules, so state_dicts keep their plain keys
-        self.features_fn = torch.compile(self.policy.features) if cfg.learner_compile else self.policy.features
-        self.rnd_fn = torch.compile(self.rnd) if cfg.learner_compile else self.rnd
+        self.features_fn = torch.compile(self.policy.features) if rt.compile else self.policy.features
+        self.rnd_fn = torch.compile(self.rnd) if rt.compile else self.rnd
         params = list(self.policy.parameters()) + list(self.rnd.predictor.parameters())
         self.optimizer = torch.optim.Adam(params, lr=cfg.LearningRate)
         self.obs_rms = RunningMeanStd((cfg.ImageHeight, cfg.ImageWidth), device=self.device)
@@ -221,7 +206,7 @@ class RNDAgent:
         if cfg.normalize_advantages:
             adv = (adv - adv.mean()) / (adv.std() + 1e-8)
         # V-trace's advantages carry rho = min(rho_bar, pi_0/mu): the ratio is then taken against pi_0,
-        # not mu, or each sample would be importance-weighted twice (common/ppo.py)
+        # not mu, or each sample would be importance-weighted twice (common/rl/ppo.py)
         logp_ref = target_logp if cfg.UseVTraceCorrection else batch.behaviour_logp
         stats = BatchStats(
             ext_reward_per_rollout=float(batch.rewards.sum() / batch.B),

@@ -23,7 +23,8 @@ import zmq
 
 from common.config import Config, shape_keys
 from common.flow import LearnerLedger
-from common.networks import NUM_ACTIONS
+from common.rl.networks import NUM_ACTIONS
+from common.runtime import TorchRuntime
 from common.timing import Timings
 from common.transport import LearnerKeys, LearnerSockets, bind_learner
 from common.wire import SegmentSpec, WireError, encode
@@ -68,7 +69,8 @@ class Learner:
 
     With ``bind`` the batches come from the I/O thread; without, from messages handed in with ``handle``.
     ``on_update`` holds callables given each metrics row as it is logged. ``progress=False`` turns the
-    live console line off (the metrics files are written as ever)."""
+    live console line off (the metrics files are written as ever). ``runtime``: how the networks compute,
+    from the process's ``init_torch_runtime`` (default: the config's choices on ``device``)."""
 
     def __init__(
         self,
@@ -82,11 +84,12 @@ class Learner:
         tensorboard: bool = True,
         keys: LearnerKeys | None = None,
         progress: bool = True,
+        runtime: TorchRuntime | None = None,
     ):
         self.cfg = cfg
         self.run_dir = Path(run_dir)
         self.total_steps = total_steps if total_steps is not None else cfg.total_agent_steps
-        self.agent = RNDAgent(cfg, NUM_ACTIONS, device)
+        self.agent = RNDAgent(cfg, NUM_ACTIONS, device, runtime)
         self.spec = SegmentSpec.from_config(cfg, NUM_ACTIONS)
         self.supervisor = supervisor
         self.ledger = LearnerLedger(cfg.NumWorkers)  # the version, this process's run id, the retirements

@@ -34,7 +34,7 @@ import torch
 import zmq
 
 from common.flow import RUNS_KEPT_PER_ACTOR, SeenSegments
-from common.normalize import RunningMeanStd
+from common.rl.normalize import RunningMeanStd
 from common.wire import (
     MAX_HEADER_BYTES,
     FlowMeta,

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from common.config import Config, load_config
-from common.networks import NUM_ACTIONS
+from common.rl.networks import NUM_ACTIONS
 from common.wire import SegmentSpec, encode
 from learner.batch import Batch, Segment, assemble
 

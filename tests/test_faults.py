@@ -16,7 +16,7 @@ import zmq
 from actors.actor import ActorStop, WeightsReceiver
 from actors.supervisor import EXIT_LEARNER_GONE, EXIT_OK, ActorSupervisor
 from common.config import load_config
-from common.networks import PolicyNet
+from common.rl.networks import PolicyNet
 from common.transport import free_tcp_address, weights_address
 from common.wire import WireError, encode
 from learner.checkpoint import CheckpointError, load_checkpoint

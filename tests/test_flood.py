@@ -18,7 +18,7 @@ import zmq
 import zstandard
 
 from common.config import load_config
-from common.networks import NUM_ACTIONS
+from common.rl.networks import NUM_ACTIONS
 from common.transport import free_tcp_address, weights_address
 from common.wire import SegmentSpec, encode
 from learner.learner_io import (

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from common.returns import extrinsic_stream
+from common.rl.returns import extrinsic_stream
 from common.wire import encode
 from learner.agent import rnd_update_mask
 from learner.batch import Segment

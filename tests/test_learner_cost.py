@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from bench import synthetic_segments
-from common.networks import NUM_ACTIONS
+from common.rl.networks import NUM_ACTIONS
 from learner.agent import RNDAgent, rnd_update_mask
 from learner.batch import assemble
 

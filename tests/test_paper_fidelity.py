@@ -16,9 +16,9 @@ import torch
 
 from bench import synthetic_segments
 from common.config import load_config
-from common.networks import NUM_ACTIONS, PolicyNet
-from common.returns import extrinsic_stream
-from common.vtrace import vtrace
+from common.rl.networks import NUM_ACTIONS, PolicyNet
+from common.rl.returns import extrinsic_stream
+from common.rl.vtrace import vtrace
 from learner.agent import RNDAgent
 from learner.batch import assemble
 from learner.checkpoint import CheckpointError, save_checkpoint

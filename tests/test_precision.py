@@ -11,9 +11,9 @@ from actors.rollout import sample_actions
 from bench import synthetic_segments
 from common import precision
 from common.config import load_config
-from common.networks import NUM_ACTIONS, PolicyNet, RNDModel, scaled_obs
 from common.precision import autocast, autocast_dtype
-from learner.agent import RNDAgent, conv_layout
+from common.rl.networks import NUM_ACTIONS, PolicyNet, RNDModel, scaled_obs
+from learner.agent import RNDAgent
 from learner.batch import assemble
 
 
@@ -140,18 +140,6 @@ def test_bf16_features_equal_autocast_of_the_fp32_input() -> None:
         want = net.trunk(fp32_in)
         got = net.features(obs, torch.bfloat16, torch.channels_last)
     assert torch.equal(got, want)
-
-
-def test_conv_layout_is_channels_last_only_for_fp32_on_the_cpu() -> None:
-    cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert conv_layout(cpu, None) == torch.channels_last
-    assert conv_layout(cpu, torch.bfloat16) == torch.contiguous_format
-    assert conv_layout(cuda, None) == torch.contiguous_format
-    agent = RNDAgent(load_config("configs/smoke.yaml", {"learner_precision": "bf16"}), NUM_ACTIONS)
-    assert (agent.policy_format, agent.rnd_format) == (torch.contiguous_format, torch.channels_last)
-    conv2_rnd, conv2_policy = agent.rnd.predictor.net[0][2].weight, agent.policy.trunk[0][2].weight
-    assert conv2_rnd.is_contiguous(memory_format=torch.channels_last) and not conv2_rnd.is_contiguous()
-    assert conv2_policy.is_contiguous()
 
 
 def test_rnd_bf16_training_autocasts_the_predictor_alone() -> None:

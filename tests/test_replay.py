@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from common.config import load_config
-from common.networks import NUM_ACTIONS
+from common.rl.networks import NUM_ACTIONS
 from common.wire import SegmentSpec, encode
 from learner.serial import SerialRunner
 

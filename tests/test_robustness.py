@@ -113,7 +113,7 @@ def test_sent_frames_are_copied_before_the_buffer_is_reused() -> None:
 def test_actor_flow_control_keeps_the_lag_bound(fake_sub, weights_frames) -> None:
     """An actor may have at most max_policy_lag segments that the learner has not retired yet (through the
     receiver and the wire; ``tests/test_flow.py`` has the gate alone)."""
-    from common.networks import PolicyNet
+    from common.rl.networks import PolicyNet
 
     policy, sub = PolicyNet(18, 4, 44, 44), fake_sub
     rx = WeightsReceiver(sub, policy, timeout_s=60, actor_id=3, run_id=11)
@@ -136,7 +136,7 @@ def test_actor_flow_control_keeps_the_lag_bound(fake_sub, weights_frames) -> Non
 
 
 def test_actor_forgets_flow_state_when_the_learner_restarts(fake_sub, weights_frames) -> None:
-    from common.networks import PolicyNet
+    from common.rl.networks import PolicyNet
 
     policy, sub = PolicyNet(18, 4, 44, 44), fake_sub
     rx = WeightsReceiver(sub, policy, timeout_s=60, actor_id=0, run_id=5)
@@ -231,7 +231,7 @@ def test_an_actor_that_refuses_every_learner_message_says_so_and_exits(fake_sub,
     import time
 
     from actors.actor import ActorStop
-    from common.networks import PolicyNet
+    from common.rl.networks import PolicyNet
 
     policy, sub = PolicyNet(18, 4, 44, 44), fake_sub
     rx = WeightsReceiver(sub, policy, timeout_s=0.3, actor_id=0, run_id=5)

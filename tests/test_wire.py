@@ -13,7 +13,7 @@ import zstandard
 
 from common import wire
 from common.cells import MAX_CELL, MAX_EPISODE_CELLS, cell_id
-from common.networks import PolicyNet, policy_param_spec
+from common.rl.networks import PolicyNet, policy_param_spec
 from common.wire import (
     MAX_HEADER_BYTES,
     PROTOCOL_VERSION,

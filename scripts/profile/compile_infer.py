@@ -11,7 +11,7 @@ import torch
 
 from bench import policy_step_inputs
 from common.config import load_config
-from common.networks import PolicyNet
+from common.rl.networks import PolicyNet
 
 torch.set_num_threads(1)
 K = 9

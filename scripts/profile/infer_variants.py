@@ -12,7 +12,7 @@ import torch
 from actors.rollout import sample_actions
 from bench import policy_step_inputs
 from common.config import load_config
-from common.networks import PolicyNet
+from common.rl.networks import PolicyNet
 
 torch.set_num_threads(1)
 

@@ -4,7 +4,7 @@ observation), the intrinsic-reward pass (RND on every next frame) and the PPO ep
 faults of each update.
 
 Variants: fp32 and bf16 (autocast of the policy trunk) as the learner runs them on the CPU (the layout of
-``learner.agent.conv_layout``: channels-last for fp32, the default layout for the bf16 policy, RND
+``common.runtime.conv_layout``: channels-last for fp32, the default layout for the bf16 policy, RND
 channels-last); the same with every network and input in one layout (``_nchw``: the default, ``_cl``:
 channels-last); bf16 with torch.compile of the policy trunk and RND (``bf16_compile``, compiled before
 the first round); and bf16 with the RND predictor's training step under bf16 too (``bf16_rnd16``,
@@ -30,8 +30,15 @@ import torch
 
 from bench import synthetic_segments
 from common.config import load_config
-from common.networks import NUM_ACTIONS
 from learner.agent import RNDAgent
+
+try:  # this tree's layout; an earlier commit's tree (learner_vs_commit.sh) has neither module
+    from common.rl.networks import NUM_ACTIONS
+    from common.runtime import init_torch_runtime
+except ImportError:
+    from common.networks import NUM_ACTIONS
+
+    init_torch_runtime = None  # that tree's agent sets the process up itself
 from learner.batch import Batch, assemble
 
 REPO = Path(__file__).resolve().parents[2]
@@ -52,6 +59,8 @@ def build(variant: str, overrides: dict) -> RNDAgent:
             **({"rnd_train_precision": "bf16"} if variant.endswith("rnd16") else {}),  # a key older trees lack
         },
     )
+    if init_torch_runtime is not None:
+        init_torch_runtime(cfg, "cpu", "learner")  # the learner process's heap setting, as launch.py makes it
     agent = RNDAgent(cfg, NUM_ACTIONS)
     layout = LAYOUTS.get(variant.split("_")[-1])
     if layout is not None:

@@ -21,7 +21,7 @@ import sys
 import torch
 from tf32_rnd import montezuma_frames, spearman  # the frames and the rank correlation of the TF32 check
 
-from common.networks import RNDModel
+from common.rl.networks import RNDModel
 
 ARMS = {"fp32": (None, 0), "bf16": (torch.bfloat16, 0), "fp32_reordered": (None, 1)}  # (autocast, order)
 

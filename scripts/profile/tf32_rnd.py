@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from actors.env import AtariEnv
-from common.networks import RNDModel
+from common.rl.networks import RNDModel
 
 _CONV, _LINEAR = F.conv2d, F.linear
 

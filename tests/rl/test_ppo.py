@@ -13,12 +13,12 @@ import torch
 
 from bench import synthetic_segments
 from common.config import load_config
-from common.networks import NUM_ACTIONS
-from common.ppo import clipped_surrogate
+from common.rl.networks import NUM_ACTIONS
+from common.rl.ppo import clipped_surrogate
 from learner.agent import RNDAgent
 from learner.batch import assemble
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def surrogate_reference(logp, logp_ref, adv, eps):

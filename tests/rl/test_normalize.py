@@ -1,4 +1,4 @@
-"""common/normalize.py: the running mean/std (per pixel and scalar) and RND's per-stream reward forward filter."""
+"""common/rl/normalize.py: the running mean/std (per pixel and scalar) and RND's per-stream reward forward filter."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from common.normalize import RewardForwardFilter, RunningMeanStd
+from common.rl.normalize import RewardForwardFilter, RunningMeanStd
 
 # ---------------------------------------------------------------------------------------------
 # RunningMeanStd

@@ -1,4 +1,4 @@
-"""common/vtrace.py against a slow V-trace written in the IMPALA paper's notation (Espeholt et al. 2018, eq. 1).
+"""common/rl/vtrace.py against a slow V-trace written in the IMPALA paper's notation (Espeholt et al. 2018, eq. 1).
 
 v_s = V(x_s) + sum_{t=s}^{s+n-1} (prod_{i=s}^{t-1} gamma_i) (prod_{i=s}^{t-1} c_i) delta_t V,
 delta_t V = rho_t (r_t + gamma_t V(x_{t+1}) - V(x_t)), rho_t = min(rho_bar, pi/mu), c_i = lam * min(c_bar, pi/mu),
@@ -15,8 +15,8 @@ import math
 import pytest
 import torch
 
-from common.returns import gae
-from common.vtrace import vtrace
+from common.rl.returns import gae
+from common.rl.vtrace import vtrace
 
 
 def vtrace_reference(

@@ -1,4 +1,4 @@
-"""common/returns.py against a slow GAE in the paper's notation (Schulman et al. 2016, eq. 16).
+"""common/rl/returns.py against a slow GAE in the paper's notation (Schulman et al. 2016, eq. 16).
 
 A_t = sum_{l=0}^{T-1-t} (prod_{k=t}^{t+l-1} gamma_k lam) delta_{t+l},  delta_t = r_t + gamma_t V(x_{t+1}) - V(x_t),
 with per-step discounts gamma_t (0 at an episode cut) and V(x_T) the bootstrap value.
@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from common.returns import gae
+from common.rl.returns import gae
 
 
 def gae_reference(rewards, values, bootstrap_value, discounts, lam):

@@ -2,7 +2,7 @@
 
 Which policy the ratio is taken against matters once data is off-policy. Under V-trace the learner's
 advantages already carry the truncated importance weight rho_s = min(rho_bar, pi_0/mu) (in both of
-common/vtrace.py's advantage forms), where pi_0 is the learner's policy at the start of the update and mu the
+common/rl/vtrace.py's advantage forms), where pi_0 is the learner's policy at the start of the update and mu the
 actor's. The ratio is then pi_theta/pi_0, so that at theta = theta_0 the surrogate's gradient is
 IMPALA's, rho_s grad log pi(a_s) A_s, and the trust region is around pi_0 (as IMPACT does, Luo et al.
 2020, arXiv 1912.00167). A ratio pi_theta/mu on top of rho would weight each sample by about

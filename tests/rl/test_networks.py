@@ -1,4 +1,4 @@
-"""common/networks.py: the paper's policy, RND target and predictor (Burda et al. 2018, appendix A.4), as the
+"""common/rl/networks.py: the paper's policy, RND target and predictor (Burda et al. 2018, appendix A.4), as the
 released code builds them (policies/cnn_policy_param_matched.py)."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from common.config import MIN_FRAME_SIZE
-from common.networks import POLICY_CONVS, RND_CONVS, PolicyNet, RNDModel, RNDPredictor, RNDTarget, conv_out_hw
+from common.rl.networks import POLICY_CONVS, RND_CONVS, PolicyNet, RNDModel, RNDPredictor, RNDTarget, conv_out_hw
 
 # (out channels, kernel, stride), written out from the release: the policy's c3 has rf=4, the RND nets' c3r rf=3
 POLICY_CONV_LAYERS = [(32, 8, 4), (64, 4, 2), (64, 4, 1)]
