@@ -23,6 +23,7 @@ from pathlib import Path
 from common.config import Config, ConfigError, dump_yaml, from_dict, load_config, parse_overrides, rom_name
 from common.transport import KeysError
 from learner.checkpoint import CheckpointError, CheckpointWriteError
+from learner.distributed import RankEnvError
 
 REPO = Path(__file__).resolve().parent
 
@@ -39,6 +40,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--config", help=f"YAML config (default: {DEFAULT_CONFIG.relative_to(REPO)})")
     p.add_argument("--actors", type=int, help="actor processes on this machine (default: one per spare core)")
     p.add_argument("--learner-gpu", type=int, help="GPU index of the learner, -1 for the CPU (default: 0 if any)")
+    p.add_argument(
+        "--learner-gpus",
+        metavar="0,1",
+        help="one learner rank per listed GPU on this host, the actors divided among them (data-parallel)",
+    )
+    p.add_argument(
+        "--learner-ranks",
+        type=int,
+        metavar="R",
+        help="R learner ranks on this host (with --learner-gpu -1: on the CPU)",
+    )
     p.add_argument("--run-dir", help="where logs and checkpoints go (default: runs/<game>-<time>)")
     p.add_argument("--total-steps", type=int, help="agent steps to train (default: NumEpochs*NumWorkers*RolloutSteps)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its latest checkpoint")
@@ -256,29 +268,37 @@ def checkpoint_note(learner, latest: Path) -> str:
 
 def build_learner(args: argparse.Namespace, cfg: Config, resume: dict | None, local: bool):
     """The learner and (local mode) its actor supervisor; the run dir gets config.yaml only once the
-    learner holds the checkpoint, so a failed --resume leaves the run dir as it was."""
+    learner holds the checkpoint, so a failed --resume leaves the run dir as it was. Under torch's env://
+    variables this process is one learner rank of several (``learner/distributed.py``): it binds
+    ``--bind``'s PORT + 2 LOCAL_RANK, and only rank 0 writes the run dir."""
     import zmq
 
     from common.runtime import init_torch_runtime
     from common.transport import connect_address, free_tcp_address
+    from learner.distributed import rank_env
     from learner.learner import Learner
+    from learner.spawn import rank_bind
 
-    bind = args.bind or (free_tcp_address() if local else DEFAULT_REMOTE_BIND)
+    env = rank_env()
+    local_rank = env.local_rank if env is not None else 0
+    bind = rank_bind(args.bind or (free_tcp_address() if local else DEFAULT_REMOTE_BIND), local_rank)
     check_address(bind, "--bind")
     keys = learner_keys(args, bind, local)
-    device = resolve_device(args.learner_gpu)
+    device = rank_device(args, env)
     run_dir = resolve_run_dir(args, cfg)
-    if resume is None:
+    writer = env is None or env.rank == 0
+    if resume is None and writer:
         check_fresh_run_dir(run_dir)
-    make_run_dir(run_dir)
+    if writer:
+        make_run_dir(run_dir)
+    dist = join_ranks(env, device, cfg) if env is not None else None
+    cfg_file = run_dir / "config.yaml" if writer else private_config(cfg)
     supervisor = None
     if local:
         n = args.actors or default_actors(cfg)
         if n > cfg.NumWorkers:
             raise UsageError(f"--actors {n}: more actors than envs (NumWorkers={cfg.NumWorkers})")
-        supervisor = actor_supervisor(
-            run_dir / "config.yaml", connect_address(bind), list(range(n)), n, [], True, args.keys
-        )
+        supervisor = actor_supervisor(cfg_file, connect_address(bind), list(range(n)), n, [], True, args.keys)
     total = args.total_steps if args.total_steps is not None else cfg.total_agent_steps
     runtime = init_torch_runtime(cfg, device, "learner")
     try:
@@ -287,22 +307,104 @@ def build_learner(args: argparse.Namespace, cfg: Config, resume: dict | None, lo
             run_dir,
             device,
             bind=bind,
-            total_steps=total,
+            total_steps=total * (dist.world if dist is not None and args.total_steps is None else 1),
             supervisor=supervisor,
             resume=resume,
             keys=keys,
             runtime=runtime,
+            dist=dist,
         )
     except zmq.ZMQError as e:
         raise UsageError(f"--bind {bind}: {e} (is another learner using this port or port+1?)") from None
-    (run_dir / "config.yaml").write_text(dump_yaml(cfg))
-    print(
-        f"launch: run dir {run_dir} | learner on {device} | listening on {bind}"
-        + (" (CURVE)" if keys is not None else "")
-        + (f" | {len(supervisor.actor_ids)} actors" if supervisor else ""),
-        flush=True,
-    )
+    if writer:
+        (run_dir / "config.yaml").write_text(dump_yaml(cfg))
+        ranks = f" | {dist.world} learner ranks" if dist is not None else ""
+        print(
+            f"launch: run dir {run_dir} | learner on {device}{ranks} | listening on {bind}"
+            + (" (CURVE)" if keys is not None else "")
+            + (f" | {len(supervisor.actor_ids)} actors" if supervisor else ""),
+            flush=True,
+        )
     return learner, supervisor
+
+
+def rank_device(args: argparse.Namespace, env) -> str:
+    """This learner's device: ``--learner-gpu``, or its rank's GPU (``learner/spawn.py`` ``rank_gpu``)."""
+    if env is None:
+        return resolve_device(args.learner_gpu)
+    from learner.spawn import parse_gpus, rank_gpu
+
+    try:
+        gpus = parse_gpus(args.learner_gpus) if args.learner_gpus else None
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    gpu = rank_gpu(args.learner_gpu, gpus, env.local_rank)
+    if gpu is None:
+        import torch
+
+        gpu = env.local_rank if torch.cuda.is_available() else -1
+    return resolve_device(gpu)
+
+
+def join_ranks(env, device: str, cfg: Config):
+    """Rendezvous with the other learner ranks (torch's env:// variables); one line if that fails."""
+    import torch
+
+    from learner.distributed import Dist
+
+    try:
+        return Dist(env, torch.device(device), cfg.dist_timeout_s)
+    except (RuntimeError, ValueError) as e:  # torch's DistNetworkError/DistStoreError are RuntimeErrors
+        first = (str(e).strip() or type(e).__name__).splitlines()[0]
+        raise UsageError(f"learner rank {env.rank}: cannot join the other ranks: {first[:200]}") from None
+
+
+def private_config(cfg: Config) -> Path:
+    """A config file for the actors of a learner rank that does not write the run dir."""
+    import tempfile
+
+    path = Path(tempfile.mkdtemp(prefix="rnd-rank-")) / "config.yaml"
+    path.write_text(dump_yaml(cfg))
+    return path
+
+
+def run_ranks(args: argparse.Namespace, argv: list[str], cfg: Config, resume: dict | None) -> int:
+    """``--learner-gpus`` / ``--learner-ranks`` on one host: one launch.py process per learner rank."""
+    from common.transport import free_tcp_address, parse_tcp
+    from learner.spawn import free_port_block, parse_gpus, rank_commands
+    from learner.spawn import run_ranks as start_ranks
+
+    try:
+        gpus = parse_gpus(args.learner_gpus) if args.learner_gpus else None
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    if gpus is not None:
+        if args.learner_gpu is not None and args.learner_gpu < 0:
+            raise UsageError("--learner-gpus and --learner-gpu -1 exclude each other")
+        for g in gpus:
+            resolve_device(g)
+    ranks = len(gpus) if gpus else args.learner_ranks
+    if args.learner_ranks is not None and gpus and args.learner_ranks != len(gpus):
+        raise UsageError(f"--learner-ranks {args.learner_ranks} but {len(gpus)} GPUs in --learner-gpus")
+    devices = gpus or [args.learner_gpu if args.learner_gpu is not None else -1] * ranks
+    if args.bind:
+        check_address(args.bind, "--bind")
+        base = args.bind
+    else:
+        base = f"tcp://127.0.0.1:{free_port_block(2 * ranks)}" if args.role == "local" else DEFAULT_REMOTE_BIND
+    parse_tcp(free_tcp_address())  # the loopback interface works
+    run_dir = resolve_run_dir(args, cfg)
+    if resume is None:
+        check_fresh_run_dir(run_dir)
+    else:
+        from learner.ranks import check_world
+
+        check_world(resume, ranks)
+    actors = (args.actors or default_actors(cfg)) if args.role == "local" else ranks
+    cmds = rank_commands(REPO / "launch.py", argv, devices, max(actors, ranks), run_dir, base)
+    if args.role != "local":
+        cmds = [c[: c.index("--actors")] + c[c.index("--actors") + 2 :] for c in cmds]
+    return start_ranks(cmds, REPO, cfg.dist_timeout_s)
 
 
 def run_learner(args: argparse.Namespace, cfg: Config, resume: dict | None, local: bool) -> int:
@@ -333,11 +435,12 @@ def run_learner(args: argparse.Namespace, cfg: Config, resume: dict | None, loca
             flush=True,
         )
         return 1
-    print(
-        f"launch: done at {learner.counters['agent_steps']:,} agent steps, update {learner.version}; "
-        f"checkpoint {latest}",
-        flush=True,
-    )
+    if learner.rank == 0:
+        print(
+            f"launch: done at {learner.counters['agent_steps']:,} agent steps, update {learner.version}; "
+            f"checkpoint {latest}",
+            flush=True,
+        )
     return 0
 
 
@@ -425,6 +528,15 @@ Each actors' machine needs three of its files ({LEARNER_CERT}.key, {ACTOR_CERT}.
     return 0
 
 
+def wants_ranks(args: argparse.Namespace) -> bool:
+    """Several learner ranks asked for on this host, and this process is not one of them yet."""
+    if os.environ.get("WORLD_SIZE") not in (None, "", "1"):
+        return False
+    if args.learner_ranks is not None and args.learner_ranks < 1:
+        raise UsageError(f"--learner-ranks {args.learner_ranks}: must be >= 1")
+    return bool(args.learner_gpus) or (args.learner_ranks or 1) > 1
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
     argv = sys.argv[1:] if argv is None else argv
@@ -448,11 +560,13 @@ def main(argv: list[str] | None = None) -> int:
             check_actor_device(cfg.actor_device)
         if args.role == "actors":
             return run_actors(args, cfg)
+        if wants_ranks(args):
+            return run_ranks(args, argv, cfg, resume)
         return run_learner(args, cfg, resume, local=args.role == "local")
     except KeysError as e:
         print(f"launch: error: --keys: {e}", file=sys.stderr)
         return 2
-    except (ConfigError, UsageError, CheckpointError) as e:
+    except (ConfigError, UsageError, CheckpointError, RankEnvError) as e:
         print(f"launch: error: {e}", file=sys.stderr)
         return 2
     except CheckpointWriteError as e:

@@ -142,6 +142,13 @@ class Config:
         0,
         2047,
     )
+    dist_timeout_s: float = _f(
+        300.0,
+        "Several learner ranks: how long a rank may go without a heartbeat, or a collective may take, before "
+        "the other ranks stop with a line naming it (the last checkpoint stays as it is).",
+        5.0,
+        86_400.0,
+    )
     actor_precision: Literal["auto", "fp32", "bf16"] = _f(
         "auto",
         "The actors' policy step: fp32, bf16 (autocast of the network; softmax, sampling and the "

@@ -8,9 +8,10 @@ V-trace; Schulman et al. 2017 (arXiv 1707.06347) for the clipped surrogate.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 import torch
+from torch import nn
 
 from common.config import Config
 from common.precision import autocast
@@ -22,6 +23,13 @@ from common.rl.vtrace import truncated_ratios, vtrace
 from common.runtime import TorchRuntime, learner_runtime
 from learner.batch import Batch
 from learner.checkpoint import CheckpointError
+from learner.minibatch import (
+    LOSS_NAMES,
+    MinibatchPlan,
+    filter_groups,
+    non_finite_message,
+    plan_minibatches,
+)
 
 
 class Targets(NamedTuple):
@@ -44,29 +52,70 @@ class BatchStats:
     vtrace_rho_mean: float  # mean of min(rho_bar, pi_0/mu) over the batch: 1 when the actors' policy is pi_0
 
 
-def rnd_update_mask(n: int, proportion: float, gen: torch.Generator) -> torch.Tensor:
-    """Which of ``n`` minibatch samples train the predictor: each with probability ``proportion`` (paper 2.2;
-    the released code's proportion_of_exp_used_for_predictor_update, a uniform mask per sample). bool [n]."""
-    return torch.rand(n, generator=gen) < proportion
-
-
 def explained_variance(pred: torch.Tensor, target: torch.Tensor) -> float:
     var = target.var()
     return float("nan") if var.item() == 0 else float(1 - (target - pred).var() / var)
 
 
 class NonFiniteLoss(RuntimeError):
-    """A minibatch whose loss or gradient is not finite (a learning rate too high, say); raised before
-    the optimizer step, so the parameters hold no NaN from it. One line names the losses."""
+    """An update with a minibatch whose loss or gradient is not finite (a learning rate too high, say), on
+    any learner rank. Checked once at the end of the update (one host sync, not one per minibatch): the
+    update is then half-applied and is never published nor saved. One line names the losses."""
 
 
-def check_finite(loss: torch.Tensor, grad_norm: torch.Tensor, info: dict[str, torch.Tensor]) -> None:
-    """Raise NonFiniteLoss unless ``loss`` and ``grad_norm`` are finite. One host sync per minibatch:
-    a NaN that reached the optimizer would be in every later update and every actor's weights."""
-    if bool(torch.isfinite(torch.stack([loss.float(), grad_norm.float()])).all()):
-        return
-    parts = ", ".join(f"{k} {float(v):.4g}" for k, v in info.items() if k.endswith("loss") or k == "entropy")
-    raise NonFiniteLoss(f"non-finite loss {float(loss):.4g} ({parts}; grad_norm {float(grad_norm):.4g})")
+RANK_SEED_STRIDE = 1_000_003  # learner rank r draws minibatches from seed + 1 + this * r
+
+
+class RankSync(Protocol):
+    """What an agent needs of the other learner ranks of its run (``learner/distributed.py`` ``Dist``)."""
+
+    rank: int
+    world: int
+
+    def gather_moments(self, rms: RunningMeanStd) -> list[tuple[torch.Tensor, torch.Tensor, float]]:
+        """Every rank's (mean, var, count), rank order; the same list on every rank."""
+        ...
+
+    def sum(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` summed over the ranks (float64), the same on every rank."""
+        ...
+
+    def flags(self, flag: bool) -> list[bool]:
+        """Every rank's ``flag``, rank order."""
+        ...
+
+
+def moments(x: torch.Tensor, shape: tuple[int, ...]) -> RunningMeanStd:
+    """The exact moments of ``x`` [N, *shape] (a normaliser with no prior count)."""
+    m = RunningMeanStd(shape, epsilon=0.0, device=x.device)
+    m.update(x)
+    return m
+
+
+def merge_ranks(rms: RunningMeanStd, parts: list[tuple[torch.Tensor, torch.Tensor, float]]) -> None:
+    """Fold every rank's moments into ``rms`` in rank order: every rank computes the same bits."""
+    for mean, var, count in parts:
+        if count > 0:
+            rms.update_from_moments(mean.to(rms.mean.device), var.to(rms.var.device), count)
+
+
+class TrainStep(nn.Module):
+    """The networks one minibatch's loss runs through, as one module: what DistributedDataParallel wraps
+    when the run has several learner ranks, so that their gradients are averaged (bucketed, overlapped
+    with the backward pass) before the clip and the optimizer step."""
+
+    def __init__(self, agent: RNDAgent):
+        super().__init__()
+        self.policy, self.rnd = agent.policy, agent.rnd
+        self._agent = [agent]  # a plain list: not a submodule, so DDP sees each parameter once
+
+    def forward(self, obs: torch.Tensor, rnd_x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """uint8 obs [M, S, H, W] and normalised frames [k, 1, H, W] -> (logits [M, A], V_ext [M], V_int [M],
+        the predictor's mean error on the k frames [])."""
+        agent = self._agent[0]
+        out = agent.run_policy(obs)
+        err = agent.rnd_fn(rnd_x, agent.rnd_train_dtype)
+        return out.logits, out.value_ext, out.value_int, err.mean()
 
 
 class RNDAgent:
@@ -99,8 +148,23 @@ class RNDAgent:
         self.optimizer = torch.optim.Adam(params, lr=cfg.LearningRate)
         self.obs_rms = RunningMeanStd((cfg.ImageHeight, cfg.ImageWidth), device=self.device)
         self.reward_rms = RunningMeanStd(())
-        self.reward_filter = RewardForwardFilter(cfg.NumWorkers, cfg.IntRewardDiscount)
+        self.reward_filter = RewardForwardFilter(cfg.NumWorkers, cfg.IntRewardDiscount, device=self.device)
         self.gen = torch.Generator().manual_seed(cfg.seed + 1)
+        self.sync: RankSync | None = None
+        self.train_step: nn.Module = TrainStep(self)
+
+    def distribute(self, sync: RankSync) -> None:
+        """Join the other learner ranks: statistics merged over ``sync``, gradients averaged by
+        DistributedDataParallel (which also copies rank 0's parameters to every rank now). Each rank draws
+        its minibatches from its own stream of ``seed + 1 + RANK_SEED_STRIDE * rank`` (rank 0: as alone)."""
+        from torch.nn.parallel import DistributedDataParallel
+
+        self.sync = sync
+        self.gen.manual_seed(self.cfg.seed + 1 + RANK_SEED_STRIDE * sync.rank)
+        ids = [self.device] if self.device.type == "cuda" else None
+        self.train_step = DistributedDataParallel(
+            TrainStep(self), device_ids=ids, broadcast_buffers=False, gradient_as_bucket_view=True
+        )
 
     def run_policy(self, obs: torch.Tensor) -> PolicyOutput:
         """The policy on uint8 obs [M, S, H, W]: the convs and shared layers under bf16 autocast if
@@ -133,19 +197,36 @@ class RNDAgent:
         return list(torch.arange(n, device=self.device).split(self.infer_chunk))
 
     def normalise_intrinsic(self, raw: torch.Tensor, batch: Batch) -> torch.Tensor:
-        """Divide by the running std of per-stream discounted intrinsic returns (the filter runs
-        segment by segment in arrival order, so each stream's state advances in time order)."""
-        returns, col = [], 0
-        cpu_raw = raw.detach().cpu()
-        for k in batch.segment_sizes:
-            returns.append(self.reward_filter(cpu_raw[:, col : col + k], batch.streams[col : col + k]))
-            col += k
-        self.reward_rms.update(torch.cat(returns, dim=1).reshape(-1))
-        return raw / float(self.reward_rms.std)
+        """Divide by the running std of per-stream discounted intrinsic returns (paper 2.4), merged over the
+        learner ranks. The filter runs over column groups in arrival order (``filter_groups``: one group
+        unless a batch holds a stream twice), so each stream's state advances in time order. raw [T, B]."""
+        streams = batch.streams.tolist()
+        returns = [
+            self.reward_filter(raw[:, lo:hi], batch.streams[lo:hi])
+            for lo, hi in filter_groups(streams, batch.segment_sizes)
+        ]
+        flat = torch.cat(returns, dim=1).reshape(-1)
+        if self.sync is None:
+            self.reward_rms.update(flat)
+        else:
+            merge_ranks(self.reward_rms, self.sync.gather_moments(moments(flat, ())))
+        return raw / self.reward_rms.std.to(raw.device, raw.dtype)
 
     def update_obs_normaliser(self, frames: torch.Tensor) -> None:
-        """frames uint8 [N, H, W] (any device)."""
-        self.obs_rms.update(frames.to(self.device).reshape(-1, *self.obs_rms.mean.shape))
+        """frames uint8 [N, H, W] (any device): merged over the learner ranks."""
+        frames = frames.to(self.device).reshape(-1, *self.obs_rms.mean.shape)
+        if self.sync is None:
+            self.obs_rms.update(frames)
+        else:
+            merge_ranks(self.obs_rms, self.sync.gather_moments(moments(frames, tuple(self.obs_rms.mean.shape))))
+
+    def merge_warmup(self) -> None:
+        """Make the observation normaliser every rank's warm-up at once: each rank warmed its own up from its
+        own actors' frames; before the first update they merge (rank order), so every rank starts alike."""
+        if self.sync is not None:
+            parts = self.sync.gather_moments(self.obs_rms)
+            self.obs_rms = RunningMeanStd(tuple(self.obs_rms.mean.shape), epsilon=0.0, device=self.device)
+            merge_ranks(self.obs_rms, parts)
 
     # ---- targets ----------------------------------------------------------------------------
     @torch.no_grad()
@@ -204,7 +285,7 @@ class RNDAgent:
         )
         adv = cfg.ExtCoeff * adv_ext + cfg.IntCoeff * adv_int
         if cfg.normalize_advantages:
-            adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+            adv = self.standardise(adv)
         # V-trace's advantages carry rho = min(rho_bar, pi_0/mu): the ratio is then taken against pi_0,
         # not mu, or each sample would be importance-weighted twice (common/rl/ppo.py)
         logp_ref = target_logp if cfg.UseVTraceCorrection else batch.behaviour_logp
@@ -219,18 +300,34 @@ class RNDAgent:
         )
         return Targets(adv.reshape(-1), vs_ext.reshape(-1), vs_int.reshape(-1), logp_ref.reshape(-1)), stats
 
+    def standardise(self, adv: torch.Tensor) -> torch.Tensor:
+        """(adv - mean) / (std + 1e-8), the mean and (unbiased) std over every rank's batch."""
+        if self.sync is None:
+            return (adv - adv.mean()) / (adv.std() + 1e-8)
+        a = adv.double()
+        n, s1, s2 = self.sync.sum(torch.stack([torch.tensor(float(a.numel())), a.sum().cpu(), a.pow(2).sum().cpu()]))
+        mean = s1 / n
+        std = ((s2 - n * mean * mean) / max(float(n) - 1.0, 1.0)).clamp(min=0.0).sqrt()
+        return (adv - mean.to(adv)) / (std.to(adv) + 1e-8)
+
     # ---- the update -------------------------------------------------------------------------
-    def minibatch_loss(self, batch: Batch, idx: torch.Tensor, tg: Targets) -> tuple[torch.Tensor, dict]:
+    def minibatch_loss(
+        self, batch: Batch, idx: torch.Tensor, tg: Targets, sub: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """PPO clipped surrogate (ratio against ``tg.logp_ref``) + both value losses - entropy + RND
-        predictor loss on one minibatch of sample indices ``idx`` [M]."""
+        predictor loss, on one minibatch of flat sample positions ``idx`` [M], the predictor trained on the
+        next frames of ``idx[sub]`` (``sub`` long [k], positions within the minibatch; by default drawn from
+        ``gen`` as ``predictor_loss`` draws it)."""
         cfg = self.cfg
-        out = self.run_policy(batch.obs(idx))
-        logp_all = torch.log_softmax(out.logits, -1)
+        if sub is None:
+            sub = self.predictor_subset(idx.shape[0]).to(idx.device)
+        rnd_x = self.normalise_frames(batch.next_frames(idx[sub]))
+        logits, value_ext, value_int, rnd_loss = self.train_step(batch.obs(idx), rnd_x)
+        logp_all = torch.log_softmax(logits, -1)
         logp = logp_all.gather(1, batch.actions.reshape(-1)[idx, None]).squeeze(1)
         pg_loss, ratio, log_ratio = clipped_surrogate(logp, tg.logp_ref[idx], tg.advantages[idx], cfg.PPORewardEps)
-        v_loss = 0.5 * ((out.value_ext - tg.vs_ext[idx]).pow(2).mean() + (out.value_int - tg.vs_int[idx]).pow(2).mean())
+        v_loss = 0.5 * ((value_ext - tg.vs_ext[idx]).pow(2).mean() + (value_int - tg.vs_int[idx]).pow(2).mean())
         entropy = -(logp_all.exp() * logp_all).sum(-1).mean()
-        rnd_loss = self.predictor_loss(batch, idx)
         loss = pg_loss + cfg.value_coeff * v_loss - cfg.PPOEntropyCoeff * entropy + rnd_loss
         with torch.no_grad():
             info = {
@@ -243,41 +340,63 @@ class RNDAgent:
             }
         return loss, info
 
-    def predictor_loss(self, batch: Batch, idx: torch.Tensor) -> torch.Tensor:
-        """RND's predictor loss on the masked part of minibatch ``idx`` [M]: the mean error of the samples
-        the mask keeps (0 if none). Only those go through the predictor: the others' gradient is zero."""
-        keep = rnd_update_mask(idx.shape[0], self.cfg.RNDUpdateProportion, self.gen).to(idx.device)
-        chosen = idx[keep] if self.cfg.RNDUpdateProportion < 1.0 else idx
-        if chosen.shape[0] == 0:
-            return torch.zeros((), device=self.device)
-        return self.rnd_fn(self.normalise_frames(batch.next_frames(chosen)), self.rnd_train_dtype).mean()
+    def predictor_loss(self, batch: Batch, idx: torch.Tensor, sub: torch.Tensor | None = None) -> torch.Tensor:
+        """RND's predictor loss on minibatch ``idx`` [M]: the mean error on the next frames of ``idx[sub]``
+        (default: a fixed-size subset drawn from ``gen``, ``predictor_count`` of the M). Only those go
+        through the predictor; the others' gradient would be zero."""
+        if sub is None:
+            sub = self.predictor_subset(idx.shape[0])
+        x = self.normalise_frames(batch.next_frames(idx[sub.to(idx.device)]))
+        return self.rnd_fn(x, self.rnd_train_dtype).mean()
 
-    def update(self, batch: Batch) -> dict[str, float]:
-        """One learner update on ``batch``: targets once, then EpochSteps epochs of shuffled minibatches."""
+    def predictor_subset(self, m: int) -> torch.Tensor:
+        """A fixed-size predictor subset of an m-sample minibatch, drawn from ``gen``: long [k] positions."""
+        return plan_minibatches(m, 1, 1, self.cfg.RNDUpdateProportion, self.gen).predictor[0]
+
+    def update(self, batch: Batch, plan: MinibatchPlan | None = None) -> dict[str, float]:
+        """One learner update on ``batch``: targets once, then EpochSteps epochs of shuffled minibatches
+        (``plan``, by default drawn from ``gen``). Raises NonFiniteLoss, on every rank alike, when a loss or
+        gradient of any rank's update was not finite."""
         cfg = self.cfg
         tg, stats = self.compute_targets(batch)
-        n = batch.T * batch.B
-        num_mb = max(1, round(n / cfg.BatchSize))
+        if plan is None:
+            n = batch.T * batch.B
+            plan = plan_minibatches(
+                n, max(1, round(n / cfg.BatchSize)), cfg.EpochSteps, cfg.RNDUpdateProportion, self.gen
+            )
+        steps = len(plan.samples)
+        losses = torch.empty(steps, 1 + len(LOSS_NAMES), device=self.device)
+        norms = torch.empty(steps, device=self.device)
         sums: dict[str, torch.Tensor] = {}
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
-        grad_norm = torch.zeros((), device=self.device)
-        for _ in range(cfg.EpochSteps):
-            perm = torch.randperm(n, generator=self.gen).to(self.device)
-            for idx in perm.tensor_split(num_mb):
-                loss, info = self.minibatch_loss(batch, idx, tg)
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                norm = torch.nn.utils.clip_grad_norm_(params, cfg.ClipGradNorm).detach()
-                check_finite(loss.detach(), norm, info)
-                grad_norm += norm
-                self.optimizer.step()
-                for k, v in info.items():
-                    sums[k] = sums.get(k, 0.0) + v
-        steps = cfg.EpochSteps * num_mb
+        for j, (idx, sub) in enumerate(zip(plan.samples, plan.predictor, strict=True)):
+            idx, sub = idx.to(self.device, non_blocking=True), sub.to(self.device, non_blocking=True)
+            loss, info = self.minibatch_loss(batch, idx, tg, sub)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            norms[j] = torch.nn.utils.clip_grad_norm_(params, cfg.ClipGradNorm).detach()
+            losses[j] = torch.stack([loss.detach(), *(info[k] for k in LOSS_NAMES)])
+            self.optimizer.step()
+            for k, v in info.items():
+                sums[k] = sums.get(k, 0.0) + v
+        self.check_finite(losses, norms)
         metrics = {k: float(v) / steps for k, v in sums.items()}
-        metrics["grad_norm"] = float(grad_norm) / steps
+        metrics["grad_norm"] = float(norms.mean())
         metrics.update(vars(stats))
         return metrics
+
+    def check_finite(self, losses: torch.Tensor, norms: torch.Tensor) -> None:
+        """One host sync per update (one all-gather with several ranks): raise NonFiniteLoss if any step's
+        loss or gradient norm was not finite on any rank. A NaN that were published would be in every
+        later update and every actor's weights."""
+        ok = bool(torch.isfinite(losses).all() & torch.isfinite(norms).all())
+        bad = [not ok] if self.sync is None else [not f for f in self.sync.flags(ok)]
+        if not any(bad):
+            return
+        if not ok:
+            raise NonFiniteLoss(non_finite_message(losses.cpu(), norms.cpu()))
+        ranks = ", ".join(str(r) for r, b in enumerate(bad) if b)
+        raise NonFiniteLoss(f"non-finite loss on learner rank {ranks}")
 
     # ---- state ------------------------------------------------------------------------------
     def state_dict(self) -> dict:

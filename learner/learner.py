@@ -32,9 +32,11 @@ from learner.agent import NonFiniteLoss, RNDAgent
 from learner.batch import Batch, Segment, assemble
 from learner.batch_source import BatchSource, InProcessBatchSource, SocketBatchSource
 from learner.checkpoint import CheckpointError, CheckpointWriteError, save_checkpoint, write_fault
+from learner.distributed import Dist, RankLost
 from learner.exploration import ExplorationStats
 from learner.learner_io import LearnerIO, WarmupMoments, max_frame_bytes, recv_queue
-from learner.logs import RunLogger
+from learner.logs import NullLogger, RunLogger
+from learner.ranks import RankEpisodes, RanksDiverged, check_world, gather_parts, global_counters, load_part, merge_row
 from learner.run_stats import MAX_REJECT_REASONS, OTHER_REASONS, RunStats, reject_reason
 
 log = logging.getLogger("learner")
@@ -70,7 +72,8 @@ class Learner:
     With ``bind`` the batches come from the I/O thread; without, from messages handed in with ``handle``.
     ``on_update`` holds callables given each metrics row as it is logged. ``progress=False`` turns the
     live console line off (the metrics files are written as ever). ``runtime``: how the networks compute,
-    from the process's ``init_torch_runtime`` (default: the config's choices on ``device``)."""
+    from the process's ``init_torch_runtime`` (default: the config's choices on ``device``). ``dist``: this
+    process is one of several learner ranks (``learner/distributed.py``); rank 0 writes the run's files."""
 
     def __init__(
         self,
@@ -85,8 +88,11 @@ class Learner:
         keys: LearnerKeys | None = None,
         progress: bool = True,
         runtime: TorchRuntime | None = None,
+        dist: Dist | None = None,
     ):
         self.cfg = cfg
+        self.dist = dist
+        self.rank, self.world = (dist.rank, dist.world) if dist is not None else (0, 1)
         self.run_dir = Path(run_dir)
         self.total_steps = total_steps if total_steps is not None else cfg.total_agent_steps
         self.agent = RNDAgent(cfg, NUM_ACTIONS, device, runtime)
@@ -97,6 +103,10 @@ class Learner:
         self.obs_rms_ready = cfg.NumInitSteps == 0
         if resume is not None:
             self._load(resume)
+        if dist is not None:
+            self.agent.distribute(dist)
+        self._warm_merged = resume is not None or dist is None  # resumed ranks hold the merged normaliser
+        self.rank_lost = False
         self.timings = Timings()
         self.stop_requested = False
         self.on_update: list[Callable[[dict[str, Any]], None]] = []
@@ -106,13 +116,15 @@ class Learner:
         self._save_failed = False
         self.failure: str | None = None  # why the run stopped early as a failure (no actors, a non-finite loss)
         self.shutting_down = False
-        self.logger = RunLogger(
-            self.run_dir,
-            resume_update=self.version if resume is not None else None,
-            tensorboard=tensorboard,
-            purge_step=self.stats.counters["agent_steps"] if resume is not None else None,
-            progress=progress,
-        )
+        self.logger: RunLogger | NullLogger = NullLogger()
+        if self.rank == 0:
+            self.logger = RunLogger(
+                self.run_dir,
+                resume_update=self.version if resume is not None else None,
+                tensorboard=tensorboard,
+                purge_step=self.stats.counters["agent_steps"] if resume is not None else None,
+                progress=progress,
+            )
         self.ctx = zmq.Context.instance()
         self.sockets: LearnerSockets | None = None
         self.io: LearnerIO | None = None
@@ -235,7 +247,20 @@ class Learner:
             if got is not None:
                 return got
             self.idle()
+            if self.dist is not None and self.dist.peer_stopped():
+                return None
         return None
+
+    def all_go(self, got: tuple[Batch, list[Segment]] | None) -> bool:
+        """Whether to update on ``got`` (None: this rank stops). With several learner ranks, every rank
+        decides together once all have a batch (or one stops), so that they all stop at the same update."""
+        if self.dist is None:
+            return got is not None
+        return self.dist.agree_to_go(self.version, got is None, self._idle_until_stop) and got is not None
+
+    def _idle_until_stop(self) -> bool:
+        self.idle()
+        return self.stop_requested
 
     def idle(self) -> None:
         if self.supervisor is None:
@@ -255,16 +280,45 @@ class Learner:
         self._in_update = True  # a checkpoint now would hold a half-applied update
         with self.timings.time("learn"):
             batch = batch.to(self.agent.device)
-            metrics = self.agent.update(batch)
-        self.stats.count("agent_steps", batch.T * batch.B)
+            metrics = self._update(batch)
+        self.stats.count("agent_steps", self._global_steps(batch.T * batch.B))
         self.ledger.advance(segments)  # the version moves on and the segments are retired at once
         self._in_update = False
         self._record_episodes(segments)
         return self._row(metrics, segments)
 
+    def _update(self, batch: Batch) -> dict[str, float]:
+        """The agent's update; with several ranks, the warm-up normalisers merge first (once), and a failed
+        collective (a rank died mid-update) becomes RankLost naming it."""
+        if self.dist is None:
+            return self.agent.update(batch)
+        try:
+            if not self._warm_merged:
+                self.agent.merge_warmup()
+                self._warm_merged = True
+            return self.agent.update(batch)
+        except (NonFiniteLoss, RankLost):
+            raise
+        except RuntimeError as e:  # DDP's all-reduce in the backward pass reports a dead peer this way
+            raise RankLost(self.dist.lost_ranks()) from e
+
+    def _global_steps(self, local: int) -> int:
+        """Agent steps of this update over every rank."""
+        return local if self.dist is None else int(self.dist.sum(torch.tensor([float(local)]))[0])
+
     def _record_episodes(self, segments: list[Segment]) -> None:
-        """Count the segments' episodes in the run statistics and log their records."""
-        self.logger.log_episodes(self.stats.record_episodes(segments, self.version))
+        """Count the segments' episodes in the run statistics and log their records. With several ranks,
+        rank 0 counts and logs every rank's (each record then says its ``rank``); the others only send."""
+        if self.dist is None:
+            self.logger.log_episodes(self.stats.record_episodes(segments, self.version))
+            return
+        mine = [[s.actor, s.version, s.episodes] for s in segments]
+        every = self.dist.gather_json(mine)
+        if self.rank != 0:
+            return
+        for r, segs in enumerate(every):
+            sources = [RankEpisodes(a, v, eps) for a, v, eps in segs]
+            self.logger.log_episodes([{**e, "rank": r} for e in self.stats.record_episodes(sources, self.version)])
 
     def _row(self, metrics: dict[str, float], segments: list[Segment]) -> dict[str, Any]:
         version, counters, stats = self.version, self.stats.counters, self.stats
@@ -300,29 +354,38 @@ class Learner:
     def train(self) -> dict[str, Any] | None:
         """Run until total_steps agent steps, a stop request or a failure (then ``failure`` says why);
         always checkpoint what is whole and stop the actors."""
-        last_row = None
+        self.last_row: dict[str, Any] | None = None
         try:
             self.io.start()
             self.publish_weights()
-            while self.stats.counters["agent_steps"] < self.total_steps and not self.stop_requested:
-                with self.timings.time("wait_data"):
-                    got = self.next_batch()
-                if got is None:
-                    break
-                try:
-                    last_row = self.step_on_batch(*got)
-                except NonFiniteLoss as e:  # the update stays half-applied: never published nor saved
-                    self.fail(f"update {self.version + 1}: {e}; its weights were not published")
-                    break
-                self.publish_weights()
-                self.idle()  # a busy learner may never wait: restart dead actors here too
-                self.log(last_row)
-                self.logger.progress(last_row, self.total_steps)
-                if self.version % self.cfg.checkpoint_every == 0:
-                    self.save()
+            self._loop()
+        except (RankLost, RanksDiverged) as e:  # latest.pt keeps the last whole checkpoint
+            self.rank_lost = True
+            self.fail(f"{e}; stopping")
         finally:
             self.shutdown()
-        return last_row
+        return self.last_row
+
+    def _loop(self) -> None:
+        while self.stats.counters["agent_steps"] < self.total_steps and not self.stop_requested:
+            with self.timings.time("wait_data"):
+                got = self.next_batch()
+                go = self.all_go(got)
+            if not go:
+                break
+            try:
+                row = self.step_on_batch(*got)
+            except NonFiniteLoss as e:  # the update stays half-applied: never published nor saved
+                self.fail(f"update {self.version + 1}: {e}; its weights were not published")
+                break
+            self.publish_weights()
+            self.idle()  # a busy learner may never wait: restart dead actors here too
+            self.last_row = row = self.merge_row(row)
+            if self.rank == 0:
+                self.log(row)
+                self.logger.progress(row, self.total_steps)
+            if self.version % self.cfg.checkpoint_every == 0:
+                self.save()
 
     def request_stop(self) -> None:
         """Finish the update in progress, then stop: the loop ends and shutdown checkpoints."""
@@ -339,24 +402,38 @@ class Learner:
         stays at the last whole one), tell the actors to stop, close logs and sockets."""
         self.shutting_down = True
         try:
-            if not self._in_update and not self._save_failed:
+            if not self._in_update and not self._save_failed and not self.rank_lost:
                 self.save()
         finally:
             if self.io is not None:
                 self.stop_actors()
             self.close()
+            if self.dist is not None:
+                self.dist.close(clean=not self.rank_lost)
+
+    def merge_row(self, row: dict[str, Any]) -> dict[str, Any]:
+        """The run's metrics row: this one alone, or merged over the learner ranks (``learner/ranks.py``)."""
+        return row if self.dist is None else merge_row(self.dist, row)
 
     # ---- state ----------------------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
-        """Everything a checkpoint holds: config, agent, counters, obs_rms_ready, and the run statistics."""
+        """Everything a checkpoint holds: config, agent, counters, obs_rms_ready, and the run statistics.
+        With several learner ranks (a collective): the weights and optimizer once, each rank's own part in
+        ``rank_states``, and the run-wide counters."""
         stats = self.stats.state(self.version)
-        return {
+        out = {
             "config": self.cfg.to_dict(),
             "agent": self.agent.state_dict(),
             "counters": stats.pop("counters"),
             "obs_rms_ready": self.obs_rms_ready,
             **stats,
         }
+        if self.dist is not None:
+            out["counters"], out["actor_restarts"] = global_counters(
+                self.dist, out["counters"], self.stats.actor_restarts()
+            )
+            out["world_size"], out["rank_states"] = self.world, gather_parts(self.dist, self.agent)
+        return out
 
     def _load(self, data: dict[str, Any]) -> None:
         """Restore a checkpoint (``load_checkpoint`` checked its parts); what still does not fit this
@@ -369,34 +446,54 @@ class Learner:
             raise CheckpointError(f"the checkpoint does not fit this run: {type(e).__name__}: {e}") from None
 
     def _restore(self, data: dict[str, Any]) -> None:
+        parts = check_world(data, self.world)
         self.agent.load_state_dict(data["agent"])
+        if parts is not None:
+            load_part(self.agent, parts[self.rank])
         self.ledger = LearnerLedger(self.cfg.NumWorkers, self.stats.restore(data))
         self.obs_rms_ready = bool(data["obs_rms_ready"])
+        if self.rank > 0:  # rank 0 holds the run-wide totals; the others count their own share anew
+            self.stats.counters.update(dict.fromkeys(("rejected_messages", "dropped_stale_segments", "episodes"), 0))
+            self.stats.restarts_before = 0
 
     @property
     def saved_version(self) -> int | None:
         """The update of the last checkpoint this process wrote, if any."""
         return self._saved_version
 
-    def save(self) -> Path:
-        """Checkpoint now, unless this very update was just saved."""
-        if self._saved_version != self.version:
+    def save(self) -> Path | None:
+        """Checkpoint now, unless this very update was just saved. With several learner ranks every rank
+        calls it (the state is gathered), rank 0 writes, and all learn whether the write succeeded."""
+        if self._saved_version == self.version:
+            return self._saved_path
+        state = self.state()
+        error: CheckpointWriteError | None = None
+        if self.rank == 0:
             try:
-                self._saved_path = save_checkpoint(self.run_dir, self.state(), self.version, self.cfg.keep_checkpoints)
-                self.stats.exploration.write_json(
-                    self.run_dir / "exploration.json",
-                    self.version,
-                    self.stats.counters["agent_steps"],
-                    self.stats.counters["episodes"],
-                )
-            except OSError as e:  # exploration.json: the checkpoint itself says so in save_checkpoint
-                self._save_failed = True
-                raise write_fault(e, self.run_dir / "exploration.json", self.run_dir / "checkpoints") from None
-            except CheckpointWriteError:
-                self._save_failed = True
-                raise
-            self._saved_version = self.version
+                self._write(state)
+            except CheckpointWriteError as e:
+                error = e
+        if self.dist is not None and not all(self.dist.flags(error is None)) and error is None:
+            self._save_failed = True
+            self.fail("learner rank 0 could not write the checkpoint")
+            return None
+        if error is not None:
+            self._save_failed = True
+            raise error
+        self._saved_version = self.version
         return self._saved_path
+
+    def _write(self, state: dict[str, Any]) -> None:
+        try:
+            self._saved_path = save_checkpoint(self.run_dir, state, self.version, self.cfg.keep_checkpoints)
+            self.stats.exploration.write_json(
+                self.run_dir / "exploration.json",
+                self.version,
+                self.stats.counters["agent_steps"],
+                self.stats.counters["episodes"],
+            )
+        except OSError as e:  # exploration.json: the checkpoint itself says so in save_checkpoint
+            raise write_fault(e, self.run_dir / "exploration.json", self.run_dir / "checkpoints") from None
 
     def close(self) -> None:
         if self.io is not None:

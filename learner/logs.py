@@ -152,3 +152,19 @@ class RunLogger:
         self._episodes.close()
         if self._tb is not None:
             self._tb.close()
+
+
+class NullLogger:
+    """The logs of a learner rank other than 0: rank 0 writes the run's files for every rank."""
+
+    def log_update(self, row: dict[str, Any]) -> None:
+        pass
+
+    def log_episodes(self, records: list[dict[str, Any]]) -> None:
+        pass
+
+    def progress(self, row: dict[str, Any], total_steps: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass

@@ -11,7 +11,6 @@ import torch
 
 from common.rl.returns import extrinsic_stream
 from common.wire import encode
-from learner.agent import rnd_update_mask
 from learner.batch import Segment
 from learner.checkpoint import load_checkpoint, save_checkpoint
 from learner.learner import Learner
@@ -27,12 +26,6 @@ def test_extrinsic_stream_clips_cuts_and_bootstraps() -> None:
     rew, disc = extrinsic_stream(r, term, trunc, tv, 0.99)
     assert rew[:, 0].tolist() == pytest.approx([1.0, -1.0, 0.5 + 0.99 * 2.0, 0.0])
     assert disc[:, 0].tolist() == pytest.approx([0.99, 0.0, 0.0, 0.99])
-
-
-def test_rnd_mask_proportion() -> None:
-    g = torch.Generator().manual_seed(0)
-    m = rnd_update_mask(100_000, 0.25, g)
-    assert m.dtype == torch.bool and abs(m.float().mean().item() - 0.25) < 0.01
 
 
 def test_serial_training_runs_and_logs_raw_score(small_cfg, tmp_path: Path) -> None:
