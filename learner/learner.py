@@ -17,7 +17,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
-import numpy as np
 import torch
 import zmq
 
@@ -31,13 +30,14 @@ from common.wire import SegmentSpec, WireError, encode
 from learner.agent import NonFiniteLoss, RNDAgent
 from learner.batch import Batch, Segment, assemble
 from learner.batch_source import BatchSource, InProcessBatchSource, SocketBatchSource
-from learner.checkpoint import CheckpointError, CheckpointWriteError, save_checkpoint, write_fault
+from learner.checkpoint import CheckpointError, CheckpointWriteError
 from learner.distributed import Dist, RankLost
 from learner.exploration import ExplorationStats
 from learner.learner_io import LearnerIO, WarmupMoments, max_frame_bytes, recv_queue
 from learner.logs import NullLogger, RunLogger
-from learner.ranks import RankEpisodes, RanksDiverged, check_world, gather_parts, global_counters, load_part, merge_row
-from learner.run_stats import MAX_REJECT_REASONS, OTHER_REASONS, RunStats, reject_reason
+from learner.persist import checkpoint_state, restore_checkpoint, write_checkpoint
+from learner.ranks import RanksDiverged, gather_episodes, merge_row, rank_update
+from learner.run_stats import MAX_REJECT_REASONS, OTHER_REASONS, RunStats, actor_phases, policy_lags, reject_reason
 
 log = logging.getLogger("learner")
 
@@ -48,22 +48,6 @@ class Supervisor(Protocol):
     def poll(self) -> int: ...  # restarts dead children; returns restarts so far
 
     def gave_up(self) -> str | None: ...  # why no actor is left, once none is
-
-
-def actor_phases(segments: list[Segment]) -> dict[str, float]:
-    """Mean seconds per segment of each actor phase, as the actors reported them."""
-    out = {}
-    for phase in ("infer", "env", "wait", "send"):
-        vals = [s.timings[phase] for s in segments if phase in s.timings]
-        out[f"actor_{phase}_s"] = float(np.mean(vals)) if vals else float("nan")
-    return out
-
-
-def policy_lags(segments: list[Segment], version: int) -> dict[str, float]:
-    """How stale the segments of the update that just made ``version`` were: versions between the
-    weights each used and the update's start (``version - 1``)."""
-    lags = [version - 1 - s.version for s in segments]
-    return {"policy_lag_mean": float(np.mean(lags)), "policy_lag_max": int(max(lags))}
 
 
 class Learner:
@@ -288,37 +272,25 @@ class Learner:
         return self._row(metrics, segments)
 
     def _update(self, batch: Batch) -> dict[str, float]:
-        """The agent's update; with several ranks, the warm-up normalisers merge first (once), and a failed
-        collective (a rank died mid-update) becomes RankLost naming it."""
+        """The agent's update (``learner/ranks.py`` ``rank_update`` with several ranks)."""
         if self.dist is None:
             return self.agent.update(batch)
-        try:
-            if not self._warm_merged:
-                self.agent.merge_warmup()
-                self._warm_merged = True
-            return self.agent.update(batch)
-        except (NonFiniteLoss, RankLost):
-            raise
-        except RuntimeError as e:  # DDP's all-reduce in the backward pass reports a dead peer this way
-            raise RankLost(self.dist.lost_ranks()) from e
+        metrics = rank_update(self.dist, self.agent, batch, merge_warmup=not self._warm_merged)
+        self._warm_merged = True
+        return metrics
 
     def _global_steps(self, local: int) -> int:
         """Agent steps of this update over every rank."""
         return local if self.dist is None else int(self.dist.sum(torch.tensor([float(local)]))[0])
 
     def _record_episodes(self, segments: list[Segment]) -> None:
-        """Count the segments' episodes in the run statistics and log their records. With several ranks,
-        rank 0 counts and logs every rank's (each record then says its ``rank``); the others only send."""
+        """Count the segments' episodes in the run statistics and log their records (with several ranks,
+        rank 0 does so for every rank's: ``learner/ranks.py`` ``gather_episodes``)."""
         if self.dist is None:
             self.logger.log_episodes(self.stats.record_episodes(segments, self.version))
             return
-        mine = [[s.actor, s.version, s.episodes] for s in segments]
-        every = self.dist.gather_json(mine)
-        if self.rank != 0:
-            return
-        for r, segs in enumerate(every):
-            sources = [RankEpisodes(a, v, eps) for a, v, eps in segs]
-            self.logger.log_episodes([{**e, "rank": r} for e in self.stats.record_episodes(sources, self.version)])
+        for records in gather_episodes(self.dist, self.stats, segments, self.version):
+            self.logger.log_episodes(records)
 
     def _row(self, metrics: dict[str, float], segments: list[Segment]) -> dict[str, Any]:
         version, counters, stats = self.version, self.stats.counters, self.stats
@@ -417,23 +389,9 @@ class Learner:
 
     # ---- state ----------------------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
-        """Everything a checkpoint holds: config, agent, counters, obs_rms_ready, and the run statistics.
-        With several learner ranks (a collective): the weights and optimizer once, each rank's own part in
-        ``rank_states``, and the run-wide counters."""
-        stats = self.stats.state(self.version)
-        out = {
-            "config": self.cfg.to_dict(),
-            "agent": self.agent.state_dict(),
-            "counters": stats.pop("counters"),
-            "obs_rms_ready": self.obs_rms_ready,
-            **stats,
-        }
-        if self.dist is not None:
-            out["counters"], out["actor_restarts"] = global_counters(
-                self.dist, out["counters"], self.stats.actor_restarts()
-            )
-            out["world_size"], out["rank_states"] = self.world, gather_parts(self.dist, self.agent)
-        return out
+        """Everything a checkpoint holds (``learner/persist.py`` ``checkpoint_state``; collective with
+        several learner ranks)."""
+        return checkpoint_state(self)
 
     def _load(self, data: dict[str, Any]) -> None:
         """Restore a checkpoint (``load_checkpoint`` checked its parts); what still does not fit this
@@ -446,15 +404,10 @@ class Learner:
             raise CheckpointError(f"the checkpoint does not fit this run: {type(e).__name__}: {e}") from None
 
     def _restore(self, data: dict[str, Any]) -> None:
-        parts = check_world(data, self.world)
-        self.agent.load_state_dict(data["agent"])
-        if parts is not None:
-            load_part(self.agent, parts[self.rank])
+        restore_checkpoint(self, data)
         self.ledger = LearnerLedger(self.cfg.NumWorkers, self.stats.restore(data))
-        self.obs_rms_ready = bool(data["obs_rms_ready"])
         if self.rank > 0:  # rank 0 holds the run-wide totals; the others count their own share anew
-            self.stats.counters.update(dict.fromkeys(("rejected_messages", "dropped_stale_segments", "episodes"), 0))
-            self.stats.restarts_before = 0
+            self.stats.forget_totals()
 
     @property
     def saved_version(self) -> int | None:
@@ -484,16 +437,7 @@ class Learner:
         return self._saved_path
 
     def _write(self, state: dict[str, Any]) -> None:
-        try:
-            self._saved_path = save_checkpoint(self.run_dir, state, self.version, self.cfg.keep_checkpoints)
-            self.stats.exploration.write_json(
-                self.run_dir / "exploration.json",
-                self.version,
-                self.stats.counters["agent_steps"],
-                self.stats.counters["episodes"],
-            )
-        except OSError as e:  # exploration.json: the checkpoint itself says so in save_checkpoint
-            raise write_fault(e, self.run_dir / "exploration.json", self.run_dir / "checkpoints") from None
+        self._saved_path = write_checkpoint(self, state)
 
     def close(self) -> None:
         if self.io is not None:

@@ -11,9 +11,11 @@ from typing import Any
 
 import torch
 
-from learner.agent import RNDAgent
+from learner.agent import NonFiniteLoss, RNDAgent
+from learner.batch import Batch, Segment
 from learner.checkpoint import CheckpointError
-from learner.distributed import Dist
+from learner.distributed import Dist, RankLost
+from learner.run_stats import RunStats
 
 # a run-wide total: each rank counts its own share
 SUMMED = ("rejected_messages", "dropped_stale_segments", "actor_restarts")
@@ -42,6 +44,32 @@ class RankEpisodes:
     actor: int
     version: int
     episodes: list[dict[str, Any]]
+
+
+def rank_update(dist: Dist, agent: RNDAgent, batch: Batch, merge_warmup: bool) -> dict[str, float]:
+    """One rank's update: the ranks' warm-up normalisers merged first when ``merge_warmup`` (the first
+    update of a fresh run); a failed collective (a rank died mid-update) becomes RankLost naming it."""
+    try:
+        if merge_warmup:
+            agent.merge_warmup()
+        return agent.update(batch)
+    except (NonFiniteLoss, RankLost):
+        raise
+    except RuntimeError as e:  # DDP's all-reduce in the backward pass reports a dead peer this way
+        raise RankLost(dist.lost_ranks()) from e
+
+
+def gather_episodes(dist: Dist, stats: RunStats, segments: list[Segment], version: int) -> list[list[dict[str, Any]]]:
+    """Every rank's episodes of this update, counted by rank 0 (one collective): rank 0 gets their
+    records, rank by rank, each with its ``rank``; the other ranks get nothing."""
+    every = dist.gather_json([[s.actor, s.version, s.episodes] for s in segments])
+    if dist.rank != 0:
+        return []
+    out = []
+    for r, segs in enumerate(every):
+        sources = [RankEpisodes(a, v, eps) for a, v, eps in segs]
+        out.append([{**e, "rank": r} for e in stats.record_episodes(sources, version)])
+    return out
 
 
 def merge_row(dist: Dist, row: dict[str, Any]) -> dict[str, Any]:

@@ -33,6 +33,22 @@ def reject_reason(e: WireError) -> str:
     return _NUMBER.sub("#", str(e))
 
 
+def actor_phases(segments: list[Any]) -> dict[str, float]:
+    """Mean seconds per segment of each actor phase, as the actors reported them."""
+    out = {}
+    for phase in ("infer", "env", "wait", "send"):
+        vals = [s.timings[phase] for s in segments if phase in s.timings]
+        out[f"actor_{phase}_s"] = float(np.mean(vals)) if vals else float("nan")
+    return out
+
+
+def policy_lags(segments: list[Any], version: int) -> dict[str, float]:
+    """How stale the segments of the update that just made ``version`` were: versions between the
+    weights each used and the update's start (``version - 1``)."""
+    lags = [version - 1 - s.version for s in segments]
+    return {"policy_lag_mean": float(np.mean(lags)), "policy_lag_max": int(max(lags))}
+
+
 class EpisodeSource(Protocol):
     """What episode records need of a segment: its sender, its policy version and its episodes."""
 
@@ -125,6 +141,12 @@ class RunStats:
     def elapsed_s(self) -> float:
         """Training wall time, summed over resumed sessions."""
         return self.elapsed_before + time.monotonic() - self._start
+
+    def forget_totals(self) -> None:
+        """Zero what a learner rank other than 0 counts as its own share (rank 0 holds the run's totals)."""
+        for k in ("rejected_messages", "dropped_stale_segments", "episodes"):
+            self.counters[k] = 0
+        self.restarts_before = 0
 
     def actor_restarts(self) -> int:
         """Actor restarts, summed over resumed sessions."""
