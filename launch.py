@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import signal
 import sys
 import time
 from pathlib import Path
 
+from actors.supervisor import actor_supervisor
+from common.cli import UsageError, default_actors, resolve_device
 from common.config import Config, ConfigError, dump_yaml, from_dict, load_config, parse_overrides, rom_name
 from common.transport import KeysError
 from learner.checkpoint import CheckpointError, CheckpointWriteError
@@ -28,10 +29,6 @@ REPO = Path(__file__).resolve().parent
 
 DEFAULT_CONFIG = REPO / "configs" / "montezuma.yaml"
 DEFAULT_REMOTE_BIND = "tcp://0.0.0.0:5555"
-
-
-class UsageError(Exception):
-    """A bad command line or environment: printed as one line, exit code 2."""
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -87,24 +84,6 @@ def resolve_run_dir(args: argparse.Namespace, cfg: Config) -> Path:
     return REPO / "runs" / f"{rom_name(cfg.EnvName)}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def resolve_device(gpu: int | None) -> str:
-    import torch
-
-    if gpu is None:
-        return "cuda:0" if torch.cuda.is_available() else "cpu"
-    if gpu < 0:
-        return "cpu"
-    if not torch.cuda.is_available():
-        raise UsageError(f"--learner-gpu {gpu}: no CUDA device is available here; use --learner-gpu -1 for the CPU")
-    if gpu >= torch.cuda.device_count():
-        raise UsageError(f"--learner-gpu {gpu}: only {torch.cuda.device_count()} CUDA device(s)")
-    return f"cuda:{gpu}"
-
-
-def default_actors(cfg: Config) -> int:
-    return max(1, min(cfg.NumWorkers, (os.cpu_count() or 2) - 1))
-
-
 def make_run_dir(run_dir: Path) -> None:
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -113,46 +92,6 @@ def make_run_dir(run_dir: Path) -> None:
 
 
 # ---- roles -------------------------------------------------------------------------------------------------
-def actor_supervisor(
-    cfg_path: Path,
-    learner_addr: str,
-    ids: list[int],
-    total: int,
-    overrides: list[str],
-    restart_on_learner_gone: bool,
-    keys_dir: Path | None = None,
-    learner_alive=None,
-):
-    """``learner_alive()``: asked, when ``restart_on_learner_gone`` is off, whether an actor that gave up
-    on its learner should be restarted after all."""
-    from actors.supervisor import ActorSupervisor
-
-    keys = ["--keys", str(keys_dir.resolve())] if keys_dir is not None else []
-
-    def cmd(actor_id: int, incarnation: int) -> list[str]:
-        return [
-            sys.executable,
-            "-m",
-            "actors.main",
-            "--config",
-            str(cfg_path),
-            "--learner",
-            learner_addr,
-            "--actor-id",
-            str(actor_id),
-            "--num-actors",
-            str(total),
-            "--incarnation",
-            str(incarnation),
-            *keys,
-            *overrides,
-        ]
-
-    return ActorSupervisor(
-        cmd, ids, cwd=str(REPO), restart_on_learner_gone=restart_on_learner_gone, learner_alive=learner_alive
-    )
-
-
 def check_address(addr: str, flag: str) -> None:
     from common.transport import addr_is_ipc, parse_tcp
 
@@ -277,7 +216,12 @@ def build_learner(args: argparse.Namespace, cfg: Config, resume: dict | None, lo
         if n > cfg.NumWorkers:
             raise UsageError(f"--actors {n}: more actors than envs (NumWorkers={cfg.NumWorkers})")
         supervisor = actor_supervisor(
-            run_dir / "config.yaml", connect_address(bind), list(range(n)), n, [], True, args.keys
+            run_dir / "config.yaml",
+            connect_address(bind),
+            list(range(n)),
+            n,
+            restart_on_learner_gone=True,
+            keys_dir=args.keys,
         )
     total = args.total_steps if args.total_steps is not None else cfg.total_agent_steps
     runtime = init_torch_runtime(cfg, device, "learner")
@@ -366,14 +310,13 @@ def run_actors(args: argparse.Namespace, cfg: Config) -> int:
 def supervise_actors(args: argparse.Namespace, cfg_file: Path, n: int, total: int) -> int:
     """Run this machine's actors until the learner stops them or none is left; an actor that gave up
     on its learner is restarted while the learner is heard. The exit code says how they ended."""
-    from actors.supervisor import learner_heard
+    from actors.supervisor import learner_heard, supervise_until_done
 
     sup = actor_supervisor(
         cfg_file,
         args.learner,
         list(range(args.actor_offset, args.actor_offset + n)),
         total,
-        [],
         restart_on_learner_gone=False,
         keys_dir=args.keys,
         learner_alive=lambda: learner_heard(args.learner, args.keys),
@@ -382,20 +325,9 @@ def supervise_actors(args: argparse.Namespace, cfg_file: Path, n: int, total: in
         f"launch: {n} actors ({args.actor_offset}..{args.actor_offset + n - 1} of {total}) -> {args.learner}",
         flush=True,
     )
-    sup.start()
-    stop = {"now": False}
-
-    def on_signal(signum, frame):  # noqa: ARG001
-        stop["now"] = True
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
-    while not stop["now"] and not sup.all_done():
-        sup.poll()
-        time.sleep(0.5)
-    sup.stop(grace_s=0.0 if stop["now"] else 5.0)
+    stopped_by_signal = supervise_until_done(sup)
     print(f"launch: actors stopped ({sup.restarts} restarts)", flush=True)
-    if stop["now"]:
+    if stopped_by_signal:
         return 0
     code = sup.exit_code()
     if code and sup.notes:

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from bench import synthetic_segments
 from common.rl.networks import NUM_ACTIONS
 from learner.agent import RNDAgent, rnd_update_mask
 from learner.batch import assemble
+from learner.synthetic import synthetic_segments
 
 
 def masked_reference(agent: RNDAgent, batch, idx: torch.Tensor) -> torch.Tensor:

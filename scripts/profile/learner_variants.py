@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from bench import bench_learner
+from bench_parts import bench_learner
 from common.config import load_config
 
 REPO = Path(__file__).resolve().parents[2]
