@@ -158,10 +158,6 @@ class AtariEnv(gym.Env):
     def current_room(self) -> int | None:
         return None if self.layout is None else int(self.ale.getRAM()[self.layout.room])
 
-    def current_cell(self) -> int | None:
-        """The cell id of the player's position now, or None for a game without a known layout."""
-        return None if self.layout is None else self._cell(self.ale.getRAM())
-
     def _info(self) -> dict[str, Any]:
         room = self.current_room()
         if room is None:
