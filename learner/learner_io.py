@@ -156,7 +156,7 @@ class Envelope:
 
     def as_dropped(self) -> Segment:
         """The segment as flow control needs it (who sent it, which one) when it is dropped unread."""
-        return Segment(self.actor, self.version, [], {}, [], {}, self.run, self.seq)
+        return Segment(self.actor, self.version, streams=[], arrays={}, episodes=[], run=self.run, seq=self.seq)
 
 
 def _header_int(header: dict, key: str) -> int:
