@@ -87,7 +87,7 @@ class Sink:
 
         self.cfg = cfg
         self.addr = free_tcp_address()
-        ctx = zmq.Context.instance()
+        ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         self.pull = ctx.socket(zmq.PULL)
         self.pull.bind(self.addr)
         self.pub = ctx.socket(zmq.PUB)
@@ -119,7 +119,9 @@ class Sink:
         the next one)."""
         from common.wire import decode
 
-        seen, steps, nbytes, t0, phases = 0, 0, 0, None, {}
+        seen, steps, nbytes = 0, 0, 0
+        t0: float | None = None
+        phases: dict[str, list[float]] = {}
         last_pub = 0.0
         deadline = time.monotonic() + seconds + 120
         while time.monotonic() < deadline:
@@ -139,7 +141,7 @@ class Sink:
                 for k, v in msg.meta.get("timings", {}).items():
                     if seen > settle_segments + skip_phases:
                         phases.setdefault(k, []).append(v)
-                if time.perf_counter() - t0 >= seconds:
+                if t0 is not None and time.perf_counter() - t0 >= seconds:
                     break
         if t0 is None or steps == 0:
             raise RuntimeError("the actors sent too little to measure; raise --seconds")

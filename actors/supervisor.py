@@ -161,7 +161,7 @@ def learner_heard(learner_addr: str, keys_dir: Path | None, wait_s: float = PROB
     from common.transport import curve_client, load_actor_keys, weights_address
     from common.wire import MAX_HEADER_BYTES, WireError, decode
 
-    sub = zmq.Context.instance().socket(zmq.SUB)
+    sub: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.SUB)
     sub.setsockopt(zmq.SUBSCRIBE, b"")
     sub.setsockopt(zmq.LINGER, 0)
     sub.setsockopt(zmq.RCVHWM, 4)

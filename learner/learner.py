@@ -113,7 +113,7 @@ class Learner:
             purge_step=self.stats.counters["agent_steps"] if resume is not None else None,
             progress=progress,
         )
-        self.ctx = zmq.Context.instance()
+        self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         self.sockets: LearnerSockets | None = None
         self.io: LearnerIO | None = None
         self.source: BatchSource = InProcessBatchSource(self.spec, cfg.FrameStack, self.reject, self.accept_warmup)

@@ -324,7 +324,7 @@ class LearnerIO:
     def heartbeat_frames(self) -> list[bytes]:
         """A heartbeat: the learner's ``heartbeat_meta()`` (version, learner_run, retired), read at
         once. Not this thread's ``_version``: see ``LearnerLedger.flow_meta`` for why."""
-        return encode("heartbeat", self.heartbeat_meta().wire(), {})
+        return encode("heartbeat", self.heartbeat_meta().wire(), {})  # type: ignore[misc]  # only where heartbeat_meta is set
 
     # ---- incoming ---------------------------------------------------------------------------------
     def _drain(self) -> None:

@@ -17,7 +17,7 @@ def synthetic_segments(cfg: Config, rng: np.random.Generator) -> list[Segment]:
     [T+1, K, H, W] and context [S-1, K, H, W], uniform actions, rare rewards (1%) and terminations (0.2%)."""
     t, h, w = cfg.RolloutSteps, cfg.ImageHeight, cfg.ImageWidth
     k = cfg.NumWorkers
-    arrays = {
+    arrays: dict[str, np.ndarray] = {
         "frames": rng.integers(0, 255, (t + 1, k, h, w), dtype=np.uint8),
         "context": rng.integers(0, 255, (cfg.FrameStack - 1, k, h, w), dtype=np.uint8),
         "actions": rng.integers(0, 18, (t, k), dtype=np.uint8),
