@@ -46,7 +46,8 @@ class VideoSink:
     """Collects RGB frames [210, 160, 3]; writes MP4 (OpenCV) and GIF (Pillow) at the end."""
 
     def __init__(self, mp4: str | None, gif: str | None):
-        self.mp4, self.gif, self.frames = mp4, gif, []
+        self.mp4, self.gif = mp4, gif
+        self.frames: list[np.ndarray] = []
 
     def add(self, rgb: np.ndarray) -> None:
         if self.mp4 or self.gif:
@@ -59,7 +60,7 @@ class VideoSink:
             import cv2
 
             h, w = self.frames[0].shape[:2]
-            out = cv2.VideoWriter(self.mp4, cv2.VideoWriter_fourcc(*"mp4v"), VIDEO_FPS, (w * 2, h * 2))
+            out = cv2.VideoWriter(self.mp4, cv2.VideoWriter.fourcc(*"mp4v"), VIDEO_FPS, (w * 2, h * 2))
             if not out.isOpened():
                 raise OSError(f"cannot open {self.mp4} for writing an MP4")
             for f in self.frames:
@@ -73,7 +74,9 @@ class BestEpisodeGif:
     """Keeps every 2nd screen of the current episode and of the best one so far; writes the best as a GIF."""
 
     def __init__(self, path: str | None):
-        self.path, self.frames, self.best, self.best_return = path, [], [], -float("inf")
+        self.path, self.best_return = path, -float("inf")
+        self.frames: list[np.ndarray] = []
+        self.best: list[np.ndarray] = []
         self._seen = 0
 
     def add(self, rgb: np.ndarray) -> None:

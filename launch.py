@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import signal
 import sys
 import time
 from pathlib import Path
 
+from actors.supervisor import actor_supervisor
+from common.cli import UsageError, default_actors
 from common.config import Config, ConfigError, dump_yaml, from_dict, load_config, parse_overrides, rom_name
 from common.transport import KeysError
 from learner.checkpoint import CheckpointError, CheckpointWriteError
@@ -29,10 +30,6 @@ REPO = Path(__file__).resolve().parent
 
 DEFAULT_CONFIG = REPO / "configs" / "montezuma.yaml"
 DEFAULT_REMOTE_BIND = "tcp://0.0.0.0:5555"
-
-
-class UsageError(Exception):
-    """A bad command line or environment: printed as one line, exit code 2."""
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -99,24 +96,6 @@ def resolve_run_dir(args: argparse.Namespace, cfg: Config) -> Path:
     return REPO / "runs" / f"{rom_name(cfg.EnvName)}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def resolve_device(gpu: int | None) -> str:
-    import torch
-
-    if gpu is None:
-        return "cuda:0" if torch.cuda.is_available() else "cpu"
-    if gpu < 0:
-        return "cpu"
-    if not torch.cuda.is_available():
-        raise UsageError(f"--learner-gpu {gpu}: no CUDA device is available here; use --learner-gpu -1 for the CPU")
-    if gpu >= torch.cuda.device_count():
-        raise UsageError(f"--learner-gpu {gpu}: only {torch.cuda.device_count()} CUDA device(s)")
-    return f"cuda:{gpu}"
-
-
-def default_actors(cfg: Config) -> int:
-    return max(1, min(cfg.NumWorkers, (os.cpu_count() or 2) - 1))
-
-
 def make_run_dir(run_dir: Path) -> None:
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -125,46 +104,6 @@ def make_run_dir(run_dir: Path) -> None:
 
 
 # ---- roles -------------------------------------------------------------------------------------------------
-def actor_supervisor(
-    cfg_path: Path,
-    learner_addr: str,
-    ids: list[int],
-    total: int,
-    overrides: list[str],
-    restart_on_learner_gone: bool,
-    keys_dir: Path | None = None,
-    learner_alive=None,
-):
-    """``learner_alive()``: asked, when ``restart_on_learner_gone`` is off, whether an actor that gave up
-    on its learner should be restarted after all."""
-    from actors.supervisor import ActorSupervisor
-
-    keys = ["--keys", str(keys_dir.resolve())] if keys_dir is not None else []
-
-    def cmd(actor_id: int, incarnation: int) -> list[str]:
-        return [
-            sys.executable,
-            "-m",
-            "actors.main",
-            "--config",
-            str(cfg_path),
-            "--learner",
-            learner_addr,
-            "--actor-id",
-            str(actor_id),
-            "--num-actors",
-            str(total),
-            "--incarnation",
-            str(incarnation),
-            *keys,
-            *overrides,
-        ]
-
-    return ActorSupervisor(
-        cmd, ids, cwd=str(REPO), restart_on_learner_gone=restart_on_learner_gone, learner_alive=learner_alive
-    )
-
-
 def check_address(addr: str, flag: str) -> None:
     from common.transport import addr_is_ipc, parse_tcp
 
@@ -277,7 +216,7 @@ def build_learner(args: argparse.Namespace, cfg: Config, resume: dict | None, lo
     from common.transport import connect_address, free_tcp_address
     from learner.distributed import rank_env
     from learner.learner import Learner
-    from learner.spawn import rank_bind
+    from learner.spawn import join_ranks, private_config, rank_bind, rank_device
 
     env = rank_env()
     local_rank = env.local_rank if env is not None else 0
@@ -293,12 +232,7 @@ def build_learner(args: argparse.Namespace, cfg: Config, resume: dict | None, lo
         make_run_dir(run_dir)
     dist = join_ranks(env, device, cfg) if env is not None else None
     cfg_file = run_dir / "config.yaml" if writer else private_config(cfg)
-    supervisor = None
-    if local:
-        n = args.actors or default_actors(cfg)
-        if n > cfg.NumWorkers:
-            raise UsageError(f"--actors {n}: more actors than envs (NumWorkers={cfg.NumWorkers})")
-        supervisor = actor_supervisor(cfg_file, connect_address(bind), list(range(n)), n, [], True, args.keys)
+    supervisor = local_actors(args, cfg, cfg_file, connect_address(bind)) if local else None
     total = args.total_steps if args.total_steps is not None else cfg.total_agent_steps
     runtime = init_torch_runtime(cfg, device, "learner")
     try:
@@ -318,93 +252,38 @@ def build_learner(args: argparse.Namespace, cfg: Config, resume: dict | None, lo
         raise UsageError(f"--bind {bind}: {e} (is another learner using this port or port+1?)") from None
     if writer:
         (run_dir / "config.yaml").write_text(dump_yaml(cfg))
-        ranks = f" | {dist.world} learner ranks" if dist is not None else ""
-        print(
-            f"launch: run dir {run_dir} | learner on {device}{ranks} | listening on {bind}"
-            + (" (CURVE)" if keys is not None else "")
-            + (f" | {len(supervisor.actor_ids)} actors" if supervisor else ""),
-            flush=True,
-        )
+        print(start_line(run_dir, device, dist, bind, keys is not None, supervisor), flush=True)
     return learner, supervisor
 
 
-def rank_device(args: argparse.Namespace, env) -> str:
-    """This learner's device: ``--learner-gpu``, or its rank's GPU (``learner/spawn.py`` ``rank_gpu``)."""
-    if env is None:
-        return resolve_device(args.learner_gpu)
-    from learner.spawn import parse_gpus, rank_gpu
-
-    try:
-        gpus = parse_gpus(args.learner_gpus) if args.learner_gpus else None
-    except ValueError as e:
-        raise UsageError(str(e)) from None
-    gpu = rank_gpu(args.learner_gpu, gpus, env.local_rank)
-    if gpu is None:
-        import torch
-
-        gpu = env.local_rank if torch.cuda.is_available() else -1
-    return resolve_device(gpu)
+def local_actors(args: argparse.Namespace, cfg: Config, cfg_file: Path, learner_addr: str):
+    """Local mode's supervisor of this machine's actors (restarted when they die)."""
+    n = args.actors or default_actors(cfg)
+    if n > cfg.NumWorkers:
+        raise UsageError(f"--actors {n}: more actors than envs (NumWorkers={cfg.NumWorkers})")
+    return actor_supervisor(cfg_file, learner_addr, list(range(n)), n, restart_on_learner_gone=True, keys_dir=args.keys)
 
 
-def join_ranks(env, device: str, cfg: Config):
-    """Rendezvous with the other learner ranks (torch's env:// variables); one line if that fails."""
-    import torch
-
-    from learner.distributed import Dist
-
-    try:
-        return Dist(env, torch.device(device), cfg.dist_timeout_s)
-    except (RuntimeError, ValueError) as e:  # torch's DistNetworkError/DistStoreError are RuntimeErrors
-        first = (str(e).strip() or type(e).__name__).splitlines()[0]
-        raise UsageError(f"learner rank {env.rank}: cannot join the other ranks: {first[:200]}") from None
-
-
-def private_config(cfg: Config) -> Path:
-    """A config file for the actors of a learner rank that does not write the run dir."""
-    import tempfile
-
-    path = Path(tempfile.mkdtemp(prefix="rnd-rank-")) / "config.yaml"
-    path.write_text(dump_yaml(cfg))
-    return path
+def start_line(run_dir: Path, device: str, dist, bind: str, curve: bool, supervisor) -> str:
+    """The one line a learner prints once it is built: where it writes, computes and listens."""
+    ranks = f" | {dist.world} learner ranks" if dist is not None else ""
+    actors = f" | {len(supervisor.actor_ids)} actors" if supervisor else ""
+    listening = f"listening on {bind}" + (" (CURVE)" if curve else "")
+    return f"launch: run dir {run_dir} | learner on {device}{ranks} | {listening}{actors}"
 
 
 def run_ranks(args: argparse.Namespace, argv: list[str], cfg: Config, resume: dict | None) -> int:
-    """``--learner-gpus`` / ``--learner-ranks`` on one host: one launch.py process per learner rank."""
-    from common.transport import free_tcp_address, parse_tcp
-    from learner.spawn import free_port_block, parse_gpus, rank_commands
-    from learner.spawn import run_ranks as start_ranks
+    """``--learner-gpus`` / ``--learner-ranks`` on one host: one launch.py process per learner rank
+    (``learner/spawn.py``), sharing this run dir."""
+    from learner.spawn import launch_ranks
 
-    try:
-        gpus = parse_gpus(args.learner_gpus) if args.learner_gpus else None
-    except ValueError as e:
-        raise UsageError(str(e)) from None
-    if gpus is not None:
-        if args.learner_gpu is not None and args.learner_gpu < 0:
-            raise UsageError("--learner-gpus and --learner-gpu -1 exclude each other")
-        for g in gpus:
-            resolve_device(g)
-    ranks = len(gpus) if gpus else args.learner_ranks
-    if args.learner_ranks is not None and gpus and args.learner_ranks != len(gpus):
-        raise UsageError(f"--learner-ranks {args.learner_ranks} but {len(gpus)} GPUs in --learner-gpus")
-    devices = gpus or [args.learner_gpu if args.learner_gpu is not None else -1] * ranks
     if args.bind:
         check_address(args.bind, "--bind")
-        base = args.bind
-    else:
-        base = f"tcp://127.0.0.1:{free_port_block(2 * ranks)}" if args.role == "local" else DEFAULT_REMOTE_BIND
-    parse_tcp(free_tcp_address())  # the loopback interface works
     run_dir = resolve_run_dir(args, cfg)
     if resume is None:
         check_fresh_run_dir(run_dir)
-    else:
-        from learner.ranks import check_world
-
-        check_world(resume, ranks)
-    actors = (args.actors or default_actors(cfg)) if args.role == "local" else ranks
-    cmds = rank_commands(REPO / "launch.py", argv, devices, max(actors, ranks), run_dir, base)
-    if args.role != "local":
-        cmds = [c[: c.index("--actors")] + c[c.index("--actors") + 2 :] for c in cmds]
-    return start_ranks(cmds, REPO, cfg.dist_timeout_s)
+    default_bind = None if args.role == "local" else DEFAULT_REMOTE_BIND
+    return launch_ranks(args, argv, cfg, resume, run_dir, REPO / "launch.py", default_bind)
 
 
 def run_learner(args: argparse.Namespace, cfg: Config, resume: dict | None, local: bool) -> int:
@@ -469,14 +348,13 @@ def run_actors(args: argparse.Namespace, cfg: Config) -> int:
 def supervise_actors(args: argparse.Namespace, cfg_file: Path, n: int, total: int) -> int:
     """Run this machine's actors until the learner stops them or none is left; an actor that gave up
     on its learner is restarted while the learner is heard. The exit code says how they ended."""
-    from actors.supervisor import learner_heard
+    from actors.supervisor import learner_heard, supervise_until_done
 
     sup = actor_supervisor(
         cfg_file,
         args.learner,
         list(range(args.actor_offset, args.actor_offset + n)),
         total,
-        [],
         restart_on_learner_gone=False,
         keys_dir=args.keys,
         learner_alive=lambda: learner_heard(args.learner, args.keys),
@@ -485,20 +363,9 @@ def supervise_actors(args: argparse.Namespace, cfg_file: Path, n: int, total: in
         f"launch: {n} actors ({args.actor_offset}..{args.actor_offset + n - 1} of {total}) -> {args.learner}",
         flush=True,
     )
-    sup.start()
-    stop = {"now": False}
-
-    def on_signal(signum, frame):  # noqa: ARG001
-        stop["now"] = True
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
-    while not stop["now"] and not sup.all_done():
-        sup.poll()
-        time.sleep(0.5)
-    sup.stop(grace_s=0.0 if stop["now"] else 5.0)
+    stopped_by_signal = supervise_until_done(sup)
     print(f"launch: actors stopped ({sup.restarts} restarts)", flush=True)
-    if stop["now"]:
+    if stopped_by_signal:
         return 0
     code = sup.exit_code()
     if code and sup.notes:
@@ -528,15 +395,6 @@ Each actors' machine needs three of its files ({LEARNER_CERT}.key, {ACTOR_CERT}.
     return 0
 
 
-def wants_ranks(args: argparse.Namespace) -> bool:
-    """Several learner ranks asked for on this host, and this process is not one of them yet."""
-    if os.environ.get("WORLD_SIZE") not in (None, "", "1"):
-        return False
-    if args.learner_ranks is not None and args.learner_ranks < 1:
-        raise UsageError(f"--learner-ranks {args.learner_ranks}: must be >= 1")
-    return bool(args.learner_gpus) or (args.learner_ranks or 1) > 1
-
-
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
     argv = sys.argv[1:] if argv is None else argv
@@ -560,6 +418,8 @@ def main(argv: list[str] | None = None) -> int:
             check_actor_device(cfg.actor_device)
         if args.role == "actors":
             return run_actors(args, cfg)
+        from learner.spawn import wants_ranks
+
         if wants_ranks(args):
             return run_ranks(args, argv, cfg, resume)
         return run_learner(args, cfg, resume, local=args.role == "local")

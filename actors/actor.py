@@ -259,7 +259,7 @@ def warm_up(collector, weights: WeightsReceiver, send: Callable[[str, dict, dict
 def connect_sockets(learner_addr: str, keys: ActorKeys | None) -> tuple[zmq.Socket, zmq.Socket, HandshakeWatch]:
     """PUSH to the learner, SUB to its weights; CURVE clients with ``keys``. The watch is attached
     before connecting so that no handshake event is missed."""
-    ctx = zmq.Context.instance()
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
     push = ctx.socket(zmq.PUSH)
     push.setsockopt(zmq.SNDHWM, 4)
     push.setsockopt(zmq.LINGER, 2000)

@@ -79,7 +79,7 @@ class AtariEnv(gym.Env):
         self.stack = np.zeros((frame_stack, height, width), dtype=np.uint8)
         self.layout = RAM_LAYOUT.get(game)
         self.observation_space = gym.spaces.Box(0, 255, self.stack.shape, np.uint8)
-        self.action_space = gym.spaces.Discrete(len(self.action_set))
+        self.action_space: gym.spaces.Discrete = gym.spaces.Discrete(len(self.action_set))
         self._steps = 0
         self._return = 0.0
         self._rooms: set[int] = set()
@@ -115,7 +115,7 @@ class AtariEnv(gym.Env):
         self.stack[:-1] = self.stack[1:]
         self.stack[-1] = self._frame()
         if self.layout is not None:
-            self._note_position()
+            self._note_position(self.layout)
         return reward, terminated, truncated
 
     def render(self) -> np.ndarray:
@@ -145,22 +145,14 @@ class AtariEnv(gym.Env):
         np.maximum(self._raw[0], self._raw[1], out=self._max)
         return cv2.resize(self._max, self.size, interpolation=cv2.INTER_AREA)
 
-    def _note_position(self) -> None:
+    def _note_position(self, lay: RamLayout) -> None:
         ram = self.ale.getRAM()
-        self._rooms.add(int(ram[self.layout.room]))
-        cid = self._cell(ram)
+        self._rooms.add(int(ram[lay.room]))
+        cid = cell_id(int(ram[lay.level]), int(ram[lay.room]), int(ram[lay.x]), int(ram[lay.y]))
         self._cells[cid] = self._cells.get(cid, 0) + 1
-
-    def _cell(self, ram: np.ndarray) -> int:
-        lay = self.layout
-        return cell_id(int(ram[lay.level]), int(ram[lay.room]), int(ram[lay.x]), int(ram[lay.y]))
 
     def current_room(self) -> int | None:
         return None if self.layout is None else int(self.ale.getRAM()[self.layout.room])
-
-    def current_cell(self) -> int | None:
-        """The cell id of the player's position now, or None for a game without a known layout."""
-        return None if self.layout is None else self._cell(self.ale.getRAM())
 
     def _info(self) -> dict[str, Any]:
         room = self.current_room()

@@ -102,7 +102,8 @@ class RolloutCollector:
 
     def collect(self) -> tuple[dict[str, np.ndarray], list[dict[str, Any]]]:
         """One segment: (arrays in the wire layout, finished-episode records)."""
-        b, obs, episodes = self.buffers, self.obs, []
+        b, obs = self.buffers, self.obs
+        episodes: list[dict[str, Any]] = []
         b["trunc_value"][:] = 0.0
         b["frames"][0] = obs[:, -1]
         b["context"][:] = obs[:, :-1].transpose(1, 0, 2, 3)

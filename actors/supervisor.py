@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,6 +18,7 @@ EXIT_MISMATCH = 5  # the actor's config differs from the learner's: a restart ca
 QUICK_DEATH_S = 5.0
 PROBE_S = 5.0  # how long the actors role listens for a learner an actor gave up on (it beats every second)
 MAX_QUICK_DEATHS = 5
+REPO = Path(__file__).resolve().parents[1]  # actors run from the repo root, which puts it first on sys.path
 
 
 @dataclass
@@ -159,7 +161,7 @@ def learner_heard(learner_addr: str, keys_dir: Path | None, wait_s: float = PROB
     from common.transport import curve_client, load_actor_keys, weights_address
     from common.wire import MAX_HEADER_BYTES, WireError, decode
 
-    sub = zmq.Context.instance().socket(zmq.SUB)
+    sub: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.SUB)
     sub.setsockopt(zmq.SUBSCRIBE, b"")
     sub.setsockopt(zmq.LINGER, 0)
     sub.setsockopt(zmq.RCVHWM, 4)
@@ -185,3 +187,77 @@ def learner_heard(learner_addr: str, keys_dir: Path | None, wait_s: float = PROB
         return False
     finally:
         sub.close()
+
+
+def actor_command(
+    cfg_path: Path,
+    learner_addr: str,
+    actor_id: int,
+    total: int,
+    incarnation: int,
+    *,
+    keys_dir: Path | None = None,
+    overrides: Sequence[str] = (),
+) -> list[str]:
+    """The command line of one actor process (``python -m actors.main ...``), ``overrides`` last."""
+    keys = ["--keys", str(keys_dir.resolve())] if keys_dir is not None else []
+    return [
+        sys.executable,
+        "-m",
+        "actors.main",
+        "--config",
+        str(cfg_path),
+        "--learner",
+        learner_addr,
+        "--actor-id",
+        str(actor_id),
+        "--num-actors",
+        str(total),
+        "--incarnation",
+        str(incarnation),
+        *keys,
+        *overrides,
+    ]
+
+
+def actor_supervisor(
+    cfg_path: Path,
+    learner_addr: str,
+    ids: list[int],
+    total: int,
+    *,
+    restart_on_learner_gone: bool,
+    overrides: Sequence[str] = (),
+    keys_dir: Path | None = None,
+    learner_alive: Callable[[], bool] | None = None,
+) -> ActorSupervisor:
+    """A supervisor (not started) of the actors ``ids`` of ``total``, each reading ``cfg_path`` and sending
+    to ``learner_addr``. ``learner_alive()``: asked, when ``restart_on_learner_gone`` is off, whether an
+    actor that gave up on its learner should be restarted after all."""
+
+    def cmd(actor_id: int, incarnation: int) -> list[str]:
+        return actor_command(
+            cfg_path, learner_addr, actor_id, total, incarnation, keys_dir=keys_dir, overrides=overrides
+        )
+
+    return ActorSupervisor(
+        cmd, ids, cwd=str(REPO), restart_on_learner_gone=restart_on_learner_gone, learner_alive=learner_alive
+    )
+
+
+def supervise_until_done(sup: ActorSupervisor, poll_s: float = 0.5) -> bool:
+    """Start ``sup``'s actors and restart those that die until the learner stops them, none is left, or
+    SIGINT/SIGTERM arrives; then stop them all. Returns whether a signal ended it."""
+    sup.start()
+    stop = {"now": False}
+
+    def on_signal(signum: int, frame: object) -> None:  # noqa: ARG001
+        stop["now"] = True
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    while not stop["now"] and not sup.all_done():
+        sup.poll()
+        time.sleep(poll_s)
+    sup.stop(grace_s=0.0 if stop["now"] else 5.0)
+    return stop["now"]

@@ -31,7 +31,7 @@ MIN_ACTOR_TIMEOUT_S = 3.0  # the learner sends a heartbeat every second: a short
 MAX_BATCH_FRAME_BYTES = 8 << 30  # one batch's frames, NumWorkers x (RolloutSteps + FrameStack) x H x W, uint8
 
 
-def _f(default: Any, doc: str, lo: float | None = None, hi: float | None = None, above: bool = False) -> Any:
+def _f(default: Any, doc: str, lo: float | None = None, hi: float | None = None, *, above: bool = False) -> Any:
     """A field with its doc and its range ``lo <= v <= hi`` (``lo < v`` with ``above``; None: no bound).
     A string field typed ``Literal[...]`` takes its choices from the type."""
     return field(default=default, metadata={"doc": doc, "range": (lo, hi, above)})
@@ -66,8 +66,8 @@ class Config:
     IntRewardDiscount: float = _f(0.99, "Discount of the intrinsic stream (never cut).", 0.0, 1.0)
     ExtCoeff: float = _f(2.0, "Weight of the extrinsic advantage.", 0.0, 1e3)
     IntCoeff: float = _f(1.0, "Weight of the intrinsic advantage.", 0.0, 1e3)
-    LearningRate: float = _f(1e-4, "Adam learning rate (policy and predictor).", 0.0, 1.0, True)
-    ClipGradNorm: float = _f(10.0, "Global gradient-norm clip.", 0.0, 1e6, True)
+    LearningRate: float = _f(1e-4, "Adam learning rate (policy and predictor).", 0.0, 1.0, above=True)
+    ClipGradNorm: float = _f(10.0, "Global gradient-norm clip.", 0.0, 1e6, above=True)
     BatchSize: int = _f(4096, "PPO minibatch size in samples (agent steps).", 1, None)
     EpochSteps: int = _f(4, "PPO epochs over each batch.", 1, 1000)
     SavePath: str = _f(
@@ -78,9 +78,11 @@ class Config:
     NumEpochs: int = _f(
         10000, "Number of learner updates; default total agent steps = NumEpochs*NumWorkers*RolloutSteps.", 1, 1 << 30
     )
-    RNDUpdateProportion: float = _f(0.25, "Fraction of each minibatch the RND predictor is trained on.", 0.0, 1.0, True)
+    RNDUpdateProportion: float = _f(
+        0.25, "Fraction of each minibatch the RND predictor is trained on.", 0.0, 1.0, above=True
+    )
     PPOEntropyCoeff: float = _f(0.001, "Entropy bonus coefficient.", 0.0, 10.0)
-    PPORewardEps: float = _f(0.1, "PPO clip range epsilon.", 0.0, 1.0, True)
+    PPORewardEps: float = _f(0.1, "PPO clip range epsilon.", 0.0, 1.0, above=True)
     PPOAdvLambda: float = _f(0.95, "lambda of GAE, and of V-trace's traces c_t = lambda*min(c_bar, pi/mu).", 0.0, 1.0)
     UseVTraceCorrection: bool = _f(True, "Correct for policy lag with V-trace; False uses plain GAE.")
     UseTPU: bool = _f(False, "Accepted for compatibility with the report's config; must be False.")
@@ -88,8 +90,8 @@ class Config:
     FrameSkip: int = _f(4, "Emulator frames per agent step (max over the last two).", 2, 32)
     FrameStack: int = _f(4, "Frames stacked into one observation.", 1, 32)
     max_policy_lag: int = _f(1, "Most updates an actor's weights may lag; 0 = synchronous baseline.", 0, 1 << 30)
-    vtrace_rho_bar: float = _f(1.0, "V-trace truncation rho_bar of the importance weights.", 0.0, 1e3, True)
-    vtrace_c_bar: float = _f(1.0, "V-trace truncation c_bar of the traces.", 0.0, 1e3, True)
+    vtrace_rho_bar: float = _f(1.0, "V-trace truncation rho_bar of the importance weights.", 0.0, 1e3, above=True)
+    vtrace_c_bar: float = _f(1.0, "V-trace truncation c_bar of the traces.", 0.0, 1e3, above=True)
     vtrace_advantage: Literal["gae", "impala"] = _f(
         "gae",
         "V-trace's policy advantage: gae, rho_s (r_s + gamma_s V(x_{s+1}) - V(x_s) + "
@@ -103,7 +105,7 @@ class Config:
         "Standardise the combined advantage per batch; the paper's code does not "
         "(it feeds `IntCoeff*A_int + ExtCoeff*A_ext` to PPO as is).",
     )
-    obs_clip: float = _f(5.0, "Clip of the normalised RND observation.", 0.0, 1e3, True)
+    obs_clip: float = _f(5.0, "Clip of the normalised RND observation.", 0.0, 1e3, above=True)
     seed: int = _f(
         0,
         "Seed of learner and actors. The learner initialises its networks from seed and draws "

@@ -55,7 +55,7 @@ def learner_runtime(cfg: Config, device: torch.device | str) -> TorchRuntime:
         policy_dtype=policy_dtype,
         rnd_train_dtype=autocast_dtype(cfg.rnd_train_precision, dev, frame_hw),
         policy_format=conv_layout(dev, policy_dtype),
-        rnd_format=conv_layout(dev, None),  # RND's target and reward pass compute in fp32 everywhere
+        rnd_format=conv_layout(dev, amp_dtype=None),  # RND's target and reward pass compute in fp32 everywhere
         infer_chunk=INFER_CHUNK.get(dev.type, INFER_CHUNK["cuda"]),
         compile=cfg.learner_compile,
     )

@@ -17,6 +17,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal, overload
 
 import zmq
 import zmq.auth
@@ -147,6 +148,10 @@ def create_keys(key_dir: Path) -> list[Path]:
     return [key_dir / n for n in names] + [key_dir / AUTHORIZED / f"{ACTOR_CERT}.key"]
 
 
+@overload
+def _load(path: Path, secret: Literal[True]) -> tuple[bytes, bytes]: ...
+@overload
+def _load(path: Path, secret: Literal[False]) -> tuple[bytes, bytes | None]: ...
 def _load(path: Path, secret: bool) -> tuple[bytes, bytes | None]:
     if not path.is_file():
         raise KeysError(f"{path}: no such key file (create keys with: python launch.py keys DIR)")

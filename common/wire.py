@@ -38,7 +38,7 @@ _DTYPES = {"uint8": np.uint8, "float32": np.float32}
 try:  # zstd is optional at import time; asking for it without the package is an error at use
     import zstandard as _zstd
 except ImportError:  # pragma: no cover
-    _zstd = None
+    _zstd = None  # type: ignore[assignment]  # mypy types an optional import's fallback as the module
 
 
 class WireError(ValueError):
@@ -118,7 +118,7 @@ def encode(
     for name, a in arrays.items():
         a = np.ascontiguousarray(a)
         specs.append({"name": name, "dtype": a.dtype.name, "shape": list(a.shape)})
-        raw = memoryview(a).cast("B") if a.size else b""  # flat bytes: len() == nbytes
+        raw = memoryview(a).cast("B") if a.size else b""  # type: ignore[arg-type]  # flat bytes: len() == nbytes (numpy's stubs omit ndarray's buffer protocol)
         bufs.append(comp.compress(raw) if comp is not None else raw)
     header = {"proto": PROTOCOL_VERSION, "kind": kind, "compression": compression, "arrays": specs, **meta}
     return [json.dumps(header, separators=(",", ":")).encode()] + bufs
@@ -265,13 +265,13 @@ def _require(cond: bool, why: str) -> None:
 
 
 def _int(meta: dict, key: str, lo: int = 0, hi: int = 1 << 62) -> int:
-    v = meta.get(key)
+    v: Any = meta.get(key)  # a decoded JSON value: its type is what the checks below establish
     _require(_is_int(v) and lo <= v <= hi, f"field {key!r}={v!r} out of range")
     return v
 
 
 def _streams(meta: dict, spec: SegmentSpec) -> list[int]:
-    s = meta.get("streams")
+    s: Any = meta.get("streams")
     _require(isinstance(s, list) and 0 < len(s) <= spec.num_streams, "field 'streams' missing or wrong length")
     _require(all(_is_int(i) and 0 <= i < spec.num_streams for i in s), f"stream ids outside [0, {spec.num_streams})")
     _require(len(set(s)) == len(s), "stream ids repeat")
@@ -391,7 +391,7 @@ def _flow_meta(meta: dict) -> FlowMeta:
     """``version``, ``learner_run`` and ``retired``: [[actor, actor_run, newest retired seq], ...] (flow control)."""
     version = _int(meta, "version")
     learner_run = _int(meta, "learner_run")
-    r = meta.get("retired")
+    r: Any = meta.get("retired")
     _require(isinstance(r, list) and len(r) <= 1 << 16, "field 'retired' is not a list")
     _require(
         all(isinstance(x, list) and len(x) == 3 and all(_is_int(v) and v >= 0 for v in x) for x in r),

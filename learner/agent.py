@@ -138,8 +138,8 @@ class RNDAgent:
         self.rnd = RNDModel(cfg.ImageHeight, cfg.ImageWidth).to(self.device)
         self.amp_dtype, self.rnd_train_dtype = rt.policy_dtype, rt.rnd_train_dtype
         self.policy_format, self.rnd_format = rt.policy_format, rt.rnd_format
-        self.policy.to(memory_format=self.policy_format)
-        self.rnd.to(memory_format=self.rnd_format)
+        self.policy.to(memory_format=self.policy_format)  # type: ignore[call-overload]  # torch's stubs omit memory_format
+        self.rnd.to(memory_format=self.rnd_format)  # type: ignore[call-overload]  # torch's stubs omit memory_format
         self.infer_chunk = rt.infer_chunk
         # compiled callables beside the plain modules, so state_dicts keep their plain keys
         self.features_fn = torch.compile(self.policy.features) if rt.compile else self.policy.features

@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -198,7 +199,7 @@ class Dist:
         packed = torch.cat([rms.mean.reshape(-1).cpu(), rms.var.reshape(-1).cpu(), rms.count.reshape(1).cpu()])
         return [(p[:n].view(shape), p[n : 2 * n].view(shape), float(p[-1])) for p in self.gather(packed.double())]
 
-    def gather_json(self, obj: object) -> list[object]:
+    def gather_json(self, obj: Any) -> list[Any]:
         """Every rank's JSON-able ``obj``, in rank order (plain JSON bytes: nothing is unpickled)."""
         data = torch.frombuffer(bytearray(json.dumps(obj).encode()), dtype=torch.uint8)
         sizes = [int(s) for s in self.gather(torch.tensor([data.numel()], dtype=torch.int64))]

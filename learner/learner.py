@@ -109,7 +109,7 @@ class Learner:
                 purge_step=self.stats.counters["agent_steps"] if resume is not None else None,
                 progress=progress,
             )
-        self.ctx = zmq.Context.instance()
+        self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         self.sockets: LearnerSockets | None = None
         self.io: LearnerIO | None = None
         self.source: BatchSource = InProcessBatchSource(self.spec, cfg.FrameStack, self.reject, self.accept_warmup)
@@ -343,7 +343,7 @@ class Learner:
             with self.timings.time("wait_data"):
                 got = self.next_batch()
                 go = self.all_go(got)
-            if not go:
+            if not go or got is None:
                 break
             try:
                 row = self.step_on_batch(*got)

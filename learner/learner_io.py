@@ -156,7 +156,7 @@ class Envelope:
 
     def as_dropped(self) -> Segment:
         """The segment as flow control needs it (who sent it, which one) when it is dropped unread."""
-        return Segment(self.actor, self.version, [], {}, [], {}, self.run, self.seq)
+        return Segment(self.actor, self.version, streams=[], arrays={}, episodes=[], run=self.run, seq=self.seq)
 
 
 def _header_int(header: dict, key: str) -> int:
@@ -324,7 +324,7 @@ class LearnerIO:
     def heartbeat_frames(self) -> list[bytes]:
         """A heartbeat: the learner's ``heartbeat_meta()`` (version, learner_run, retired), read at
         once. Not this thread's ``_version``: see ``LearnerLedger.flow_meta`` for why."""
-        return encode("heartbeat", self.heartbeat_meta().wire(), {})
+        return encode("heartbeat", self.heartbeat_meta().wire(), {})  # type: ignore[misc]  # only where heartbeat_meta is set
 
     # ---- incoming ---------------------------------------------------------------------------------
     def _drain(self) -> None:

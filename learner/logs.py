@@ -91,11 +91,12 @@ class RunLogger:
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         csv_path, ep_path = self.run_dir / "metrics.csv", self.run_dir / "episodes.jsonl"
-        resuming = resume_update is not None and csv_path.exists()
-        if resuming:
-            _keep_rows_up_to(csv_path, resume_update, lambda line: int(line.split(",", 1)[0]), header=True)
+        keep_up_to = resume_update if csv_path.exists() else None
+        resuming = keep_up_to is not None
+        if keep_up_to is not None:
+            _keep_rows_up_to(csv_path, keep_up_to, lambda line: int(line.split(",", 1)[0]), header=True)
             if ep_path.exists():
-                _keep_rows_up_to(ep_path, resume_update, lambda line: int(json.loads(line)["update"]), header=False)
+                _keep_rows_up_to(ep_path, keep_up_to, lambda line: int(json.loads(line)["update"]), header=False)
         self._csv_file = open(csv_path, "a" if resuming else "w", newline="")
         self._csv = csv.DictWriter(self._csv_file, fieldnames=list(METRICS), extrasaction="ignore")
         if not resuming:

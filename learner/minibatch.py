@@ -46,7 +46,8 @@ def filter_groups(streams: list[int], sizes: list[int]) -> list[tuple[int, int]]
     """Column ranges [lo, hi) of a batch, in arrival order, each holding whole segments of ``sizes`` and
     no stream twice: the intrinsic reward's forward filter can run over one range at once and still
     advance each stream in time order (a stream's later segment is in a later range)."""
-    groups, lo, seen, col = [], 0, set(), 0
+    groups: list[tuple[int, int]] = []
+    lo, col, seen = 0, 0, set[int]()
     for k in sizes:
         seg = streams[col : col + k]
         if seen.intersection(seg):

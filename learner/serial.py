@@ -56,7 +56,10 @@ class SerialRunner:
         rows = []
         for _ in range(updates):
             self.collect()
-            rows.append(self.learner.step_on_batch(*self.source.next_batch(self.learner.version, timeout=0.0)))
+            got = self.source.next_batch(self.learner.version, timeout=0.0)
+            if got is None:
+                raise RuntimeError("the segments just collected did not reach the learner")
+            rows.append(self.learner.step_on_batch(*got))
             self.learner.log(rows[-1])
             self.sync_weights()
         return rows

@@ -10,13 +10,19 @@ that by a margin.
 
 from __future__ import annotations
 
+import argparse
 import os
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
+
+from common.cli import UsageError, default_actors, resolve_device
+from common.config import Config, dump_yaml
+from learner.distributed import Dist, RankEnv
 
 # flags the launcher decides per rank: they are not passed on as given
 PER_RANK_FLAGS = ("--learner-gpus", "--learner-ranks", "--actors", "--run-dir", "--bind", "--learner-gpu")
@@ -79,15 +85,16 @@ def rank_env(rank: int, world: int, master_port: int) -> dict[str, str]:
 
 
 def rank_commands(
-    launch_py: Path, argv: list[str], devices: list[int], actors: int, run_dir: Path, bind: str
+    launch_py: Path, argv: list[str], devices: list[int | None], actors: int, run_dir: Path, bind: str
 ) -> list[list[str]]:
-    """One command line per rank: ``argv`` less the per-rank flags, plus this rank's GPU (-1: the CPU),
-    actors, the run dir and the base address."""
+    """One command line per rank: ``argv`` less the per-rank flags, plus this rank's GPU (-1: the CPU;
+    None: the rank's own choice, GPU LOCAL_RANK where there is one), actors, the run dir and the base
+    address."""
     rest = strip_flags(argv, PER_RANK_FLAGS)
     shares = split_actors(actors, len(devices))
     return [
-        [sys.executable, str(launch_py), *rest, "--learner-gpu", str(gpu), "--actors", str(n)]
-        + ["--run-dir", str(run_dir), "--bind", bind]
+        [sys.executable, str(launch_py), *rest, *(["--learner-gpu", str(gpu)] if gpu is not None else [])]
+        + ["--actors", str(n), "--run-dir", str(run_dir), "--bind", bind]
         for gpu, n in zip(devices, shares, strict=True)
     ]
 
@@ -160,4 +167,91 @@ def parse_gpus(text: str) -> list[int]:
         raise ValueError(f"--learner-gpus {text!r}: expected a comma-separated list of GPU indexes") from None
     if not gpus or any(g < 0 for g in gpus) or len(set(gpus)) != len(gpus):
         raise ValueError(f"--learner-gpus {text!r}: expected distinct GPU indexes >= 0")
-    return gpus
+    return list(gpus)
+
+
+def rank_device(args: argparse.Namespace, env: RankEnv | None) -> str:
+    """This learner's device: ``--learner-gpu``, or its rank's GPU (``learner/spawn.py`` ``rank_gpu``)."""
+    if env is None:
+        return resolve_device(args.learner_gpu)
+    try:
+        gpus = parse_gpus(args.learner_gpus) if args.learner_gpus else None
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    gpu = rank_gpu(args.learner_gpu, gpus, env.local_rank)
+    if gpu is None:
+        import torch
+
+        gpu = env.local_rank if torch.cuda.is_available() else -1
+    return resolve_device(gpu)
+
+
+def join_ranks(env: RankEnv, device: str, cfg: Config) -> Dist:
+    """Rendezvous with the other learner ranks (torch's env:// variables); one line if that fails."""
+    import torch
+
+    try:
+        return Dist(env, torch.device(device), cfg.dist_timeout_s)
+    except (RuntimeError, ValueError) as e:  # torch's DistNetworkError/DistStoreError are RuntimeErrors
+        first = (str(e).strip() or type(e).__name__).splitlines()[0]
+        raise UsageError(f"learner rank {env.rank}: cannot join the other ranks: {first[:200]}") from None
+
+
+def private_config(cfg: Config) -> Path:
+    """A config file for the actors of a learner rank that does not write the run dir."""
+    path = Path(tempfile.mkdtemp(prefix="rnd-rank-")) / "config.yaml"
+    path.write_text(dump_yaml(cfg))
+    return path
+
+
+def wants_ranks(args: argparse.Namespace) -> bool:
+    """Several learner ranks asked for on this host, and this process is not one of them yet."""
+    if os.environ.get("WORLD_SIZE") not in (None, "", "1"):
+        return False
+    if args.learner_ranks is not None and args.learner_ranks < 1:
+        raise UsageError(f"--learner-ranks {args.learner_ranks}: must be >= 1")
+    return bool(args.learner_gpus) or (args.learner_ranks or 1) > 1
+
+
+def launch_ranks(
+    args: argparse.Namespace,
+    argv: list[str],
+    cfg: Config,
+    resume: dict | None,
+    run_dir: Path,
+    launch_py: Path,
+    default_bind: str | None,
+) -> int:
+    """Check the rank flags, then run one ``launch_py`` per rank (``run_ranks``); ``default_bind`` None:
+    free loopback ports (local mode)."""
+    devices = rank_devices(args)
+    ranks = len(devices)
+    if resume is not None:
+        from learner.ranks import check_world
+
+        check_world(resume, ranks)
+    base = args.bind or default_bind or f"tcp://127.0.0.1:{free_port_block(2 * ranks)}"
+    local = args.role == "local"
+    actors = (args.actors or default_actors(cfg)) if local else ranks
+    cmds = rank_commands(launch_py, argv, devices, max(actors, ranks), run_dir, base)
+    if not local:  # a learner role's actors run elsewhere
+        cmds = [c[: c.index("--actors")] + c[c.index("--actors") + 2 :] for c in cmds]
+    return run_ranks(cmds, launch_py.parent, cfg.dist_timeout_s)
+
+
+def rank_devices(args: argparse.Namespace) -> list[int | None]:
+    """Each rank's GPU (-1: the CPU; None: GPU LOCAL_RANK where there is one, else the CPU) from
+    --learner-gpus / --learner-ranks / --learner-gpu; UsageError."""
+    try:
+        gpus = parse_gpus(args.learner_gpus) if args.learner_gpus else None
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    if gpus is None:
+        return [args.learner_gpu] * args.learner_ranks
+    if args.learner_gpu is not None and args.learner_gpu < 0:
+        raise UsageError("--learner-gpus and --learner-gpu -1 exclude each other")
+    if args.learner_ranks is not None and args.learner_ranks != len(gpus):
+        raise UsageError(f"--learner-ranks {args.learner_ranks} but {len(gpus)} GPUs in --learner-gpus")
+    for g in gpus:
+        resolve_device(g)
+    return list(gpus)

@@ -66,7 +66,7 @@ def test_bench_short_cpu_run(tmp_path: Path) -> None:
 
 def test_wire_bytes_per_step_with_the_paper_config() -> None:
     """With the paper's 128-step rollouts a step costs one 84x84 frame plus ~3% and a few bytes: <= 8192."""
-    from bench import wire_bytes
+    from bench_parts import wire_bytes
     from common.config import load_config
 
     wb = wire_bytes(load_config(REPO / "configs" / "montezuma.yaml"))  # 128 envs, measured on 8 of them
@@ -76,7 +76,7 @@ def test_wire_bytes_per_step_with_the_paper_config() -> None:
 
 def test_one_actor_of_the_paper_config_is_a_valid_config() -> None:
     """The paper's 128 envs split over 15 actors: 9 envs of 128 steps hold fewer samples than its BatchSize."""
-    from bench import with_envs
+    from bench_parts import with_envs
     from common.config import load_config
 
     cfg = with_envs(load_config(REPO / "configs" / "montezuma.yaml"), 9)

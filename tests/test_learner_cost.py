@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from bench import synthetic_segments
 from common.rl.networks import NUM_ACTIONS
 from learner.agent import RNDAgent
 from learner.batch import assemble
 from learner.minibatch import plan_minibatches, predictor_count
+from learner.synthetic import synthetic_segments
 
 
 def bernoulli_weights(m: int, p: float, gen: torch.Generator) -> torch.Tensor:

@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 import torch
 
-from bench import synthetic_segments
 from common.config import load_config
 from common.rl.networks import NUM_ACTIONS, PolicyNet
 from common.rl.returns import extrinsic_stream
@@ -23,6 +22,7 @@ from learner.agent import RNDAgent
 from learner.batch import assemble
 from learner.checkpoint import CheckpointError, save_checkpoint
 from learner.logs import METRICS
+from learner.synthetic import synthetic_segments
 
 REPO = Path(__file__).resolve().parents[1]
 

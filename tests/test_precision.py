@@ -8,13 +8,13 @@ import pytest
 import torch
 
 from actors.rollout import sample_actions
-from bench import synthetic_segments
 from common import precision
 from common.config import load_config
 from common.precision import autocast, autocast_dtype
 from common.rl.networks import NUM_ACTIONS, PolicyNet, RNDModel, scaled_obs
 from learner.agent import RNDAgent
 from learner.batch import assemble
+from learner.synthetic import synthetic_segments
 
 
 def test_explicit_choices_hold_on_any_device() -> None:

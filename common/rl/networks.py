@@ -61,7 +61,8 @@ def _orthogonal_(module: nn.Module, gain: float = math.sqrt(2)) -> None:
     for m in module.modules():
         if isinstance(m, (nn.Conv2d, nn.Linear)):
             nn.init.orthogonal_(m.weight, gain)
-            nn.init.zeros_(m.bias)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
 
 
 class PolicyNet(nn.Module):

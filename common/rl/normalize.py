@@ -30,7 +30,7 @@ class RunningMeanStd:
             self.update_from_moments(mean, var, c.shape[0])
 
     @torch.no_grad()
-    def update_from_moments(self, batch_mean: torch.Tensor, batch_var: torch.Tensor, batch_count: int) -> None:
+    def update_from_moments(self, batch_mean: torch.Tensor, batch_var: torch.Tensor, batch_count: float) -> None:
         delta = batch_mean - self.mean
         total = self.count + batch_count
         new_mean = self.mean + delta * batch_count / total

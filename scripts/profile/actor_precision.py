@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 
 from actors.rollout import sample_actions
-from bench import policy_step_inputs
 from common.config import load_config
+from learner.synthetic import policy_step_inputs
 
 DTYPES = {"fp32": None, "bf16": torch.bfloat16}
 
@@ -36,7 +36,7 @@ def samples_per_s(policy, obs, gen: torch.Generator, dtype: torch.dtype | None, 
 def measure(batch: int, rounds: int, seconds: float, overrides: dict[str, str]) -> dict:
     """Alternating rounds of fp32 and bf16 at one batch size, with the shapes of the default config and
     ``overrides``."""
-    policy, obs = policy_step_inputs(load_config(None, overrides), batch)
+    policy, obs = policy_step_inputs(load_config(overrides=overrides), batch)
     gen = torch.Generator().manual_seed(0)
     rates: dict[str, list[float]] = {k: [] for k in DTYPES}
     for r in range(rounds):

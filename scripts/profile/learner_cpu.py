@@ -28,17 +28,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench import synthetic_segments
 from common.config import load_config
 from learner.agent import RNDAgent
 
-try:  # this tree's layout; an earlier commit's tree (learner_vs_commit.sh) has neither module
+try:  # this tree's layout; an earlier commit's tree (learner_vs_commit.sh) has none of these modules
     from common.rl.networks import NUM_ACTIONS
     from common.runtime import init_torch_runtime
 except ImportError:
     from common.networks import NUM_ACTIONS
 
     init_torch_runtime = None  # that tree's agent sets the process up itself
+try:
+    from learner.synthetic import synthetic_segments
+except ImportError:  # an earlier commit's tree keeps it in bench.py
+    from bench import synthetic_segments
 from learner.batch import Batch, assemble
 
 REPO = Path(__file__).resolve().parents[2]

@@ -1,4 +1,4 @@
-"""The learner's update alone (bench.bench_learner) on the paper's batch, under each precision and with or
+"""The learner's update alone (bench_parts.bench_learner) on the paper's batch, under each precision and with or
 without torch.compile, in one process: the effect of bf16 autocast and of compiling, on one GPU.
 The JSON is rewritten after each variant, so a run stopped by a time limit keeps what it measured.
 
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from bench import bench_learner
+from bench_parts import bench_learner
 from common.config import load_config
 
 REPO = Path(__file__).resolve().parents[2]

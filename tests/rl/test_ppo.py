@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import torch
 
-from bench import synthetic_segments
 from common.config import load_config
 from common.rl.networks import NUM_ACTIONS
 from common.rl.ppo import clipped_surrogate
 from learner.agent import RNDAgent
 from learner.batch import assemble
+from learner.synthetic import synthetic_segments
 
 REPO = Path(__file__).resolve().parents[2]
 
