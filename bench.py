@@ -24,7 +24,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench_parts import bench_actor_vs_ceiling, bench_actors, bench_e2e, bench_learner, wire_bytes, with_envs
+from bench_parts import (
+    bench_actor_vs_ceiling,
+    bench_actors,
+    bench_e2e,
+    bench_learner,
+    bench_learner_ranks,
+    wire_bytes,
+    with_envs,
+)
 from common.cli import UsageError, default_actors, resolve_device
 from common.config import Config, ConfigError, load_config
 
@@ -41,6 +49,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seconds", type=float, default=30.0, help="measuring time of each part")
     p.add_argument("--json", help="write the results here")
     p.add_argument("--skip", default="", help="comma-separated parts to skip: " + ",".join(sorted(SKIPPABLE)))
+    p.add_argument(
+        "--learner-ranks",
+        metavar="1,2",
+        help="only the learner alone at each listed rank count, on the CPU (one thread per rank), in rounds",
+    )
+    p.add_argument("--learner-gpus", metavar="0,1", help="with --learner-ranks: rank r on GPU r of this list")
+    p.add_argument("--rounds", type=int, default=1, help="with --learner-ranks: rounds over the rank counts")
     p.add_argument("overrides", nargs="*", metavar="key=value")
     return p.parse_args(argv)
 
@@ -171,8 +186,39 @@ def measure_parts(
         save_partial()
 
 
+def rank_scaling(args: argparse.Namespace) -> dict:
+    """The learner alone at each rank count of ``--learner-ranks``, alternating in ``--rounds`` rounds
+    (this machine drifts minute to minute): samples/s over all ranks per round, and each count's median
+    ratio to the first count's. A fixed batch per rank (the config's), one torch thread per rank on the CPU."""
+    counts = [int(x) for x in args.learner_ranks.split(",")]
+    gpus = [int(x) for x in args.learner_gpus.split(",")] if args.learner_gpus else None
+    if gpus is not None and max(counts) > len(gpus):
+        raise UsageError(f"--learner-ranks {args.learner_ranks}: more ranks than --learner-gpus {args.learner_gpus}")
+    rounds: list[dict[int, float]] = []
+    for k in range(args.rounds):
+        got = {}
+        for r in counts:
+            res = bench_learner_ranks(args.config, args.overrides, r, gpus, args.seconds, threads=1)
+            got[r] = res["samples_per_s"]
+            print(f"round {k + 1}: {r} rank(s): {got[r]:,.1f} samples/s ({res['updates']} updates)", flush=True)
+        rounds.append(got)
+    ratio = {r: float(np.median([g[r] / g[counts[0]] for g in rounds])) for r in counts}
+    return {"config": args.config, "gpus": gpus, "seconds": args.seconds, "rounds": rounds, "median_ratio": ratio}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.learner_ranks:
+        try:
+            r = rank_scaling(args)
+        except (UsageError, ValueError) as e:
+            print(f"bench: error: {e}", file=sys.stderr)
+            return 2
+        for n, x in r["median_ratio"].items():
+            print(f"learner at {n} rank(s): {x:.2f}x the first count (median over {args.rounds} rounds)")
+        if args.json:
+            Path(args.json).write_text(json.dumps(r, indent=2))
+        return 0
     # a TERM (timeout, a job's time limit) runs the clean-ups: actors paused mid-measurement are resumed and stopped
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:

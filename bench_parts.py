@@ -7,8 +7,12 @@ All figures are agent steps per second unless named (1 agent step = FrameSkip em
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import subprocess
+import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -22,6 +26,8 @@ import zmq
 from actors.supervisor import actor_supervisor
 from common.config import Config, dump_yaml, load_config
 from learner.synthetic import policy_step_inputs, synthetic_segments
+
+REPO = Path(__file__).resolve().parent
 
 
 # ---- single-core limits ------------------------------------------------------------------------------------
@@ -343,3 +349,28 @@ def wire_bytes(cfg: Config) -> dict:
     meta = {"actor": 0, "streams": list(range(k)), "version": 0, "run": 0, "seq": 0, "episodes": episodes}
     steps = cfg.RolloutSteps * k
     return {c: sum(len(f) for f in encode("segment", meta, arrays, c)) / steps for c in ("none", "zstd")}
+
+
+# ---- the learner at several ranks ---------------------------------------------------------------------------
+def bench_learner_ranks(
+    config: str, overrides: list[str], ranks: int, gpus: list[int] | None, seconds: float, threads: int
+) -> dict:
+    """The learner alone at ``ranks`` ranks, one process each (``learner/rank_bench.py``), each updating on
+    its own synthetic batch of the configured shape with ``threads`` torch threads, on GPU ``gpus[r]`` or
+    the CPU; their gradients averaged as in training. Returns rank 0's figures (samples/s over all ranks)."""
+    from learner.spawn import free_port_block, rank_environ
+
+    port = free_port_block(1)
+    with tempfile.TemporaryDirectory(prefix="rnd-ranks-") as tmp:
+        out = Path(tmp) / "ranks.json"
+        procs = []
+        for r in range(ranks):
+            device = f"cuda:{gpus[r]}" if gpus else "cpu"
+            cmd = [sys.executable, "-m", "learner.rank_bench", "--config", config, "--seconds", str(seconds)]
+            cmd += ["--device", device, "--threads", str(threads), "--out", str(out), *overrides]
+            env = rank_environ(r, ranks, port) if ranks > 1 else {**os.environ}
+            procs.append(subprocess.Popen(cmd, cwd=REPO, env={**env, "OMP_NUM_THREADS": str(threads)}))
+        codes = [p.wait(timeout=seconds * 10 + 600) for p in procs]
+        if any(codes):
+            raise RuntimeError(f"learner ranks exited with {codes}")
+        return json.loads(out.read_text())

@@ -162,9 +162,8 @@ class RNDAgent:
         self.sync = sync
         self.gen.manual_seed(self.cfg.seed + 1 + RANK_SEED_STRIDE * sync.rank)
         ids = [self.device] if self.device.type == "cuda" else None
-        self.train_step = DistributedDataParallel(
-            TrainStep(self), device_ids=ids, broadcast_buffers=False, gradient_as_bucket_view=True
-        )
+        # no buffers in these networks, so DDP's default buffer sync has nothing to send
+        self.train_step = DistributedDataParallel(TrainStep(self), device_ids=ids, gradient_as_bucket_view=True)
 
     def run_policy(self, obs: torch.Tensor) -> PolicyOutput:
         """The policy on uint8 obs [M, S, H, W]: the convs and shared layers under bf16 autocast if

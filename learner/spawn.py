@@ -71,7 +71,7 @@ def _bindable(host: str, port: int) -> bool:
             return False
 
 
-def rank_env(rank: int, world: int, master_port: int) -> dict[str, str]:
+def rank_environ(rank: int, world: int, master_port: int) -> dict[str, str]:
     """The env:// variables of one rank on this host, as torchrun sets them."""
     return {
         **os.environ,
@@ -104,7 +104,7 @@ def run_ranks(commands: list[list[str]], cwd: Path, dist_timeout_s: float) -> in
     world = len(commands)
     master_port = free_port_block(1)
     procs = [
-        subprocess.Popen(cmd, cwd=cwd, env=rank_env(r, world, master_port), start_new_session=True)
+        subprocess.Popen(cmd, cwd=cwd, env=rank_environ(r, world, master_port), start_new_session=True)
         for r, cmd in enumerate(commands)
     ]
 

@@ -95,3 +95,14 @@ def test_bench_refuses_an_unknown_part_to_skip() -> None:
     assert p.stderr.strip().splitlines() == [
         "bench: error: --skip: unknown part(s) lerner; choose from actors_total,e2e_async,e2e_sync,learner"
     ]
+
+
+def test_bench_times_the_learner_at_each_rank_count(tmp_path: Path) -> None:
+    out = tmp_path / "ranks.json"
+    cmd = [sys.executable, "bench.py", "--config", "configs/smoke.yaml", "--learner-ranks", "1,2", "--seconds", "1"]
+    p = subprocess.run([*cmd, "--json", str(out)], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    r = json.loads(out.read_text())
+    assert set(r["rounds"][0]) == {"1", "2"} and all(v > 0 for v in r["rounds"][0].values())
+    assert r["median_ratio"]["1"] == 1.0 and r["median_ratio"]["2"] > 0
+    assert "learner at 2 rank(s)" in p.stdout
