@@ -147,7 +147,7 @@ def write_figures(groups: dict[str, list[RunData]], out: Path) -> dict[str, str]
             figures[key] = f"curve_{key}.png"
     runs = [r for rs in groups.values() for r in rs]
     layout = ROOM_LAYOUT.get(runs[0].game)
-    if layout is not None and any(r.exploration.get("cells") for r in runs):
+    if layout is not None and any(r.exploration and r.exploration["cells"] for r in runs):
         plot_room_maps(groups, layout, out / "room_map.png")
         plot_heat_maps(groups, out / "heat_maps.png")
         figures.update(room_map="room_map.png", heat_maps="heat_maps.png")

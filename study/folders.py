@@ -13,10 +13,12 @@ import os
 import sys
 from pathlib import Path
 
+from learner.logs import RunFileError, read_metrics
 from study import StudyError
 from study.plan import RunSpec, relative_to_repo, shown
 
 RUN_FILE = "study_run.json"  # in each run's folder: what the study ran there, and how it ended
+METRICS_TAIL_BYTES = 4096  # a metrics.csv row is a few hundred bytes: the tail holds several whole ones
 
 
 def read_run_file(run_dir: Path) -> dict:
@@ -75,16 +77,10 @@ def write_study_file(args: argparse.Namespace, specs: list[RunSpec]) -> None:
 
 
 def last_agent_steps(run_dir: Path) -> int:
-    """agent_steps of the newest row of the run's metrics.csv (0 if none yet); reads only the file's tail."""
-    path = run_dir / "metrics.csv"
+    """agent_steps of the newest whole row of the run's metrics.csv (0 if none yet); reads only the file's tail,
+    since the progress line asks every few seconds of every run."""
     try:
-        with open(path, "rb") as f:
-            f.seek(max(0, path.stat().st_size - 4096))
-            lines = f.read().decode(errors="replace").splitlines()
-    except OSError:
+        rows = read_metrics(run_dir / "metrics.csv", tail_bytes=METRICS_TAIL_BYTES).rows
+    except (OSError, RunFileError):
         return 0
-    for line in reversed(lines):
-        cells = line.split(",")
-        if len(cells) > 1 and cells[1].isdigit():
-            return int(cells[1])
-    return 0
+    return int(rows[-1]["agent_steps"]) if rows else 0

@@ -173,9 +173,16 @@ def runs_section(
         info = read_run_file(r.run_dir)
         out.append(
             f"- `{r.name}` ({info.get('status', '?')}, {summary[r.name]['agent_steps']:,} agent steps): "
-            f"`{info.get('command', '?')}`"
+            f"`{info.get('command', '?')}`" + damage_note(r)
         )
     return out
+
+
+def damage_note(run: RunData) -> str:
+    """What the report left out of a run's files: damaged lines skipped, a file it could not read ('' if none)."""
+    notes = [f"{n} damaged line{'s' * (n > 1)} of `{f}` skipped" for f, n in run.skipped.items() if n]
+    notes += [f"`{f}` unreadable, so the run is not in the maps" for f in run.unreadable]
+    return f" ({'; '.join(notes)})" if notes else ""
 
 
 def figures_section(figures: dict[str, str]) -> list[str]:
@@ -239,6 +246,9 @@ def write_report(study_dir: Path, out: Path, eval_episodes: int) -> int:
     runs = load_study(study_dir)
     if not runs:
         raise StudyError(f"{study_dir} holds no run folders with a {RUN_FILE} and a metrics.csv row")
+    for r in runs:
+        for why in r.unreadable.values():  # e.g. a cut exploration.json: one line, and the report goes on
+            print(f"study report: {why}; the report goes on without this run's maps", file=sys.stderr)
     out.mkdir(parents=True, exist_ok=True)
     groups = group_runs(runs)
     summary = {r.name: run_summary(r) for r in runs}

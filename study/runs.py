@@ -4,16 +4,18 @@ and the numbers the report gives of each run (``run_summary``) and of each confi
 
 from __future__ import annotations
 
-import csv
 import json
 import math
-from dataclasses import dataclass
+import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import yaml
 
 from common.config import rom_name
+from learner.exploration import read_exploration
+from learner.logs import LogRows, RunFileError, read_episodes, read_metrics
 from study.folders import read_run_file
 
 
@@ -27,8 +29,10 @@ class RunData:
     seed: int
     metrics: dict[str, np.ndarray]  # CSV column -> float [rows]; empty cells are NaN
     episodes: list[dict]
-    exploration: dict
+    exploration: dict | None  # exploration.json; None if the folder has no readable one (no maps of this run)
     game: str
+    skipped: dict[str, int] = field(default_factory=dict)  # file name -> damaged lines its reader left out
+    unreadable: dict[str, str] = field(default_factory=dict)  # file name -> why the report goes on without it
 
     @property
     def label(self) -> str:
@@ -42,48 +46,29 @@ class RunData:
         return float(col[-1]) if len(col) else float("nan")
 
 
-def read_metrics(path: Path) -> dict[str, np.ndarray]:
-    """CSV column -> float array; a last row still being written (a live run) is left out."""
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    if rows and (None in rows[-1].values() or not rows[-1]["agent_steps"].isdigit()):
-        rows = rows[:-1]
-    if not rows:
-        return {}
-    return {k: np.array([to_float(r[k]) for r in rows]) for k in rows[0]}
-
-
-def to_float(text: str | None) -> float:
-    try:
-        return float(text)
-    except (TypeError, ValueError):
-        return float("nan")
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    """One object a line; a line still being written (a live run) is left out."""
-    if not path.is_file():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
-        try:
-            out.append(json.loads(line))
-        except ValueError:
-            continue
-    return out
+def metric_columns(rows: list[dict[str, float]]) -> dict[str, np.ndarray]:
+    """``read_metrics``' rows as columns: name -> float [rows] (the header's order); {} for no rows."""
+    return {k: np.array([r[k] for r in rows]) for k in rows[0]} if rows else {}
 
 
 def load_run(run_dir: Path, planned: dict | None = None) -> RunData | None:
     """A run folder with a metrics.csv of at least one row, described by its study_run.json or by the study's
-    plan (``planned``: its entry in study.json), else None."""
+    plan (``planned``: its entry in study.json), else None. A metrics.csv without its header raises
+    RunFileError; damaged lines are left out and counted in ``skipped``; an unreadable exploration.json
+    leaves the run without maps (``unreadable`` says why)."""
     info = read_run_file(run_dir) or planned or {}
     if not info or not (run_dir / "metrics.csv").is_file():
         return None
     metrics = read_metrics(run_dir / "metrics.csv")
-    if not metrics:
+    if not metrics.rows:
         return None
-    expl = run_dir / "exploration.json"
-    exploration = json.loads(expl.read_text()) if expl.is_file() else {}
+    episodes = read_episodes(run_dir / "episodes.jsonl") if (run_dir / "episodes.jsonl").is_file() else LogRows([], 0)
+    exploration, unreadable = None, {}
+    if (run_dir / "exploration.json").is_file():
+        try:
+            exploration = read_exploration(run_dir / "exploration.json")
+        except RunFileError as e:
+            unreadable["exploration.json"] = str(e)
     game = "montezuma_revenge"
     if (run_dir / "config.yaml").is_file():
         game = rom_name(yaml.safe_load((run_dir / "config.yaml").read_text()).get("EnvName", "montezuma_revenge"))
@@ -92,25 +77,31 @@ def load_run(run_dir: Path, planned: dict | None = None) -> RunData | None:
         run_dir,
         dict(info.get("values", {})),
         int(info.get("seed", 0)),
-        metrics,
-        read_jsonl(run_dir / "episodes.jsonl"),
+        metric_columns(metrics.rows),
+        episodes.rows,
         exploration,
         game,
+        skipped={"metrics.csv": metrics.skipped, "episodes.jsonl": episodes.skipped},
+        unreadable=unreadable,
     )
 
 
 def load_study(study_dir: Path) -> list[RunData]:
-    """The runs of the study's plan (study.json), in its order; without a plan, every run folder by name."""
+    """The runs of the study's plan (study.json), in its order; without a plan, every run folder by name.
+    A run whose metrics.csv cannot be read at all is left out, with one line on stderr that says why."""
     if (study_dir / "study.json").is_file():
         plan_runs = json.loads((study_dir / "study.json").read_text()).get("runs", [])
         planned = [r if isinstance(r, dict) else {"name": r} for r in plan_runs]
     else:
         planned = [{"name": p.name} for p in sorted(study_dir.iterdir()) if p.is_dir()]
-    runs = [
-        load_run(study_dir / r["name"], r if "values" in r else None)
-        for r in planned
-        if (study_dir / r["name"]).is_dir()
-    ]
+    runs = []
+    for r in planned:
+        if not (study_dir / r["name"]).is_dir():
+            continue
+        try:
+            runs.append(load_run(study_dir / r["name"], r if "values" in r else None))
+        except RunFileError as e:
+            print(f"study report: {e}; run {r['name']} left out", file=sys.stderr)
     return [r for r in runs if r is not None]
 
 
@@ -185,13 +176,15 @@ def on_common_grid(runs: list[RunData], key: str, points: int = 200) -> tuple[np
 
 
 def cell_table(runs: list[RunData]) -> dict[tuple[int, int, int], float]:
-    """(room, x bucket, y bucket) of the first level -> agent steps, the mean over the runs (seeds)."""
+    """(room, x bucket, y bucket) of the first level -> agent steps, the mean over the runs (seeds) that have
+    an exploration.json (a run without one is left out rather than counted as having gone nowhere)."""
+    mapped = [r.exploration for r in runs if r.exploration is not None]
     out: dict[tuple[int, int, int], float] = {}
-    for r in runs:
-        for c in r.exploration.get("cells", []):
-            if int(c["level"]) == 0:
-                k = (int(c["room"]), int(c["x_bucket"]), int(c["y_bucket"]))
-                out[k] = out.get(k, 0) + int(c["steps"]) / len(runs)
+    for expl in mapped:
+        for c in expl["cells"]:
+            if c["level"] == 0:
+                k = (c["room"], c["x_bucket"], c["y_bucket"])
+                out[k] = out.get(k, 0) + c["steps"] / len(mapped)
     return out
 
 

@@ -50,3 +50,54 @@ def test_report_refuses_an_empty_study(tmp_path: Path, capsys):
     (tmp_path / "s").mkdir()
     assert main(["report", str(tmp_path / "s")]) == 2
     assert "holds no run folders" in capsys.readouterr().err
+
+
+def test_report_skips_and_counts_damaged_episode_lines(tmp_path: Path, capsys):
+    """Valid JSON that is not an episode and a binary line are left out and counted in report.md; every
+    number is the one of the undamaged files."""
+    clean, damaged = tmp_path / "clean", tmp_path / "damaged"
+    synthetic_study(clean)
+    synthetic_study(damaged)
+    with open(damaged / "ExtCoeff2_seed0" / "episodes.jsonl", "ab") as f:
+        f.write(b'[1, 2]\n{"return": 5000.0}\n\x00\xff\xfe binary\n{"return": 9000.0, "agent_st')
+    assert main(["report", str(clean), "--eval-episodes", "0"]) == 0
+    assert main(["report", str(damaged), "--eval-episodes", "0"]) == 0
+    assert "Traceback" not in capsys.readouterr().err
+    summary = json.loads((damaged / "report" / "summary.json").read_text())
+    assert summary == json.loads((clean / "report" / "summary.json").read_text())
+    runs = [ln for ln in (damaged / "report" / "report.md").read_text().splitlines() if ln.startswith("- `")]
+    assert runs[0].endswith("(4 damaged lines of `episodes.jsonl` skipped)") and "damaged" not in runs[1]
+
+
+def test_report_goes_on_without_the_maps_of_a_run_whose_exploration_json_is_cut(tmp_path: Path, capsys):
+    s = tmp_path / "s"
+    synthetic_study(s)
+    assert main(["report", str(s), "--eval-episodes", "0", "--out", str(tmp_path / "whole")]) == 0
+    capsys.readouterr()
+    cut = s / "ExtCoeff2_seed1" / "exploration.json"
+    cut.write_text(cut.read_text()[:100])
+    assert main(["report", str(s), "--eval-episodes", "0"]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"study report: {cut}: cut short or not JSON")
+    assert err[0].endswith("the report goes on without this run's maps")
+    out = s / "report"
+    assert is_png(out / "room_map.png") and is_png(out / "heat_maps.png")  # drawn from the other two runs
+    text = (out / "report.md").read_text()
+    assert (
+        "`ExtCoeff2_seed1` (finished" in text and "`exploration.json` unreadable, so the run is not in the maps" in text
+    )
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary == json.loads((tmp_path / "whole" / "summary.json").read_text())  # the numbers are the CSV's
+    assert (out / "room_map.png").read_bytes() != (tmp_path / "whole" / "room_map.png").read_bytes()
+
+
+def test_seeds_without_an_exploration_json_are_left_out_of_the_maps_mean(tmp_path: Path):
+    from study.runs import cell_table, load_study
+
+    s = tmp_path / "s"
+    synthetic_study(s)
+    runs = {r.name: r for r in load_study(s)}
+    one = cell_table([runs["ExtCoeff2_seed0"]])
+    (s / "ExtCoeff2_seed1" / "exploration.json").unlink()
+    runs = {r.name: r for r in load_study(s)}
+    assert cell_table([runs["ExtCoeff2_seed0"], runs["ExtCoeff2_seed1"]]) == one  # not halved by the missing seed
