@@ -5,13 +5,25 @@ Each function draws from ``RunData`` grouped by configuration (label -> its seed
 
 from __future__ import annotations
 
+import math
+import textwrap
 from pathlib import Path
 from types import ModuleType
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from actors.env import ROOM_LAYOUT
 from study.runs import RunData, cell_table, on_common_grid, room_totals
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.colors import Colormap, Normalize
+    from matplotlib.figure import Figure
+
+ROOM_MAPS_PER_ROW = 3  # a fourth configuration starts a new row: the maps stay large enough to read
+ROOM_MAP_TITLE_CHARS = 44  # about a 4.2-inch map's width at 9 points
+HEAT_MAP_TITLE_CHARS = 40  # about a 3.2-inch panel's width at 8 points
 
 CURVES = [  # metric -> axis label; the report's three plots first
     ("ext_reward_per_rollout", "extrinsic reward per rollout (raw score per env)"),
@@ -58,40 +70,68 @@ def plot_curves(groups: dict[str, list[RunData]], key: str, ylabel: str, path: P
 
 
 def plot_room_maps(groups: dict[str, list[RunData]], layout: list[list[int]], path: Path) -> None:
-    """The level's rooms as the game lays them out, shaded by agent steps spent there; one map per configuration."""
+    """``room_map_figure`` as a PNG."""
+    plt = pyplot()
+    fig = room_map_figure(groups, layout)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
+def room_map_figure(groups: dict[str, list[RunData]], layout: list[list[int]]) -> Figure:
+    """The level's rooms as the game lays them out, shaded by agent steps spent there; one map per configuration,
+    at most ``ROOM_MAPS_PER_ROW`` to a row, each titled by its configuration (wrapped) and one colour bar."""
     plt = pyplot()
     from matplotlib.colors import LogNorm
 
     totals = {label: room_totals(cell_table(runs)) for label, runs in groups.items()}
     peak = max([1] + [n for t in totals.values() for n in t.values()])
     norm, cmap = LogNorm(1, max(peak, 10)), plt.get_cmap("viridis")
-    width = max(len(row) for row in layout)
-    fig, axes = plt.subplots(1, len(groups), figsize=(4.2 * len(groups), 2.6), squeeze=False)
-    for ax, (label, steps) in zip(axes[0], totals.items(), strict=True):
-        for r, row in enumerate(layout):
-            for i, room in enumerate(row):
-                x, n = (width - len(row)) / 2 + i, steps.get(room, 0)
-                ax.add_patch(plt.Rectangle((x, -r - 1), 0.95, 0.95, color=cmap(norm(n)) if n else "0.88"))
-                ax.text(
-                    x + 0.47,
-                    -r - 0.53,
-                    f"{room}\n{n:,.0f}" if n else str(room),
-                    ha="center",
-                    va="center",
-                    fontsize=6,
-                    color="white" if n and norm(n) < 0.6 else "black",
-                )
-        ax.set(xlim=(0, width), ylim=(-len(layout), 0), title=label)
-        ax.set_aspect("equal")
-        ax.axis("off")
+    cols = min(len(groups), ROOM_MAPS_PER_ROW)
+    rows = math.ceil(len(groups) / cols)
+    # constrained layout keeps the (wrapped) titles and the colour bar clear of each other and of the maps
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols + 0.8, 2.6 * rows), squeeze=False, layout="constrained")
+    fig.get_layout_engine().set(wspace=0.06)  # a gap between neighbouring maps, whose rooms run to the edge
+    for ax in axes.flat:
+        ax.axis("off")  # a last row with fewer configurations leaves blank panels
+    for ax, (label, steps) in zip(axes.flat, totals.items(), strict=False):
+        draw_room_map(ax, layout, steps, norm, cmap)
+        ax.set_title(wrapped(label, ROOM_MAP_TITLE_CHARS), fontsize=9)
     fig.colorbar(
         plt.cm.ScalarMappable(norm=norm, cmap=cmap),
-        ax=axes[0].tolist(),
+        ax=axes.ravel().tolist(),
         shrink=0.8,
-        label="agent steps in the room (mean over seeds)",
+        label="agent steps in the room\n(mean over seeds)",
     )
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
+    return fig
+
+
+def draw_room_map(ax: Axes, layout: list[list[int]], steps: dict[int, float], norm: Normalize, cmap: Colormap) -> None:
+    """One configuration's map on ``ax``: a square per room (row r of ``layout`` centred under the one above),
+    shaded by its agent steps, grey if never entered, labelled with the room number and steps."""
+    from matplotlib.patches import Rectangle
+
+    width = max(len(row) for row in layout)
+    for r, row in enumerate(layout):
+        for i, room in enumerate(row):
+            x, n = (width - len(row)) / 2 + i, steps.get(room, 0)
+            ax.add_patch(Rectangle((x, -r - 1), 0.95, 0.95, color=cmap(norm(n)) if n else "0.88"))
+            ax.text(
+                x + 0.47,
+                -r - 0.53,
+                f"{room}\n{n:,.0f}" if n else str(room),
+                ha="center",
+                va="center",
+                fontsize=6,
+                color="white" if n and norm(n) < 0.6 else "black",
+            )
+    ax.set(xlim=(0, width), ylim=(-len(layout), 0))
+    ax.set_aspect("equal")
+    ax.axis("off")
+
+
+def wrapped(label: str, chars: int) -> str:
+    """A configuration label broken into lines of at most ``chars`` characters, at its ", " where it can."""
+    return textwrap.fill(label, chars, break_on_hyphens=False)
 
 
 def plot_heat_maps(groups: dict[str, list[RunData]], path: Path, rooms_each: int = 3) -> None:
@@ -128,7 +168,7 @@ def plot_heat_maps(groups: dict[str, list[RunData]], path: Path, rooms_each: int
                 aspect="auto",
             )
             ax.set(xlim=xlim, ylim=ylim)
-            ax.set_title(f"{label}\nroom {room}: {grid.sum():,.0f} steps", fontsize=8)
+            ax.set_title(f"{wrapped(label, HEAT_MAP_TITLE_CHARS)}\nroom {room}: {grid.sum():,.0f} steps", fontsize=8)
             ax.set_xlabel(f"x (RAM, {CELL_BUCKET}-unit cells)", fontsize=7)
             ax.set_ylabel("y (RAM)", fontsize=7)
             ax.tick_params(labelsize=6)
