@@ -15,7 +15,6 @@ resumed, so the same command continues a study. ``report`` reads the run folders
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
 import signal
 import sys
@@ -24,9 +23,9 @@ from pathlib import Path
 from common.config import ConfigError
 from study import REPO, StudyError
 from study.folders import check_folders, run_state, write_study_file
-from study.plan import DEFAULT_CONFIG, build_plan, next_command
+from study.plan import DEFAULT_CONFIG, RunSpec, build_plan, next_command, set_actors
 from study.report import write_report
-from study.scheduler import Scheduler, slots_for
+from study.scheduler import Scheduler, actors_share, child_env, slots_for, usable_cores
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -36,24 +35,35 @@ def cmd_run(args: argparse.Namespace) -> int:
     args.study_dir = args.study_dir.resolve()
     if args.parallel is not None and args.parallel < 1:
         raise StudyError("--parallel must be >= 1")
-    slots = slots_for(args.gpus, args.parallel)
-    if args.actors is None and slots[0] is None:  # K runs at once share the cores: one actor per spare core each
-        args.actors = max(1, ((os.cpu_count() or 2) - 1) // len(slots))
+    if args.actors is not None and args.actors < 1:
+        raise StudyError("--actors must be >= 1")
+    slots = slots_for(args.gpus, args.parallel, args.per_gpu)
     specs = build_plan(args)
+    # the runs at a time share the cores: never more actors in all than cores (see actors_share)
+    set_actors(specs, args.actors, actors_share(usable_cores(), min(len(slots), len(specs))))
     check_folders(specs)
     write_study_file(args, specs)
-    if args.dry_run:
-        for i, spec in enumerate(specs):
-            state = run_state(spec)
-            gpu = slots[i % len(slots)]
-            cmd = next_command(spec, state, gpu)
-            pin = f"CUDA_VISIBLE_DEVICES={gpu} " if gpu is not None else ""
-            print(f"# {spec.name}: finished, skipped" if state == "finished" else pin + shlex.join(cmd))
-        return 0
+    return dry_run(specs, slots) if args.dry_run else run_grid(args, specs, slots)
+
+
+def dry_run(specs: list[RunSpec], slots: list[str | None]) -> int:
+    """Each run's command as a cluster scheduler would start it (finished runs named as skipped)."""
+    for i, spec in enumerate(specs):
+        state = run_state(spec)
+        gpu = slots[i % len(slots)]
+        cmd = next_command(spec, state, gpu)
+        pin = f"CUDA_VISIBLE_DEVICES={child_env(gpu)['CUDA_VISIBLE_DEVICES']} " if gpu is not None else ""
+        print(f"# {spec.name}: finished, skipped" if state == "finished" else pin + shlex.join(cmd))
+    return 0
+
+
+def run_grid(args: argparse.Namespace, specs: list[RunSpec], slots: list[str | None]) -> int:
+    """Run every run of ``specs`` on ``slots`` until done, failed or stopped (Ctrl-C, SIGTERM)."""
     sched = Scheduler(specs, slots)
+    where = "the CPU" if slots[0] is None else "GPU " + ",".join(dict.fromkeys(s for s in slots if s is not None))
     print(
         f"study: {len(specs)} runs in {args.study_dir} ({sched.done} finished already), "
-        f"{len(slots)} at a time on {'the CPU' if slots[0] is None else 'GPU ' + ','.join(slots)}",
+        f"{len(slots)} at a time on {where}",
         flush=True,
     )
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -89,10 +99,17 @@ def add_run_parser(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--total-steps", type=int, help="agent steps per run (default: the config's)")
     r.add_argument(
         "--gpus",
-        help="GPUs to spread runs over, one run per GPU at a time: 0,1 | none (default: every visible GPU, else none)",
+        help="GPUs to spread runs over, numbered as this shell sees them (CUDA_VISIBLE_DEVICES): 0,1 | none "
+        "(default: every visible GPU, else none)",
     )
-    r.add_argument("--parallel", type=int, help="runs at a time (with --gpus none; default 1)")
-    r.add_argument("--actors", type=int, help="actor processes per run (default: launch.py's)")
+    r.add_argument("--per-gpu", type=int, help="runs at a time on each listed GPU (default 1)")
+    r.add_argument("--parallel", type=int, help="runs at a time in all (with --gpus none: default 1)")
+    r.add_argument(
+        "--actors",
+        type=int,
+        help="actor processes per run (default: the cores divided among the runs at a time, one kept for each "
+        "run's learner: max(1, (cores - K) // K) for K runs at a time, at most the run's NumWorkers)",
+    )
     r.add_argument("--dry-run", action="store_true", help="print each run's command and run nothing")
     r.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides for every run")
 

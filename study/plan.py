@@ -33,6 +33,7 @@ class RunSpec:
     total_steps: int  # agent steps the run trains for
     command: list[str] = field(default_factory=list)
     config_hash: str = ""  # of the resolved config: a folder made with another config is not this run
+    envs: int = 1  # the config's NumWorkers: launch.py refuses more actors than envs
 
     @property
     def name(self) -> str:
@@ -94,7 +95,12 @@ def build_plan(args: argparse.Namespace) -> list[RunSpec]:
             cfg = load_config(args.config, overrides + [f"seed={seed}"])
             total = args.total_steps if args.total_steps is not None else cfg.total_agent_steps
             spec = RunSpec(
-                values, seed, args.study_dir / run_name(values, seed), total, config_hash=config_hash(cfg.to_dict())
+                values,
+                seed,
+                args.study_dir / run_name(values, seed),
+                total,
+                config_hash=config_hash(cfg.to_dict()),
+                envs=cfg.NumWorkers,
             )
             spec.command = launch_command(args, spec, overrides)
             specs.append(spec)
@@ -110,7 +116,8 @@ def config_hash(cfg: dict) -> str:
 
 
 def launch_command(args: argparse.Namespace, spec: RunSpec, overrides: list[str]) -> list[str]:
-    """The ``launch.py`` command of a fresh run (``resume_command`` turns it into a continuation)."""
+    """The ``launch.py`` command of a fresh run (``resume_command`` turns it into a continuation); ``set_actors``
+    adds its ``--actors``."""
     cmd = [
         sys.executable,
         str(REPO / "launch.py"),
@@ -121,9 +128,16 @@ def launch_command(args: argparse.Namespace, spec: RunSpec, overrides: list[str]
         "--total-steps",
         str(spec.total_steps),
     ]
-    if args.actors is not None:
-        cmd += ["--actors", str(args.actors)]
     return cmd + overrides + [f"seed={spec.seed}"]
+
+
+def set_actors(specs: list[RunSpec], explicit: int | None, share: int) -> None:
+    """Give each run's command its ``--actors``: ``explicit`` (the command line's) as it is, else ``share`` (the
+    run's share of the cores) capped at the run's envs, which is as many actors as launch.py accepts."""
+    for spec in specs:
+        n = explicit if explicit is not None else min(share, spec.envs)
+        at = spec.command.index("--total-steps") + 2  # where a person types it: after the run's own options
+        spec.command = spec.command[:at] + ["--actors", str(n)] + spec.command[at:]
 
 
 def resume_command(spec: RunSpec, gpu: str | None) -> list[str]:

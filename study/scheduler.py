@@ -22,13 +22,19 @@ from study.plan import RunSpec, next_command, shown
 PROGRESS_S = 10.0  # seconds between progress lines when stdout is a file (a terminal redraws every second)
 
 
-def slots_for(gpus: str | None, parallel: int | None) -> list[str | None]:
-    """One slot per listed GPU (at most ``parallel``), or ``parallel`` CPU slots for ``none``."""
+def slots_for(gpus: str | None, parallel: int | None, per_gpu: int | None = None) -> list[str | None]:
+    """The places a run can go, one run each at a time: ``per_gpu`` (default 1) per listed GPU, interleaved so
+    that runs spread over the GPUs first, at most ``parallel`` in all; or ``parallel`` CPU slots for ``none``.
+    A GPU is named by its index among the GPUs this process sees (``gpu_env`` maps it to the child's)."""
     import torch
 
+    if per_gpu is not None and per_gpu < 1:
+        raise StudyError("--per-gpu must be >= 1")
     if gpus is None:
         gpus = ",".join(str(i) for i in range(torch.cuda.device_count())) or "none"
     if gpus == "none":
+        if per_gpu is not None:
+            raise StudyError("--per-gpu needs GPUs; with --gpus none, --parallel sets the runs at a time")
         return [None] * (parallel or 1)
     ids = [g.strip() for g in gpus.split(",")]
     if not all(g.isdigit() for g in ids) or len(set(ids)) != len(ids):
@@ -36,14 +42,41 @@ def slots_for(gpus: str | None, parallel: int | None) -> list[str | None]:
     have = torch.cuda.device_count()
     if max(int(g) for g in ids) >= have:
         raise StudyError(f"--gpus {gpus}: this machine has {have} CUDA device(s); use --gpus none for the CPU")
-    return ids[:parallel] if parallel else ids
+    slots: list[str | None] = [g for _ in range(per_gpu or 1) for g in ids]
+    return slots[:parallel] if parallel else slots
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity, which a container or taskset may narrow)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # no affinity on this platform
+        return os.cpu_count() or 2
+
+
+def actors_share(cores: int, concurrent: int) -> int:
+    """Actors per run when ``concurrent`` runs share ``cores``: each run keeps one core for its learner (a GPU
+    learner too keeps a core busy feeding its GPU) and an equal share of the rest for its actors, at least one:
+    max(1, (cores - concurrent) // concurrent)."""
+    return max(1, (cores - concurrent) // concurrent)
+
+
+def visible_device(gpu: str, parent: str | None) -> str:
+    """What a child's CUDA_VISIBLE_DEVICES must hold for GPU ``gpu`` as this process numbers it: with
+    ``parent`` (this process's CUDA_VISIBLE_DEVICES, e.g. "2,3") set, index 1 is that list's entry "3"."""
+    if parent is None:
+        return gpu
+    entries = [e.strip() for e in parent.split(",") if e.strip()]
+    if int(gpu) >= len(entries):
+        raise StudyError(f"GPU {gpu}: CUDA_VISIBLE_DEVICES={parent} shows this study {len(entries)} GPU(s)")
+    return entries[int(gpu)]
 
 
 def child_env(gpu: str | None) -> dict[str, str]:
     """A run on GPU ``gpu`` sees that GPU alone, so its learner and any actor_device=cuda actors share it."""
     env = dict(os.environ)
     if gpu is not None:
-        env["CUDA_VISIBLE_DEVICES"] = gpu
+        env["CUDA_VISIBLE_DEVICES"] = visible_device(gpu, os.environ.get("CUDA_VISIBLE_DEVICES"))
     return env
 
 

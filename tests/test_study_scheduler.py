@@ -10,7 +10,14 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from test_study_fakes import REPO, TINY, is_png, metrics_rows, run_study
+
+from study import StudyError
+from study.cli import main
+from study.scheduler import actors_share, child_env, slots_for, visible_device
+
+TINY_GRID = ["--config", str(REPO / "configs" / "smoke.yaml"), "--axis", "ExtCoeff=2,0"]
 
 
 def test_study_runs_skips_finished_resumes_and_reports(tmp_path: Path):
@@ -61,3 +68,67 @@ def test_study_runs_skips_finished_resumes_and_reports(tmp_path: Path):
     assert [r["name"] for r in summary] == names
     assert all(r["agent_steps"] >= 640 and r["eval"]["episodes"] == 1 for r in summary)
     assert "ExtCoeff2_seed0_best.gif" in (out / "report.md").read_text()
+
+
+@pytest.fixture
+def two_gpus(monkeypatch):
+    """This process sees two GPUs (torch says so), whatever the machine has."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+
+
+def test_per_gpu_runs_k_runs_on_each_gpu_at_once(two_gpus):
+    assert slots_for("0,1", None) == ["0", "1"]
+    assert slots_for("0,1", None, per_gpu=2) == ["0", "1", "0", "1"]  # spread over the GPUs first
+    assert slots_for("1", None, per_gpu=3) == ["1", "1", "1"]
+    assert slots_for("0,1", 3, per_gpu=2) == ["0", "1", "0"]  # --parallel caps the runs at a time
+    assert slots_for("none", 2) == [None, None]
+    with pytest.raises(StudyError, match="--per-gpu needs GPUs"):
+        slots_for("none", None, per_gpu=2)
+    with pytest.raises(StudyError, match="--per-gpu must be >= 1"):
+        slots_for("0", None, per_gpu=0)
+    with pytest.raises(StudyError, match="2 CUDA device"):
+        slots_for("0,2", None)
+
+
+def test_gpu_indices_are_those_this_shell_sees(two_gpus, monkeypatch, tmp_path: Path, capsys):
+    """With CUDA_VISIBLE_DEVICES=2,3 set, --gpus 0,1 means physical 2 and 3: the child's list is the parent's
+    entry at the slot's index, not the bare index."""
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert child_env("1")["CUDA_VISIBLE_DEVICES"] == "1" and "CUDA_VISIBLE_DEVICES" not in child_env(None)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
+    assert child_env("0")["CUDA_VISIBLE_DEVICES"] == "2" and child_env("1")["CUDA_VISIBLE_DEVICES"] == "3"
+    assert child_env(None)["CUDA_VISIBLE_DEVICES"] == "2,3"  # a CPU run keeps the shell's view
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "GPU-aaaa, GPU-bbbb")
+    assert child_env("1")["CUDA_VISIBLE_DEVICES"] == "GPU-bbbb"
+    assert visible_device("1", None) == "1"
+    with pytest.raises(StudyError, match="shows this study 1 GPU"):
+        visible_device("1", "5")
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
+    assert main(["run", str(tmp_path / "s"), *TINY_GRID, "--gpus", "0,1", "--dry-run"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [ln.split()[0] for ln in lines] == ["CUDA_VISIBLE_DEVICES=2", "CUDA_VISIBLE_DEVICES=3"]
+    assert all("--learner-gpu 0" in ln for ln in lines)  # each run's one GPU is its cuda:0
+
+
+def test_concurrent_runs_divide_the_cores_in_every_mode(two_gpus, monkeypatch, tmp_path: Path, capsys):
+    """Each run at a time keeps a core for its learner and an equal share of the rest for its actors:
+    max(1, (cores - K) // K), at most its NumWorkers (4 in smoke.yaml); an explicit --actors is kept."""
+    assert [actors_share(16, k) for k in (1, 2, 3, 4, 16, 20)] == [15, 7, 4, 3, 1, 1]
+
+    def actors(*args: str, cores: int, runs: str = "ExtCoeff=2,1,0,3") -> list[int]:
+        monkeypatch.setattr("study.cli.usable_cores", lambda: cores)
+        grid = ["--config", str(REPO / "configs" / "smoke.yaml"), "--axis", runs]
+        assert main(["run", str(tmp_path / "s"), *grid, *args, "--dry-run"]) == 0
+        out = capsys.readouterr().out.splitlines()
+        return [int(ln.split("--actors ")[1].split()[0]) for ln in out]
+
+    assert actors("--gpus", "0,1", cores=11) == [4, 4, 4, 4]  # 2 at a time: (11 - 2) // 2, not each 10
+    assert actors("--gpus", "0,1", cores=8) == [3, 3, 3, 3]
+    assert actors("--gpus", "0,1", "--per-gpu", "2", cores=16) == [3, 3, 3, 3]  # 4 at a time
+    assert actors("--gpus", "none", "--parallel", "2", cores=2) == [1, 1, 1, 1]
+    assert actors("--gpus", "none", cores=64) == [4, 4, 4, 4]  # no more actors than envs (launch.py's limit)
+    assert actors("--gpus", "0,1", "--per-gpu", "4", cores=8, runs="ExtCoeff=2,0") == [3, 3]  # 2 runs: 2 at once
+    assert actors("--gpus", "0,1", "--actors", "2", cores=64) == [2, 2, 2, 2]
