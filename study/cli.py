@@ -22,27 +22,31 @@ from pathlib import Path
 
 from common.config import ConfigError
 from study import REPO, StudyError
-from study.folders import check_folders, run_state, write_study_file
-from study.plan import DEFAULT_CONFIG, RunSpec, build_plan, next_command, set_actors
+from study.folders import check_folders, check_shard_folder, run_state, write_study_file
+from study.plan import DEFAULT_CONFIG, RunSpec, build_plan, next_command, parse_shard, set_actors, take_shard
 from study.report import write_report
 from study.scheduler import Scheduler, actors_share, child_env, slots_for, usable_cores
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    """``study.py run``: plan the grid, check its folders, then print (--dry-run) or run every run."""
+    """``study.py run``: plan the grid (this host's shard of it), check its folders, then print (--dry-run) or
+    run every run."""
     # launch.py runs in the repo's folder: every path it is given must mean the same there
     args.config = Path(args.config or DEFAULT_CONFIG).resolve()
     args.study_dir = args.study_dir.resolve()
+    args.shard = parse_shard(args.shard) if args.shard else None
     if args.parallel is not None and args.parallel < 1:
         raise StudyError("--parallel must be >= 1")
     if args.actors is not None and args.actors < 1:
         raise StudyError("--actors must be >= 1")
     slots = slots_for(args.gpus, args.parallel, args.per_gpu)
-    specs = build_plan(args)
+    check_shard_folder(args.study_dir, args.shard)
+    grid = build_plan(args)
+    specs = take_shard(grid, args.shard)
     # the runs at a time share the cores: never more actors in all than cores (see actors_share)
     set_actors(specs, args.actors, actors_share(usable_cores(), min(len(slots), len(specs))))
     check_folders(specs)
-    write_study_file(args, specs)
+    write_study_file(args, specs, grid)
     return dry_run(specs, slots) if args.dry_run else run_grid(args, specs, slots)
 
 
@@ -61,8 +65,9 @@ def run_grid(args: argparse.Namespace, specs: list[RunSpec], slots: list[str | N
     """Run every run of ``specs`` on ``slots`` until done, failed or stopped (Ctrl-C, SIGTERM)."""
     sched = Scheduler(specs, slots)
     where = "the CPU" if slots[0] is None else "GPU " + ",".join(dict.fromkeys(s for s in slots if s is not None))
+    shard = f", shard {args.shard[0]}/{args.shard[1]} of the grid" if args.shard else ""
     print(
-        f"study: {len(specs)} runs in {args.study_dir} ({sched.done} finished already), "
+        f"study: {len(specs)} runs in {args.study_dir}{shard} ({sched.done} finished already), "
         f"{len(slots)} at a time on {where}",
         flush=True,
     )
@@ -110,6 +115,12 @@ def add_run_parser(sub: argparse._SubParsersAction) -> None:
         help="actor processes per run (default: the cores divided among the runs at a time, one kept for each "
         "run's learner: max(1, (cores - K) // K) for K runs at a time, at most the run's NumWorkers)",
     )
+    r.add_argument(
+        "--shard",
+        metavar="K/N",
+        help="run only shard K of N of the grid: its runs K, K+N, K+2N, ... (from 1, in --dry-run's order without "
+        "--shard); give each host's shard its own STUDY_DIR and merge them with study.py report DIR DIR ...",
+    )
     r.add_argument("--dry-run", action="store_true", help="print each run's command and run nothing")
     r.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides for every run")
 
@@ -117,8 +128,14 @@ def add_run_parser(sub: argparse._SubParsersAction) -> None:
 def add_report_parser(sub: argparse._SubParsersAction) -> None:
     """``study.py report``'s options."""
     rp = sub.add_parser("report", help="write report.md, summary.json and figures from the run folders")
-    rp.add_argument("study_dir", type=Path)
-    rp.add_argument("--out", type=Path, help="output folder (default: STUDY_DIR/report)")
+    rp.add_argument(
+        "study_dirs",
+        type=Path,
+        nargs="+",
+        metavar="STUDY_DIR",
+        help="a study folder, or several folders of one grid (its shards) to merge into one report",
+    )
+    rp.add_argument("--out", type=Path, help="output folder (default: the first STUDY_DIR's report/)")
     rp.add_argument(
         "--eval-episodes", type=int, default=3, help="eval.py episodes per run's newest checkpoint (0: none)"
     )
@@ -147,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         args = parse_args(argv)
         if args.cmd == "run":
             return cmd_run(args)
-        return write_report(args.study_dir, args.out or args.study_dir / "report", args.eval_episodes)
+        return write_report(args.study_dirs, args.out or args.study_dirs[0] / "report", args.eval_episodes)
     except (StudyError, ConfigError) as e:
         print(f"study: error: {e}", file=sys.stderr)
         return 2

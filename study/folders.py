@@ -15,7 +15,7 @@ from pathlib import Path
 
 from learner.logs import RunFileError, read_metrics
 from study import StudyError
-from study.plan import RunSpec, relative_to_repo, shown
+from study.plan import RunSpec, grid_hash, plan_grid, relative_to_repo, shown
 
 RUN_FILE = "study_run.json"  # in each run's folder: what the study ran there, and how it ended
 METRICS_TAIL_BYTES = 4096  # a metrics.csv row is a few hundred bytes: the tail holds several whole ones
@@ -66,14 +66,67 @@ def check_folders(specs: list[RunSpec]) -> None:
             )
 
 
-def write_study_file(args: argparse.Namespace, specs: list[RunSpec]) -> None:
-    """STUDY_DIR/study.json: the grid's runs in order, with their values and seeds (the report reads it; runs
-    that a cluster scheduler starts from --dry-run's commands have no study_run.json of their own)."""
+def write_study_file(args: argparse.Namespace, specs: list[RunSpec], grid: list[RunSpec]) -> None:
+    """STUDY_DIR/study.json: this folder's runs in order, with their values and seeds (the report reads it; runs
+    that a cluster scheduler starts from --dry-run's commands have no study_run.json of their own), and the
+    whole grid (``plan_grid``) with its hash, by which a report of several shards knows they belong together."""
     args.study_dir.mkdir(parents=True, exist_ok=True)
     runs = [{"name": s.name, "values": s.values, "seed": s.seed} for s in specs]
-    (args.study_dir / "study.json").write_text(
-        json.dumps({"config": relative_to_repo(str(args.config)), "runs": runs, "argv": sys.argv[1:]}, indent=2)
-    )
+    whole = plan_grid(grid)
+    plan = {
+        "config": relative_to_repo(str(args.config)),
+        "runs": runs,
+        "argv": sys.argv[1:],
+        "shard": f"{args.shard[0]}/{args.shard[1]}" if args.shard else None,
+        "plan_hash": grid_hash(whole),
+        "grid": whole,
+    }
+    tmp = args.study_dir / "study.json.tmp"
+    tmp.write_text(json.dumps(plan, indent=2))
+    os.replace(tmp, args.study_dir / "study.json")  # a report never reads half a plan
+
+
+def read_study_file(study_dir: Path) -> dict | None:
+    """STUDY_DIR/study.json (None if there is none); one that is not a plan is a StudyError naming it."""
+    path = study_dir / "study.json"
+    if not path.is_file():
+        return None
+    try:
+        plan = json.loads(path.read_bytes().decode("utf-8"))
+    except ValueError as e:
+        raise StudyError(f"{path}: not a study plan ({e})") from None
+    if not isinstance(plan, dict) or not isinstance(plan.get("runs", []), list):
+        raise StudyError(f"{path}: not a study plan (no list of runs)")
+    return plan
+
+
+def check_shard_folder(study_dir: Path, shard: tuple[int, int] | None) -> None:
+    """Refuse a folder that holds another shard of a grid: its study.json would be overwritten with this
+    shard's runs and the report would lose the others. (The whole grid may follow a shard: it holds it.)"""
+    held = (read_study_file(study_dir) or {}).get("shard")
+    wanted = f"{shard[0]}/{shard[1]}" if shard else None
+    if held and wanted and held != wanted:
+        raise StudyError(f"{study_dir} holds shard {held} of its grid; give shard {wanted} a folder of its own")
+
+
+def plan_difference(a: dict, b: dict) -> str | None:
+    """What makes two study.json plans different studies, in words; None if their grids are the same (the same
+    run names, each with the same resolved config hash and agent steps), whichever shards they hold."""
+    if not a.get("plan_hash") or not b.get("plan_hash"):
+        return "a study.json without its grid (rewrite it with the same `study.py run ... --dry-run`)"
+    if a["plan_hash"] == b["plan_hash"]:
+        return None
+    ga, gb = ({r["name"]: r for r in p.get("grid", [])} for p in (a, b))
+    diffs = [f"config {b.get('config')} vs {a.get('config')}"] if a.get("config") != b.get("config") else []
+    if set(ga) != set(gb):
+        only_b, only_a = sorted(set(gb) - set(ga)), sorted(set(ga) - set(gb))
+        diffs += [f"runs only here: {', '.join(only_b[:3])}"] if only_b else []
+        diffs += [f"runs only there: {', '.join(only_a[:3])}"] if only_a else []
+    for name in [n for n in gb if n in ga]:
+        for key, what in (("config_hash", "resolved config"), ("total_steps", "agent steps")):
+            if ga[name].get(key) != gb[name].get(key):
+                diffs.append(f"{name}'s {what} {gb[name].get(key)} vs {ga[name].get(key)}")
+    return "; ".join(diffs[:3]) or "another grid"
 
 
 def last_agent_steps(run_dir: Path) -> int:

@@ -140,6 +140,37 @@ def set_actors(specs: list[RunSpec], explicit: int | None, share: int) -> None:
         spec.command = spec.command[:at] + ["--actors", str(n)] + spec.command[at:]
 
 
+def parse_shard(text: str) -> tuple[int, int]:
+    """``K/N`` -> (K, N), 1 <= K <= N: this host's share of a grid that N hosts run between them."""
+    k, sep, n = text.partition("/")
+    if not sep or not k.isdigit() or not n.isdigit() or not 1 <= int(k) <= int(n):
+        raise StudyError(f"--shard {text!r}: expected K/N with 1 <= K <= N, e.g. 1/2")
+    return int(k), int(n)
+
+
+def take_shard(specs: list[RunSpec], shard: tuple[int, int] | None) -> list[RunSpec]:
+    """Shard K of N: the grid's runs K, K+N, K+2N, ... counting from 1 in the grid's order (``--dry-run``'s
+    order without a shard), so that N hosts with shards 1/N .. N/N run every run exactly once."""
+    if shard is None:
+        return specs
+    k, n = shard
+    mine = specs[k - 1 :: n]
+    if not mine:
+        raise StudyError(f"--shard {k}/{n}: the grid has {len(specs)} runs, so this shard has none")
+    return mine
+
+
+def plan_grid(specs: list[RunSpec]) -> list[dict]:
+    """The whole grid as study.json records it: each run's name, config hash and agent steps, in order; two
+    folders whose grids are equal hold runs of the same study, whichever shard each holds."""
+    return [{"name": s.name, "config_hash": s.config_hash, "total_steps": s.total_steps} for s in specs]
+
+
+def grid_hash(grid: list[dict]) -> str:
+    """16 hex digits of ``plan_grid``'s list."""
+    return hashlib.sha256(json.dumps(grid, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def resume_command(spec: RunSpec, gpu: str | None) -> list[str]:
     """Continue an interrupted run from its latest checkpoint (its config is in the checkpoint)."""
     base = spec.command

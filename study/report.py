@@ -15,7 +15,7 @@ import numpy as np
 from study import REPO, StudyError
 from study.figures import CURVES, write_figures
 from study.folders import RUN_FILE, read_run_file
-from study.runs import RunData, group_runs, load_study, run_summary
+from study.runs import RunData, group_runs, load_studies, run_summary
 
 
 # ---- checkpoints played --------------------------------------------------------------------------------
@@ -127,16 +127,17 @@ def eval_table(runs: list[RunData], summary: dict[str, dict]) -> list[str]:
 
 
 def report_lines(
-    study_dir: Path,
+    title: str,
+    command: str,
     groups: dict[str, list[RunData]],
     summary: dict[str, dict],
     figures: dict[str, str],
     eval_episodes: int,
-    out_flag: str,
+    missing: list[str],
 ) -> list[str]:
     """report.md as lines: the runs, the answers, the figures and, with ``eval_episodes``, eval.py's table."""
     runs = [r for rs in groups.values() for r in rs]
-    out = runs_section(study_dir, runs, summary, eval_episodes, out_flag)
+    out = runs_section(title, command, runs, summary, missing)
     out += [
         "",
         "## Answers",
@@ -155,14 +156,14 @@ def report_lines(
 
 
 def runs_section(
-    study_dir: Path, runs: list[RunData], summary: dict[str, dict], eval_episodes: int, out_flag: str
+    title: str, command: str, runs: list[RunData], summary: dict[str, dict], missing: list[str]
 ) -> list[str]:
-    """The report's title, where its numbers come from, and each run with its command."""
+    """The report's title, the command that wrote it, and each run with its command (and the grid's runs that
+    are not in the report, if any)."""
     out = [
-        f"# Study: {study_dir.name}",
+        f"# Study: {title}",
         "",
-        f"Written by `python study.py report {study_dir}{out_flag} --eval-episodes {eval_episodes}` from the run "
-        "folders "
+        f"Written by `{command}` from the run folders "
         f"below; every number comes from their `metrics.csv`, `episodes.jsonl` and `exploration.json`, "
         "and from `eval.py` on their newest checkpoints.",
         "",
@@ -175,6 +176,9 @@ def runs_section(
             f"- `{r.name}` ({info.get('status', '?')}, {summary[r.name]['agent_steps']:,} agent steps): "
             f"`{info.get('command', '?')}`" + damage_note(r)
         )
+    if missing:
+        names = ", ".join(f"`{n}`" for n in missing)
+        out += ["", f"Runs of the grid not in this report (no folder given holds a metrics.csv row of them): {names}"]
     return out
 
 
@@ -237,15 +241,15 @@ def eval_section(runs: list[RunData], summary: dict[str, dict], eval_episodes: i
     return out
 
 
-def write_report(study_dir: Path, out: Path, eval_episodes: int) -> int:
-    """report.md, summary.json and the figures of the study in ``study_dir``, into ``out``."""
+def write_report(study_dirs: list[Path], out: Path, eval_episodes: int) -> int:
+    """report.md, summary.json and the figures of the study in ``study_dirs`` (one folder, or the folders of one
+    grid's shards, merged), into ``out``."""
     if eval_episodes < 0:
         raise StudyError("--eval-episodes must be >= 0")
-    if not study_dir.is_dir():
-        raise StudyError(f"no study at {study_dir}")
-    runs = load_study(study_dir)
+    runs, missing = load_studies(study_dirs)
     if not runs:
-        raise StudyError(f"{study_dir} holds no run folders with a {RUN_FILE} and a metrics.csv row")
+        where = " or ".join(str(d) for d in study_dirs)
+        raise StudyError(f"{where} holds no run folders with a {RUN_FILE} and a metrics.csv row")
     for r in runs:
         for why in r.unreadable.values():  # e.g. a cut exploration.json: one line, and the report goes on
             print(f"study report: {why}; the report goes on without this run's maps", file=sys.stderr)
@@ -257,9 +261,10 @@ def write_report(study_dir: Path, out: Path, eval_episodes: int) -> int:
         summary[r.name]["eval"] = evaluate_run(r, out, eval_episodes)
     figures = write_figures(groups, out)
     (out / "summary.json").write_text(json.dumps(list(summary.values()), indent=2))
-    out_flag = "" if out == study_dir / "report" else f" --out {out}"
+    out_flag = "" if out == study_dirs[0] / "report" else f" --out {out}"
+    command = f"python study.py report {' '.join(str(d) for d in study_dirs)}{out_flag} --eval-episodes {eval_episodes}"
     (out / "report.md").write_text(
-        "\n".join(report_lines(study_dir, groups, summary, figures, eval_episodes, out_flag))
+        "\n".join(report_lines(study_dirs[0].name, command, groups, summary, figures, eval_episodes, missing))
     )
     print(f"study report: {out / 'report.md'} ({len(runs)} runs, {len(figures)} figures)")
     return 0

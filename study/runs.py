@@ -4,7 +4,6 @@ and the numbers the report gives of each run (``run_summary``) and of each confi
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 from dataclasses import dataclass, field
@@ -16,7 +15,8 @@ import yaml
 from common.config import rom_name
 from learner.exploration import read_exploration
 from learner.logs import LogRows, RunFileError, read_episodes, read_metrics
-from study.folders import read_run_file
+from study import StudyError
+from study.folders import plan_difference, read_run_file, read_study_file
 
 
 @dataclass
@@ -86,12 +86,11 @@ def load_run(run_dir: Path, planned: dict | None = None) -> RunData | None:
     )
 
 
-def load_study(study_dir: Path) -> list[RunData]:
-    """The runs of the study's plan (study.json), in its order; without a plan, every run folder by name.
-    A run whose metrics.csv cannot be read at all is left out, with one line on stderr that says why."""
-    if (study_dir / "study.json").is_file():
-        plan_runs = json.loads((study_dir / "study.json").read_text()).get("runs", [])
-        planned = [r if isinstance(r, dict) else {"name": r} for r in plan_runs]
+def load_study(study_dir: Path, plan: dict | None = None) -> list[RunData]:
+    """The runs of the study's plan (``plan``: its study.json), in its order; without a plan, every run folder by
+    name. A run whose metrics.csv cannot be read at all is left out, with one line on stderr that says why."""
+    if plan is not None:
+        planned = [r if isinstance(r, dict) else {"name": r} for r in plan.get("runs", [])]
     else:
         planned = [{"name": p.name} for p in sorted(study_dir.iterdir()) if p.is_dir()]
     runs = []
@@ -103,6 +102,36 @@ def load_study(study_dir: Path) -> list[RunData]:
         except RunFileError as e:
             print(f"study report: {e}; run {r['name']} left out", file=sys.stderr)
     return [r for r in runs if r is not None]
+
+
+def load_studies(study_dirs: list[Path]) -> tuple[list[RunData], list[str]]:
+    """The runs of one study folder, or of several folders of one grid (shards run on several hosts), in the
+    grid's order; and the names of the grid's runs that no folder holds a metrics.csv row of. Folders of
+    another grid or config, a folder given twice and a run found in two folders are refused."""
+    for d in study_dirs:
+        if not d.is_dir():
+            raise StudyError(f"no study at {d}")
+    if len({d.resolve() for d in study_dirs}) != len(study_dirs):
+        raise StudyError("a study folder is given twice")
+    plans = [read_study_file(d) for d in study_dirs]
+    for d, plan in zip(study_dirs[1:], plans[1:], strict=True):
+        if plans[0] is None or plan is None:
+            bare = study_dirs[0] if plans[0] is None else d
+            raise StudyError(f"{bare} has no study.json, so it cannot be told to hold runs of the same study")
+        why = plan_difference(plans[0], plan)
+        if why:
+            raise StudyError(f"{d} holds another study than {study_dirs[0]}: {why}")
+    runs, found = [], {}
+    for d, plan in zip(study_dirs, plans, strict=True):
+        for r in load_study(d, plan):
+            if r.name in found:
+                raise StudyError(f"run {r.name} is in both {found[r.name]} and {d}; give the report one of them")
+            found[r.name] = d
+            runs.append(r)
+    grid = [g["name"] for g in (plans[0] or {}).get("grid", [])]
+    order = {name: i for i, name in enumerate(grid)}
+    runs.sort(key=lambda r: order.get(r.name, len(grid)))  # stable: runs outside the grid keep their order, last
+    return runs, [n for n in grid if n not in found]
 
 
 def group_runs(runs: list[RunData]) -> dict[str, list[RunData]]:

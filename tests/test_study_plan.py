@@ -9,7 +9,8 @@ import pytest
 from test_study_fakes import REPO, TINY, run_study
 
 from study import StudyError
-from study.plan import grid_values, parse_axis, run_name
+from study.cli import main
+from study.plan import RunSpec, grid_values, parse_axis, parse_shard, run_name, take_shard
 
 
 def test_names_and_grid():
@@ -70,3 +71,42 @@ def test_a_folder_of_another_config_is_not_continued(tmp_path: Path):
     (s / "ExtCoeff2_seed0" / "study_run.json").write_text(json.dumps({"config_hash": "0123456789abcdef"}))
     out = run_study("run", str(s), *TINY, "--axis", "ExtCoeff=2", "--dry-run")
     assert out.returncode == 2 and "another config" in out.stderr
+
+
+def test_shard_k_of_n_takes_every_nth_run_of_the_grid(tmp_path: Path, capsys):
+
+    specs = [RunSpec({"ExtCoeff": str(i)}, 0, tmp_path / f"r{i}", 64) for i in range(7)]
+    assert [s.name for s in take_shard(specs, (1, 3))] == ["r0", "r3", "r6"]
+    assert [s.name for s in take_shard(specs, (3, 3))] == ["r2", "r5"]
+    every = [s.name for k in (1, 2, 3) for s in take_shard(specs, (k, 3))]
+    assert sorted(every) == sorted(s.name for s in specs)  # each run in exactly one shard
+    assert take_shard(specs, None) == specs
+    for bad in ("0/2", "3/2", "1", "a/b", "1/0"):
+        with pytest.raises(StudyError, match="--shard"):
+            parse_shard(bad)
+    with pytest.raises(StudyError, match="has none"):
+        take_shard(specs[:2], (3, 3))
+
+    grid = ["--config", str(REPO / "configs" / "smoke.yaml"), "--axis", "ExtCoeff=2,1,0", "--seeds", "2"]
+    assert main(["run", str(tmp_path / "s2"), *grid, "--gpus", "none", "--shard", "2/3", "--dry-run"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [ln.split("--run-dir ")[1].split()[0].rsplit("/", 1)[1] for ln in lines] == [
+        "ExtCoeff2_seed1",
+        "ExtCoeff0_seed0",
+    ]
+    plan = json.loads((tmp_path / "s2" / "study.json").read_text())
+    assert plan["shard"] == "2/3" and [r["name"] for r in plan["runs"]] == ["ExtCoeff2_seed1", "ExtCoeff0_seed0"]
+    assert len(plan["grid"]) == 6 and plan["grid"][0]["name"] == "ExtCoeff2_seed0" and plan["plan_hash"]
+
+
+SHARD_GRID = ["--config", str(REPO / "configs" / "smoke.yaml"), "--axis", "ExtCoeff=2,0", "--gpus", "none"]
+
+
+def test_a_folder_of_one_shard_refuses_another(tmp_path: Path, capsys):
+    """Each host's shard has a folder of its own: a second shard would overwrite the first one's study.json."""
+    s = tmp_path / "s"
+    assert main(["run", str(s), *SHARD_GRID, "--shard", "1/2", "--dry-run"]) == 0
+    assert main(["run", str(s), *SHARD_GRID, "--shard", "2/2", "--dry-run"]) == 2
+    assert "holds shard 1/2 of its grid; give shard 2/2 a folder of its own" in capsys.readouterr().err
+    assert json.loads((s / "study.json").read_text())["shard"] == "1/2"
+    assert main(["run", str(s), *SHARD_GRID, "--dry-run"]) == 0  # the whole grid holds shard 1/2: allowed

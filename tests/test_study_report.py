@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
-from test_study_fakes import is_png, metrics_rows, synthetic_study
+from test_study_fakes import REPO, is_png, metrics_rows, synthetic_run, synthetic_study
 
 from study.cli import main
 from study.figures import CURVES
@@ -101,3 +102,69 @@ def test_seeds_without_an_exploration_json_are_left_out_of_the_maps_mean(tmp_pat
     (s / "ExtCoeff2_seed1" / "exploration.json").unlink()
     runs = {r.name: r for r in load_study(s)}
     assert cell_table([runs["ExtCoeff2_seed0"], runs["ExtCoeff2_seed1"]]) == one  # not halved by the missing seed
+
+
+SMOKE_GRID = ["--config", str(REPO / "configs" / "smoke.yaml"), "--gpus", "none", "--dry-run"]
+
+
+def shard_folder(root: Path, shard: str, *grid: str) -> Path:
+    """The study.json that ``study.py run ROOT --shard K/N`` writes, and a finished fake run for each of its runs."""
+    assert main(["run", str(root), *SMOKE_GRID, "--shard", shard, *grid]) == 0
+    rng = np.random.default_rng(len(shard))
+    for r in json.loads((root / "study.json").read_text())["runs"]:
+        synthetic_run(root, r["name"], r["values"], r["seed"], rng, None)
+    return root
+
+
+def test_a_report_of_two_shards_merges_them_in_the_grid_order(tmp_path: Path, capsys):
+    grid = ("--axis", "ExtCoeff=2,1,0")
+    a = shard_folder(tmp_path / "a", "1/2", *grid)  # ExtCoeff 2 and 0
+    b = shard_folder(tmp_path / "b", "2/2", *grid)  # ExtCoeff 1
+    capsys.readouterr()
+    assert main(["report", str(a), str(b), "--eval-episodes", "0"]) == 0
+    summary = json.loads((a / "report" / "summary.json").read_text())
+    assert [r["name"] for r in summary] == ["ExtCoeff2_seed0", "ExtCoeff1_seed0", "ExtCoeff0_seed0"]
+    text = (a / "report" / "report.md").read_text()
+    assert f"Written by `python study.py report {a} {b} --eval-episodes 0`" in text
+    assert [ln[:7] for ln in text.splitlines() if ln.startswith("| ExtCoeff=")] == ["| ExtCo"] * 3
+    assert "not in this report" not in text
+    assert main(["report", str(b), "--eval-episodes", "0"]) == 0  # one shard alone says what it lacks
+    assert (
+        "not in this report (no folder given holds a metrics.csv row of them): `ExtCoeff2_seed0`, `ExtCoeff0_seed0`"
+        in ((b / "report" / "report.md").read_text())
+    )
+
+
+@pytest.mark.parametrize(
+    ("other", "why"),
+    [
+        (("--axis", "ExtCoeff=2,1,5"), "runs only here: ExtCoeff5_seed0; runs only there: ExtCoeff0_seed0"),
+        (("--axis", "ExtCoeff=2,1,0", "--total-steps", "128"), "ExtCoeff2_seed0's agent steps 128 vs 1280"),
+        (("--axis", "ExtCoeff=2,1,0", "LearningRate=0.0002"), "ExtCoeff2_seed0's resolved config"),
+    ],
+)
+def test_a_report_refuses_folders_of_another_grid_or_config(tmp_path: Path, capsys, other: tuple, why: str):
+    a = shard_folder(tmp_path / "a", "1/2", "--axis", "ExtCoeff=2,1,0")
+    b = shard_folder(tmp_path / "b", "2/2", *other)
+    capsys.readouterr()
+    assert main(["report", str(a), str(b), "--eval-episodes", "0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"study: error: {b} holds another study than {a}: ") and why in err[0]
+    assert not (a / "report").exists()
+
+
+def test_a_report_refuses_a_folder_twice_a_run_twice_and_a_folder_without_a_plan(tmp_path: Path, capsys):
+    a = shard_folder(tmp_path / "a", "1/2", "--axis", "ExtCoeff=2,1,0")
+    whole = shard_folder(tmp_path / "whole", "1/1", "--axis", "ExtCoeff=2,1,0")
+    bare = tmp_path / "bare"
+    synthetic_study(bare)
+    (bare / "study.json").unlink()
+    capsys.readouterr()
+    for dirs, why in (
+        ([a, tmp_path / "a" / ".." / "a"], "a study folder is given twice"),
+        ([a, whole], f"run ExtCoeff2_seed0 is in both {a} and {whole}"),
+        ([a, bare], f"{bare} has no study.json"),
+        ([a, tmp_path / "nope"], f"no study at {tmp_path / 'nope'}"),
+    ):
+        assert main(["report", *map(str, dirs), "--eval-episodes", "0"]) == 2
+        assert why in capsys.readouterr().err

@@ -132,3 +132,30 @@ def test_concurrent_runs_divide_the_cores_in_every_mode(two_gpus, monkeypatch, t
     assert actors("--gpus", "none", cores=64) == [4, 4, 4, 4]  # no more actors than envs (launch.py's limit)
     assert actors("--gpus", "0,1", "--per-gpu", "4", cores=8, runs="ExtCoeff=2,0") == [3, 3]  # 2 runs: 2 at once
     assert actors("--gpus", "0,1", "--actors", "2", cores=64) == [2, 2, 2, 2]
+
+
+def test_two_shards_run_as_two_commands_give_one_merged_report(tmp_path: Path):
+    """Two hosts' shares of one grid, each in its own folder (here two commands at once on this machine),
+    then one report of both."""
+    a, b = tmp_path / "host_a", tmp_path / "host_b"
+    grid = [*TINY, "--axis", "ExtCoeff=2,0", "--total-steps", "64"]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(REPO / "study.py"), "run", str(d), *grid, "--shard", shard],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            cwd=REPO,
+        )
+        for d, shard in ((a, "1/2"), (b, "2/2"))
+    ]
+    outs = [p.communicate(timeout=180)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    assert "shard 1/2 of the grid" in outs[0] and "1/1 runs done" in outs[0]
+    assert sorted(p.name for p in a.iterdir()) == ["ExtCoeff2_seed0", "study.json"]
+    assert sorted(p.name for p in b.iterdir()) == ["ExtCoeff0_seed0", "study.json"]
+    rep = run_study("report", str(a), str(b), "--eval-episodes", "0")
+    assert rep.returncode == 0, rep.stdout + rep.stderr
+    summary = json.loads((a / "report" / "summary.json").read_text())
+    assert [(r["name"], r["agent_steps"]) for r in summary] == [("ExtCoeff2_seed0", 64), ("ExtCoeff0_seed0", 64)]
+    assert f"Written by `python study.py report {a} {b} --eval-episodes 0`" in (a / "report" / "report.md").read_text()
