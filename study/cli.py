@@ -23,14 +23,15 @@ from pathlib import Path
 from common.config import ConfigError
 from study import REPO, StudyError
 from study.folders import check_folders, check_shard_folder, run_state, write_study_file
+from study.lock import StudyLock
 from study.plan import DEFAULT_CONFIG, RunSpec, build_plan, next_command, parse_shard, set_actors, take_shard
 from study.report import write_report
 from study.scheduler import Scheduler, actors_share, child_env, slots_for, usable_cores
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    """``study.py run``: plan the grid (this host's shard of it), check its folders, then print (--dry-run) or
-    run every run."""
+    """``study.py run``: lock the folder, plan the grid (this host's shard of it), check its folders, then
+    print (--dry-run) or run every run."""
     # launch.py runs in the repo's folder: every path it is given must mean the same there
     args.config = Path(args.config or DEFAULT_CONFIG).resolve()
     args.study_dir = args.study_dir.resolve()
@@ -40,14 +41,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.actors is not None and args.actors < 1:
         raise StudyError("--actors must be >= 1")
     slots = slots_for(args.gpus, args.parallel, args.per_gpu)
-    check_shard_folder(args.study_dir, args.shard)
-    grid = build_plan(args)
-    specs = take_shard(grid, args.shard)
-    # the runs at a time share the cores: never more actors in all than cores (see actors_share)
-    set_actors(specs, args.actors, actors_share(usable_cores(), min(len(slots), len(specs))))
-    check_folders(specs)
-    write_study_file(args, specs, grid)
-    return dry_run(specs, slots) if args.dry_run else run_grid(args, specs, slots)
+    with StudyLock(args.study_dir):
+        check_shard_folder(args.study_dir, args.shard)
+        grid = build_plan(args)
+        specs = take_shard(grid, args.shard)
+        # the runs at a time share the cores: never more actors in all than cores (see actors_share)
+        set_actors(specs, args.actors, actors_share(usable_cores(), min(len(slots), len(specs))))
+        check_folders(specs)
+        write_study_file(args, specs, grid)
+        return dry_run(specs, slots) if args.dry_run else run_grid(args, specs, slots)
 
 
 def dry_run(specs: list[RunSpec], slots: list[str | None]) -> int:

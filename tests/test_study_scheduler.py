@@ -152,7 +152,7 @@ def test_two_shards_run_as_two_commands_give_one_merged_report(tmp_path: Path):
     outs = [p.communicate(timeout=180)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
     assert "shard 1/2 of the grid" in outs[0] and "1/1 runs done" in outs[0]
-    assert sorted(p.name for p in a.iterdir()) == ["ExtCoeff2_seed0", "study.json"]
+    assert sorted(p.name for p in a.iterdir()) == ["ExtCoeff2_seed0", "study.json"]  # the lock is gone too
     assert sorted(p.name for p in b.iterdir()) == ["ExtCoeff0_seed0", "study.json"]
     rep = run_study("report", str(a), str(b), "--eval-episodes", "0")
     assert rep.returncode == 0, rep.stdout + rep.stderr
