@@ -3,7 +3,7 @@
 Episodes bring ``rooms`` (room numbers entered) and ``cells`` ([cell id, agent steps], see
 ``common/cells.py``) as generic stats; games without them bring neither. The counts are summed
 over the whole run, kept in the checkpoint, and written to ``RUN_DIR/exploration.json``.
-No sockets and no files here except ``write_json``.
+No sockets and no files here except ``write_json`` and its reader, ``read_exploration``.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from common.cells import CELL_BUCKET, cell_parts
+from learner.logs import RunFileError
 
 # Distinct cells a run keeps counts for. Montezuma's 3 levels of 24 rooms have a few hundred
 # reachable cells per room; past the cap (only a hostile or broken actor gets there) new cells are
@@ -92,3 +93,28 @@ class ExplorationStats:
         tmp = path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(self.to_json(update, agent_steps, episodes)))
         os.replace(tmp, path)
+
+
+CELL_KEYS = ("level", "room", "x_bucket", "y_bucket", "steps")  # each cell of exploration.json, all integers
+
+
+def read_exploration(path: Path) -> dict[str, Any]:
+    """``RUN_DIR/exploration.json`` as ``to_json`` made it.
+
+    ``write_json`` replaces the file whole, so damage is the whole file's: one cut short, not JSON, or
+    not such a record (``cells`` a list of objects with integer ``CELL_KEYS``, ``rooms`` an object)
+    raises ``RunFileError`` with one line naming the file. A missing file raises FileNotFoundError.
+    """
+    try:
+        data = json.loads(Path(path).read_bytes().decode("utf-8"))
+    except ValueError as e:  # UnicodeDecodeError and JSONDecodeError alike
+        raise RunFileError(f"{path}: cut short or not JSON ({e})") from None
+    cells = data.get("cells") if isinstance(data, dict) else None
+    if not isinstance(cells, list) or not isinstance(data.get("rooms"), dict):
+        raise RunFileError(f"{path}: not an exploration record (no cells list and rooms object)")
+    for c in cells:
+        if not isinstance(c, dict) or not all(
+            isinstance(c.get(k), int) and not isinstance(c[k], bool) for k in CELL_KEYS
+        ):
+            raise RunFileError(f"{path}: not an exploration record (a cell without integer {', '.join(CELL_KEYS)})")
+    return data

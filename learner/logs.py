@@ -2,6 +2,10 @@
 
 Every metric has one stable bare name (the CSV column) and one namespace; its TensorBoard tag is
 ``namespace/name``. The CSV columns are fixed by ``METRICS`` so that resumed runs append cleanly.
+
+``read_metrics`` and ``read_episodes`` read the two files back, for every tool that reads a run
+folder. Their one rule for a damaged line (cut short by a killed run, binary, or valid text that is
+not a record): it is skipped and counted, and the reader returns the rows with that count.
 """
 
 from __future__ import annotations
@@ -9,10 +13,11 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 # name -> namespace, in CSV column order
 METRICS: dict[str, str] = {
@@ -153,6 +158,116 @@ class RunLogger:
         self._episodes.close()
         if self._tb is not None:
             self._tb.close()
+
+
+# ---- readers ------------------------------------------------------------------------------------------------
+class RunFileError(ValueError):
+    """A run-folder file that cannot be read at all (not one damaged line: the whole file); its message is
+    one line that names the file."""
+
+
+class LogRows(NamedTuple):
+    """What a reader got from one log file."""
+
+    rows: list[dict[str, Any]]  # the records, in file order
+    skipped: int  # non-empty lines that were not records (damaged), left out
+
+
+def read_metrics(path: Path, tail_bytes: int | None = None) -> LogRows:
+    """metrics.csv -> one dict per row (column -> float; an empty cell is NaN), in file order.
+
+    A row counts only if it is whole: its line ends in a newline (the writer ends every row with one, so a
+    last line without it was cut or is still being written), it has a cell for every header column, its
+    update and agent_steps are non-negative integers and every other cell is a number or empty. Every
+    other non-empty line is skipped and counted. An empty file has no rows; a first line that names no
+    update and agent_steps columns raises ``RunFileError``.
+
+    ``tail_bytes``: read only about that many bytes from the end (the header still from the top), for a
+    cheap look at a long live run; the partial line the tail starts in is neither read nor counted.
+    """
+    with open(path, "rb") as f:
+        head = f.readline()
+        body = f.tell()
+        start = body if tail_bytes is None else max(body, os.fstat(f.fileno()).st_size - tail_bytes)
+        f.seek(max(body, start - 1))  # from the byte before: if it ends a line, no line is cut
+        data = f.read()
+    if start > body:
+        data = data.split(b"\n", 1)[1] if b"\n" in data else b""
+    if not head.endswith(b"\n"):  # no header yet (a run that just started): nothing to read
+        return LogRows([], 0)
+    columns = _csv_cells(head)
+    if columns is None or "update" not in columns or "agent_steps" not in columns:
+        raise RunFileError(f"{path}: not a metrics.csv (its first line names no update and agent_steps columns)")
+    *lines, cut = data.split(b"\n")
+    rows = [row for line in lines if (row := _metrics_row(line, columns)) is not None]
+    damaged = sum(1 for line in lines if line.strip()) - len(rows) + (1 if cut.strip() else 0)
+    return LogRows(rows, damaged)
+
+
+def _csv_cells(line: bytes) -> list[str] | None:
+    """One CSV line's cells; None if it is not UTF-8 text or not CSV (a NUL byte, say)."""
+    try:
+        return next(csv.reader([line.decode("utf-8").rstrip("\r\n")]))
+    except (UnicodeDecodeError, csv.Error, StopIteration):
+        return None
+
+
+def _metrics_row(line: bytes, columns: list[str]) -> dict[str, float] | None:
+    """A whole metrics row, or None (see ``read_metrics`` for what whole means)."""
+    cells = _csv_cells(line)
+    if cells is None or len(cells) != len(columns):
+        return None
+    row = dict(zip(columns, cells, strict=True))
+    if not all(row[k].isascii() and row[k].isdigit() for k in ("update", "agent_steps")):
+        return None
+    try:
+        return {k: float(v) if v else math.nan for k, v in row.items()}
+    except ValueError:
+        return None
+
+
+def read_episodes(path: Path) -> LogRows:
+    """episodes.jsonl -> one dict per episode, in file order.
+
+    A line counts only if it is a JSON object with a finite number ``return`` and a non-negative integer
+    ``agent_steps`` (the learner's count when it consumed the episode), and, where present, integers
+    ``length`` and ``update`` and ``rooms`` a list of integers or null. Every other non-empty line (cut
+    short, binary, or valid JSON that is not such a record: ``[1,2]``, ``"x"``, ``{}``) is skipped and
+    counted.
+    """
+    rows, skipped = [], 0
+    for line in Path(path).read_bytes().split(b"\n"):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line.decode("utf-8"))
+        except ValueError:  # UnicodeDecodeError and JSONDecodeError alike
+            record = None
+        if _is_episode(record):
+            rows.append(record)
+        else:
+            skipped += 1
+    return LogRows(rows, skipped)
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _is_episode(record: Any) -> bool:
+    if not isinstance(record, dict):
+        return False
+    ret, steps, rooms = record.get("return"), record.get("agent_steps"), record.get("rooms")
+    return (
+        isinstance(ret, (int, float))
+        and not isinstance(ret, bool)
+        and math.isfinite(ret)
+        and isinstance(steps, int)
+        and _is_int(steps)
+        and steps >= 0
+        and all(_is_int(record[k]) for k in ("length", "update") if k in record)
+        and (rooms is None or (isinstance(rooms, list) and all(_is_int(r) for r in rooms)))
+    )
 
 
 class NullLogger:

@@ -2,7 +2,8 @@
 
     python scripts/compare_runs.py runs/sync runs/async --labels sync,async --bins 10 --markdown cmp.md
 
-Each RUN_DIR needs the ``metrics.csv`` and ``episodes.jsonl`` a training run writes (learner/logs.py).
+Each RUN_DIR needs the ``metrics.csv`` and ``episodes.jsonl`` a training run writes, read by learner/logs.py's
+readers: a damaged line (cut short, binary, not a record) is skipped, and a note on stderr counts them.
 An episode is placed by the learner's agent step count when it was consumed; bins are (lo, hi] in agent
 steps, the first one also holding step 0. Bad input: one line on stderr and exit code 2.
 """
@@ -10,14 +11,14 @@ steps, the first one also holding step 0. Bad input: one line on stderr and exit
 from __future__ import annotations
 
 import argparse
-import csv
-import json
 import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from learner.logs import RunFileError, read_episodes, read_metrics
 
 DASH = "–"
 
@@ -45,50 +46,38 @@ class Bin:
     rooms_total: int | None  # distinct rooms seen by the run up to hi; None if no episode has rooms
 
 
+def note_skipped(path: Path, skipped: int) -> None:
+    """Damaged lines the reader left out (learner/logs.py's rule): one note on stderr, the comparison goes on."""
+    if skipped:
+        print(f"compare_runs: note: {path}: skipped {skipped} damaged line{'s' * (skipped > 1)}", file=sys.stderr)
+
+
 def load_metrics(path: Path) -> dict[str, np.ndarray]:
-    """metrics.csv -> column -> (U,) float64 array; empty cells become NaN."""
+    """metrics.csv -> column -> (U,) float64 array over its whole rows; empty cells become NaN."""
     if not path.is_file():
         raise InputError(f"{path}: no such file (not a run directory?)")
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
+    try:
+        rows, skipped = read_metrics(path)
+    except RunFileError as e:
+        raise InputError(str(e)) from None
+    note_skipped(path, skipped)
     need = ("agent_steps", "time_s", "steps_per_second", "policy_lag_mean")
     missing = [c for c in need if not rows or c not in rows[0]]
     if not rows or missing:
         raise InputError(f"{path}: no rows" if not rows else f"{path}: missing columns {missing}")
-    try:
-        return {
-            c: np.array([float(r[c]) if r[c] not in ("", None) else math.nan for r in rows])
-            for c in rows[0]
-            if c is not None
-        }
-    except ValueError as e:
-        raise InputError(f"{path}: non-numeric cell ({e})") from None
+    return {c: np.array([r[c] for r in rows]) for c in rows[0]}
 
 
 def load_episodes(path: Path) -> tuple[np.ndarray, np.ndarray, list[frozenset[int] | None]]:
-    """episodes.jsonl -> (steps (N,) int64, returns (N,) float64, rooms per episode)."""
+    """episodes.jsonl -> (steps (N,) int64, returns (N,) float64, rooms per episode) of its whole records."""
     if not path.is_file():
         raise InputError(f"{path}: no such file (not a run directory?)")
-    steps, rets, rooms = [], [], []
-    lines = path.read_text().splitlines()
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            e = json.loads(line)
-            s, r, rm = int(e["agent_steps"]), float(e["return"]), e.get("rooms")
-            if rm is not None and not isinstance(rm, list):
-                raise TypeError(f"rooms must be a list, got {type(rm).__name__}")
-            rm = None if rm is None else frozenset(int(x) for x in rm)
-        except (ValueError, KeyError, TypeError, AttributeError) as err:
-            if n == len(lines) and isinstance(err, json.JSONDecodeError):  # a run killed mid-write: keep the rest
-                print(f"compare_runs: warning: {path}:{n}: skipped a truncated last line", file=sys.stderr)
-                continue
-            raise InputError(f"{path}:{n}: malformed episode line ({type(err).__name__}: {err})") from None
-        steps.append(s)
-        rets.append(r)
-        rooms.append(rm)
-    return np.array(steps, dtype=np.int64), np.array(rets, dtype=np.float64), rooms
+    episodes, skipped = read_episodes(path)
+    note_skipped(path, skipped)
+    steps = np.array([e["agent_steps"] for e in episodes], dtype=np.int64)
+    returns = np.array([e["return"] for e in episodes], dtype=np.float64)
+    rooms = [None if e.get("rooms") is None else frozenset(e["rooms"]) for e in episodes]
+    return steps, returns, rooms
 
 
 def load_run(run_dir: Path, label: str) -> Run:
