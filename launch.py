@@ -77,6 +77,23 @@ def resolve_config(args: argparse.Namespace) -> tuple[Config, dict | None]:
     return load_config(args.config or DEFAULT_CONFIG, args.overrides), None
 
 
+def actors_config(args: argparse.Namespace) -> Config | None:
+    """The actors role's own config, checked here once: from --config (with key=value), or key=value
+    over the defaults; None with neither (the learner's config alone). Its actor_device is checked here."""
+    if args.config is None and not args.overrides:
+        return None
+    cfg = (
+        load_config(args.config, args.overrides)
+        if args.config is not None
+        else from_dict(parse_overrides(args.overrides))
+    )
+    if args.config is not None or "actor_device" in parse_overrides(args.overrides):
+        from actors.rollout import check_actor_device
+
+        check_actor_device(cfg.actor_device)
+    return cfg
+
+
 def resolve_run_dir(args: argparse.Namespace, cfg: Config) -> Path:
     if args.resume:
         return Path(args.resume)
@@ -101,8 +118,9 @@ def resolve_device(gpu: int | None) -> str:
     return f"cuda:{gpu}"
 
 
-def default_actors(cfg: Config) -> int:
-    return max(1, min(cfg.NumWorkers, (os.cpu_count() or 2) - 1))
+def default_actors(cfg: Config | None) -> int:
+    """One actor per spare core, at most one per env (without a config: NumWorkers not known yet)."""
+    return max(1, min(cfg.NumWorkers if cfg is not None else 1 << 30, (os.cpu_count() or 2) - 1))
 
 
 def make_run_dir(run_dir: Path) -> None:
@@ -114,7 +132,7 @@ def make_run_dir(run_dir: Path) -> None:
 
 # ---- roles -------------------------------------------------------------------------------------------------
 def actor_supervisor(
-    cfg_path: Path,
+    cfg_path: Path | None,
     learner_addr: str,
     ids: list[int],
     total: int,
@@ -128,14 +146,14 @@ def actor_supervisor(
     from actors.supervisor import ActorSupervisor
 
     keys = ["--keys", str(keys_dir.resolve())] if keys_dir is not None else []
+    config = ["--config", str(cfg_path)] if cfg_path is not None else []  # none: the learner's config alone
 
     def cmd(actor_id: int, incarnation: int) -> list[str]:
         return [
             sys.executable,
             "-m",
             "actors.main",
-            "--config",
-            str(cfg_path),
+            *config,
             "--learner",
             learner_addr,
             "--actor-id",
@@ -341,29 +359,33 @@ def run_learner(args: argparse.Namespace, cfg: Config, resume: dict | None, loca
     return 0
 
 
-def run_actors(args: argparse.Namespace, cfg: Config) -> int:
+def run_actors(args: argparse.Namespace, own: Config | None) -> int:
+    """The actors take the learner's config from its weights; ``own`` (from --config and key=value,
+    None without either) is checked against it by each actor, which exits 5 on a difference."""
     if not args.learner:
         raise UsageError("--role actors needs --learner tcp://HOST:PORT (the learner's --bind address)")
     check_address(args.learner, "--learner")
-    n = args.actors or default_actors(cfg)
+    n = args.actors or default_actors(own if args.config is not None else None)
     total = args.total_actors or n
     if args.actor_offset < 0 or args.actor_offset + n > total:
         raise UsageError(f"actors {args.actor_offset}..{args.actor_offset + n - 1} do not fit --total-actors {total}")
-    if total > cfg.NumWorkers:
-        raise UsageError(f"{total} actors for NumWorkers={cfg.NumWorkers} envs")
+    if own is not None and args.config is not None and total > own.NumWorkers:
+        raise UsageError(f"{total} actors for NumWorkers={own.NumWorkers} envs")
     if args.keys is not None:
         from common.transport import load_actor_keys
 
         load_actor_keys(args.keys)  # one line here rather than one per actor
+    if args.config is None:  # key=value alone, or nothing: each actor gets the same words
+        return supervise_actors(args, None, args.overrides, n, total)
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="rnd-actors-") as tmp:
         cfg_file = Path(tmp) / "config.yaml"
-        cfg_file.write_text(dump_yaml(cfg))
-        return supervise_actors(args, cfg_file, n, total)
+        cfg_file.write_text(dump_yaml(own))
+        return supervise_actors(args, cfg_file, [], n, total)
 
 
-def supervise_actors(args: argparse.Namespace, cfg_file: Path, n: int, total: int) -> int:
+def supervise_actors(args: argparse.Namespace, cfg_file: Path | None, overrides: list[str], n: int, total: int) -> int:
     """Run this machine's actors until the learner stops them or none is left; an actor that gave up
     on its learner is restarted while the learner is heard. The exit code says how they ended."""
     from actors.supervisor import learner_heard
@@ -373,7 +395,7 @@ def supervise_actors(args: argparse.Namespace, cfg_file: Path, n: int, total: in
         args.learner,
         list(range(args.actor_offset, args.actor_offset + n)),
         total,
-        [],
+        overrides,
         restart_on_learner_gone=False,
         keys_dir=args.keys,
         learner_alive=lambda: learner_heard(args.learner, args.keys),
@@ -436,18 +458,19 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     args = parse_args(argv)
     try:
+        if args.actors is not None and args.actors < 1:
+            raise UsageError(f"--actors {args.actors}: must be >= 1")
+        if args.role == "actors" and not args.print_config:
+            own = actors_config(args)
+            return run_actors(args, own)
         cfg, resume = resolve_config(args)
         if args.print_config:
             print(dump_yaml(cfg), end="")
             return 0
-        if args.actors is not None and args.actors < 1:
-            raise UsageError(f"--actors {args.actors}: must be >= 1")
         if args.role != "learner":  # this machine starts actors: one error line here, not N crashed actors
             from actors.rollout import check_actor_device
 
             check_actor_device(cfg.actor_device)
-        if args.role == "actors":
-            return run_actors(args, cfg)
         return run_learner(args, cfg, resume, local=args.role == "local")
     except KeysError as e:
         print(f"launch: error: --keys: {e}", file=sys.stderr)

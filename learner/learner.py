@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import zmq
 
-from common.config import Config, shape_keys
+from common.config import Config
 from common.flow import LearnerLedger
 from common.rl.networks import NUM_ACTIONS
 from common.runtime import TorchRuntime
@@ -173,7 +173,8 @@ class Learner:
         meta = {
             **self.ledger.flow_meta().wire(),
             "warmup_steps": 0 if self.obs_rms_ready else self.cfg.NumInitSteps,
-            "shape_keys": shape_keys(self.cfg),
+            "config": self.cfg.to_dict(),  # the run's one config: actors run with it (common/wire.py weights_config)
+            "rank": getattr(self, "rank", 0),
         }
         self.io.publish_weights(self.version, encode("weights", meta, arrays))
 
