@@ -95,6 +95,7 @@ def actors_config(args: argparse.Namespace) -> Config | None:
 
 
 def resolve_run_dir(args: argparse.Namespace, cfg: Config) -> Path:
+    """The run dir asked for; a default name (``default_run_dir``) may still get a suffix in ``make_run_dir``."""
     if args.resume:
         return Path(args.resume)
     if args.run_dir:
@@ -102,6 +103,11 @@ def resolve_run_dir(args: argparse.Namespace, cfg: Config) -> Path:
     if cfg.SavePath:  # the report's SavePath names a checkpoint file; its folder becomes the run dir
         return Path(cfg.SavePath).expanduser().parent
     return REPO / "runs" / f"{rom_name(cfg.EnvName)}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def default_run_dir(args: argparse.Namespace, cfg: Config) -> bool:
+    """Whether the run dir is the default runs/<game>-<time>, named by no flag or key."""
+    return not (args.resume or args.run_dir or cfg.SavePath)
 
 
 def resolve_device(gpu: int | None) -> str:
@@ -123,11 +129,45 @@ def default_actors(cfg: Config | None) -> int:
     return max(1, min(cfg.NumWorkers if cfg is not None else 1 << 30, (os.cpu_count() or 2) - 1))
 
 
-def make_run_dir(run_dir: Path) -> None:
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UsageError(f"run dir {run_dir}: cannot create it ({e.strerror}); pass --run-dir") from None
+MAX_RUN_DIR_SUFFIX = 1000
+
+
+def make_run_dir(run_dir: Path, unique: bool = False) -> Path:
+    """Create the run dir; returns it. ``unique`` (a default name): created exclusively, as NAME, else
+    NAME-2, NAME-3, ..., so that runs started in the same second never share one; otherwise an existing
+    folder is used as it is (``check_fresh_run_dir`` has judged it)."""
+    names = [run_dir] + [run_dir.with_name(f"{run_dir.name}-{i}") for i in range(2, MAX_RUN_DIR_SUFFIX)]
+    for path in names if unique else [run_dir]:
+        try:
+            path.mkdir(parents=True, exist_ok=not unique)
+            return path
+        except FileExistsError:
+            if unique:
+                continue
+            raise UsageError(f"run dir {path}: a file of that name is in the way; pass --run-dir") from None
+        except OSError as e:
+            raise UsageError(f"run dir {path}: cannot create it ({e.strerror}); pass --run-dir") from None
+    raise UsageError(f"run dir {run_dir}: it and {MAX_RUN_DIR_SUFFIX - 2} suffixed names exist; pass --run-dir")
+
+
+_console_log = None  # the ConsoleTee of this run's launch.log, once the run dir exists
+
+
+def open_console_log(run_dir: Path) -> None:
+    """From here on, this process's stdout and stderr, and its actor processes', also go to
+    RUN_DIR/launch.log (appended: a resumed run continues it). ``main`` closes it."""
+    from learner.logs import ConsoleTee
+
+    global _console_log
+    if _console_log is None:
+        _console_log = ConsoleTee(run_dir / "launch.log")
+
+
+def close_run_outputs() -> None:
+    global _console_log
+    if _console_log is not None:
+        _console_log.close()
+        _console_log = None
 
 
 # ---- roles -------------------------------------------------------------------------------------------------
@@ -286,9 +326,11 @@ def build_learner(args: argparse.Namespace, cfg: Config, resume: dict | None, lo
     keys = learner_keys(args, bind, local)
     device = resolve_device(args.learner_gpu)
     run_dir = resolve_run_dir(args, cfg)
-    if resume is None:
+    unique = default_run_dir(args, cfg)
+    if resume is None and not unique:
         check_fresh_run_dir(run_dir)
-    make_run_dir(run_dir)
+    run_dir = make_run_dir(run_dir, unique)
+    open_console_log(run_dir)
     supervisor = None
     if local:
         n = args.actors or default_actors(cfg)
@@ -317,10 +359,21 @@ def build_learner(args: argparse.Namespace, cfg: Config, resume: dict | None, lo
     print(
         f"launch: run dir {run_dir} | learner on {device} | listening on {bind}"
         + (" (CURVE)" if keys is not None else "")
-        + (f" | {len(supervisor.actor_ids)} actors" if supervisor else ""),
+        + (f" | {len(supervisor.actor_ids)} actors" if supervisor else " | actors: those of --role actors")
+        + f" | {run_plan(cfg, total, learner.obs_rms_ready)}",
         flush=True,
     )
     return learner, supervisor
+
+
+def run_plan(cfg: Config, total: int, warm: bool) -> str:
+    """What the run will do, for its start line."""
+    per_update = cfg.NumWorkers * cfg.RolloutSteps
+    warmup = "" if warm or not cfg.NumInitSteps else f"a warm-up of {cfg.NumInitSteps * cfg.NumWorkers:,} frames, then "
+    return (
+        f"{warmup}{total:,} agent steps ({-(-total // per_update):,} updates of {per_update:,}); "
+        "a time estimate follows the first updates"
+    )
 
 
 def run_learner(args: argparse.Namespace, cfg: Config, resume: dict | None, local: bool) -> int:
@@ -457,6 +510,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"launch: error: keys: {e}", file=sys.stderr)
             return 2
     args = parse_args(argv)
+    try:
+        return run_role(args)
+    finally:
+        close_run_outputs()  # after the last line, the error ones included
+
+
+def run_role(args: argparse.Namespace) -> int:
+    """The role ``args`` asks for; its exit code, with errors as one line."""
     try:
         if args.actors is not None and args.actors < 1:
             raise UsageError(f"--actors {args.actors}: must be >= 1")

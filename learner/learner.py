@@ -34,7 +34,7 @@ from learner.batch_source import BatchSource, InProcessBatchSource, SocketBatchS
 from learner.checkpoint import CheckpointError, CheckpointWriteError, save_checkpoint, write_fault
 from learner.exploration import ExplorationStats
 from learner.learner_io import LearnerIO, WarmupMoments, max_frame_bytes, recv_queue
-from learner.logs import RunLogger
+from learner.logs import RunLogger, RunStatus
 from learner.run_stats import MAX_REJECT_REASONS, OTHER_REASONS, RunStats, reject_reason
 
 log = logging.getLogger("learner")
@@ -106,12 +106,14 @@ class Learner:
         self._save_failed = False
         self.failure: str | None = None  # why the run stopped early as a failure (no actors, a non-finite loss)
         self.shutting_down = False
+        warmup_frames = 0 if self.obs_rms_ready else cfg.NumInitSteps * cfg.NumWorkers  # what the status counts
         self.logger = RunLogger(
             self.run_dir,
             resume_update=self.version if resume is not None else None,
             tensorboard=tensorboard,
             purge_step=self.stats.counters["agent_steps"] if resume is not None else None,
             progress=progress,
+            status=RunStatus(self.total_steps, cfg.NumWorkers, warmup_frames, bind, keys is not None, progress),
         )
         self.ctx = zmq.Context.instance()
         self.sockets: LearnerSockets | None = None
@@ -209,6 +211,7 @@ class Learner:
             return
         self.agent.obs_rms.update_from_moments(m.mean.to(self.agent.device), m.var.to(self.agent.device), m.count)
         self.stats.count("warmup_frames", m.count)
+        self.logger.status.hear(m.streams)
         if self.stats.counters["warmup_frames"] >= self.cfg.NumInitSteps * self.cfg.NumWorkers:
             self.obs_rms_ready = True
 
@@ -239,6 +242,7 @@ class Learner:
         return None
 
     def idle(self) -> None:
+        self.logger.status.waiting(self.stats.counters["warmup_frames"])
         if self.supervisor is None:
             return
         self.supervisor.poll()

@@ -126,6 +126,7 @@ class WarmupMoments:
     mean: torch.Tensor
     var: torch.Tensor
     count: int
+    streams: frozenset[int] = frozenset()  # the env streams the frames came from
 
 
 def merge_moments(a: WarmupMoments, b: WarmupMoments) -> WarmupMoments:
@@ -133,7 +134,7 @@ def merge_moments(a: WarmupMoments, b: WarmupMoments) -> WarmupMoments:
     rms = RunningMeanStd(tuple(a.mean.shape), epsilon=0.0)
     rms.update_from_moments(a.mean, a.var, a.count)
     rms.update_from_moments(b.mean, b.var, b.count)
-    return WarmupMoments(rms.mean, rms.var, a.count + b.count)
+    return WarmupMoments(rms.mean, rms.var, a.count + b.count, a.streams | b.streams)
 
 
 def check_actor_id(actor: object, spec: SegmentSpec) -> int:
@@ -205,10 +206,10 @@ def parse_message(frames: list[bytes], spec: SegmentSpec) -> Segment | WarmupMom
         m = validate_segment(msg, spec)
         return Segment(m.actor, m.version, m.streams, msg.arrays, m.episodes, m.timings, m.run, m.seq)
     if msg.kind == "warmup":
-        validate_warmup(msg, spec)
+        w = validate_warmup(msg, spec)
         moments = RunningMeanStd((spec.height, spec.width), epsilon=0.0)  # exact moments of these frames only
         moments.update(torch.from_numpy(msg.arrays["frames"].copy()))
-        return WarmupMoments(moments.mean, moments.var, int(moments.count))
+        return WarmupMoments(moments.mean, moments.var, int(moments.count), frozenset(w.streams))
     raise WireError(f"a learner does not accept {msg.kind!r} messages")
 
 
