@@ -59,8 +59,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="let a learner listen beyond loopback without keys (plaintext: a trusted network only)",
     )
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p.add_argument(
+        "--wandb",
+        metavar="PROJECT",
+        help='mirror metrics and config to this Weights & Biases project (pip install -e ".[wandb]"); '
+        "the same as wandb_project=PROJECT",
+    )
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (highest precedence)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.wandb:
+        args.overrides.append(f"wandb_project={args.wandb}")
+    return args
 
 
 # ---- resolution of config, run dir, device ---------------------------------------------------------------
@@ -151,6 +160,7 @@ def make_run_dir(run_dir: Path, unique: bool = False) -> Path:
 
 
 _console_log = None  # the ConsoleTee of this run's launch.log, once the run dir exists
+_wandb = None  # the WandbMirror of a run with wandb_project
 
 
 def open_console_log(run_dir: Path) -> None:
@@ -163,8 +173,25 @@ def open_console_log(run_dir: Path) -> None:
         _console_log = ConsoleTee(run_dir / "launch.log")
 
 
+def attach_wandb(learner, cfg: Config) -> None:
+    """With wandb_project, mirror each metrics row and the config to Weights & Biases; ``main`` closes it."""
+    if not cfg.wandb_project:
+        return
+    from learner.logs import WandbMirror
+
+    global _wandb
+    try:
+        _wandb = WandbMirror(cfg.wandb_project, learner.run_dir, cfg.to_dict())
+    except RuntimeError as e:
+        raise UsageError(f"--wandb {cfg.wandb_project}: {e}") from None
+    learner.on_update.append(_wandb.log)
+
+
 def close_run_outputs() -> None:
-    global _console_log
+    global _console_log, _wandb
+    if _wandb is not None:
+        _wandb.close()
+        _wandb = None
     if _console_log is not None:
         _console_log.close()
         _console_log = None
@@ -356,6 +383,7 @@ def build_learner(args: argparse.Namespace, cfg: Config, resume: dict | None, lo
     except zmq.ZMQError as e:
         raise UsageError(f"--bind {bind}: {e} (is another learner using this port or port+1?)") from None
     (run_dir / "config.yaml").write_text(dump_yaml(cfg))
+    attach_wandb(learner, cfg)
     print(
         f"launch: run dir {run_dir} | learner on {device} | listening on {bind}"
         + (" (CURVE)" if keys is not None else "")
@@ -528,6 +556,11 @@ def run_role(args: argparse.Namespace) -> int:
         if args.print_config:
             print(dump_yaml(cfg), end="")
             return 0
+        if cfg.wandb_project:
+            from learner.logs import wandb_missing
+
+            if why := wandb_missing():
+                raise UsageError(f"--wandb {cfg.wandb_project}: {why}")
         if args.role != "learner":  # this machine starts actors: one error line here, not N crashed actors
             from actors.rollout import check_actor_device
 

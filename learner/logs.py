@@ -11,6 +11,7 @@ import json
 import math
 import os
 import re
+import secrets
 import sys
 import threading
 import time
@@ -236,9 +237,8 @@ class RunLogger:
         self._csv_file.flush()
         if self._tb is not None:
             step = int(row["agent_steps"])
-            for k, v in row.items():
-                if k not in ("update", "agent_steps") and isinstance(v, (int, float)) and not math.isnan(v):
-                    self._tb.add_scalar(f"{METRICS[k]}/{k}", v, step)
+            for tag, v in tags(row).items():
+                self._tb.add_scalar(tag, v, step)
 
     def log_episodes(self, records: list[dict[str, Any]]) -> None:
         for r in records:
@@ -277,6 +277,53 @@ class RunLogger:
         self._episodes.close()
         if self._tb is not None:
             self._tb.close()
+
+
+WANDB_ID_FILE = "wandb_run_id.txt"  # a resumed run continues its W&B run
+
+
+def tags(row: dict[str, Any]) -> dict[str, float]:
+    """A metrics row as TensorBoard names it: ``namespace/name`` -> value, for the numbers that are
+    not NaN, less the step counters (``update`` and ``agent_steps``, TensorBoard's step)."""
+    return {
+        f"{METRICS[k]}/{k}": v
+        for k, v in row.items()
+        if k not in ("update", "agent_steps") and isinstance(v, (int, float)) and not math.isnan(v)
+    }
+
+
+def wandb_missing() -> str | None:
+    """Why Weights & Biases cannot be used here (its package is not installed), or None."""
+    try:
+        import wandb  # noqa: F401
+    except ImportError:
+        return 'the wandb package is not installed (pip install -e ".[wandb]")'
+    return None
+
+
+class WandbMirror:
+    """Mirrors each metrics row to a Weights & Biases run in ``project``, under the TensorBoard tags at
+    step ``agent_steps``, and the run's config. Its files go to RUN_DIR/wandb; WANDB_MODE=offline keeps
+    them there only. A resumed run continues the W&B run whose id RUN_DIR/wandb_run_id.txt holds."""
+
+    def __init__(self, project: str, run_dir: Path, config: dict[str, Any]):
+        import wandb
+
+        id_file = Path(run_dir) / WANDB_ID_FILE
+        run_id = id_file.read_text().strip() if id_file.is_file() else secrets.token_hex(4)
+        try:
+            self.run = wandb.init(
+                project=project, dir=str(run_dir), name=Path(run_dir).name, id=run_id, resume="allow", config=config
+            )
+        except Exception as e:  # no login, no network: W&B's own errors are of many types
+            raise RuntimeError(f"wandb.init: {type(e).__name__}: {e}") from None
+        id_file.write_text(run_id + "\n")
+
+    def log(self, row: dict[str, Any]) -> None:
+        self.run.log(tags(row), step=int(row["agent_steps"]))
+
+    def close(self) -> None:
+        self.run.finish()
 
 
 class ConsoleTee:
