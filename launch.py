@@ -30,13 +30,26 @@ DEFAULT_CONFIG = REPO / "configs" / "montezuma.yaml"
 DEFAULT_REMOTE_BIND = "tcp://0.0.0.0:5555"
 
 
+HELP_CONFIG = """config:
+  Every key of common/config.py can be set in a YAML file (--config) or as key=value (last wins).
+  python3 launch.py --print-config [--config FILE] [key=value ...]   prints the resolved config and exits;
+  README.md, section "Config keys", has the table of every key with its default and meaning.
+"""
+
+
 class UsageError(Exception):
     """A bad command line or environment: printed as one line, exit code 2."""
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", help=f"YAML config (default: {DEFAULT_CONFIG.relative_to(REPO)})")
+    p = argparse.ArgumentParser(
+        description=__doc__, epilog=HELP_CONFIG, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--config",
+        help=f"YAML config (default: {DEFAULT_CONFIG.relative_to(REPO)}; actors role: none, they run with the "
+        "learner's, and a config given must agree with it)",
+    )
     p.add_argument("--actors", type=int, help="actor processes on this machine (default: one per spare core)")
     p.add_argument("--learner-gpu", type=int, help="GPU index of the learner, -1 for the CPU (default: 0 if any)")
     p.add_argument("--run-dir", help="where logs and checkpoints go (default: runs/<game>-<time>)")

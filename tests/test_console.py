@@ -103,3 +103,12 @@ def test_a_learner_nobody_reaches_says_so(tmp_path: Path, learner_role_cmd: Call
     assert note == f"status: no actor heard for 30 s; the learner listens on {addr}, it expects no keys (plaintext)"
     assert "actors: those of --role actors" in lines[0]
     assert note in (run_dir / "launch.log").read_text()
+
+
+def test_help_points_to_print_config_and_the_key_table() -> None:
+    p = subprocess.run([PY, "launch.py", "--help"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0
+    assert "--print-config [--config FILE] [key=value ...]" in p.stdout
+    assert 'README.md, section "Config keys"' in p.stdout
+    readme = (REPO / "README.md").read_text()
+    assert "\n## Config keys\n" in readme  # the section the help names
