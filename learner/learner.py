@@ -242,7 +242,7 @@ class Learner:
         return None
 
     def idle(self) -> None:
-        self.logger.status.waiting(self.stats.counters["warmup_frames"])
+        self.logger.status.waiting(self.stats.counters["warmup_frames"], self.io.heard if self.io is not None else b"")
         if self.supervisor is None:
             return
         self.supervisor.poll()

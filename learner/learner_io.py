@@ -261,6 +261,7 @@ class LearnerIO:
         self.warmups: queue.Queue[WarmupMoments] = queue.Queue()  # at most one item: see _add_warmup
         self._warm: WarmupMoments | None = None  # moments merged while the main thread had not taken the last
         self.pending: deque[Segment] = deque()
+        self.heard = bytearray(spec.num_streams)  # 1: a segment of that env stream arrived (the console's status)
         self.seen = SeenSegments()
         self._pending_streams = 0  # streams in pending, as of the last change made here
         self._cap_streams = pending_segments_per_actor(max_lag) * spec.num_streams  # pending_cap_bytes / stream
@@ -376,6 +377,8 @@ class LearnerIO:
             self.on_stale([mine[0]])
         self.pending.append(seg)
         self._pending_streams += len(seg.streams)
+        for stream in seg.streams:
+            self.heard[stream] = 1
 
     def _add_warmup(self, m: WarmupMoments) -> None:
         """Warm-up moments for the main thread, merged here while it has not taken the last ones, so

@@ -116,10 +116,12 @@ class RunStatus:
         """Env stream ids heard from (in warm-up frames or segments)."""
         self.streams.update(streams)
 
-    def waiting(self, warmup_frames: int) -> None:
-        """Before the first update: the waiting line every STATUS_EVERY_S, and the no-actor note once."""
+    def waiting(self, warmup_frames: int, heard: bytes | bytearray = b"") -> None:
+        """Before the first update: the waiting line every STATUS_EVERY_S, and the no-actor note once.
+        ``heard[s]`` is 1 where a segment of env stream s arrived."""
         if not self.show or self.updates_seen:
             return
+        self.hear(s for s, h in enumerate(heard) if h)
         now = self.clock()
         heard = bool(self.streams) or warmup_frames > 0
         if not heard and not self._said_nobody and now - self.start >= NOBODY_HEARD_S and self.listen:

@@ -103,3 +103,30 @@ def test_progress_line_in_a_file(tmp_path: Path, capsys) -> None:
     logger.close()
     line = capsys.readouterr().out.strip()
     assert "steps/s" in line and "nan" not in line and "50.0%" in line and "ETA -" in line and "0:00:03" in line
+
+
+def test_streams_heard_from_segments_and_warmup_frames(small_cfg, socketless_io) -> None:
+    """The I/O thread marks the env streams of each segment it files, warm-up moments carry theirs, and
+    the waiting line counts both (a resumed run asks for no warm-up: its actors are heard by segments)."""
+    import numpy as np
+
+    from common.rl.networks import NUM_ACTIONS
+    from common.wire import SegmentSpec, encode
+    from learner.learner_io import merge_moments, parse_message
+
+    cfg = small_cfg(NumWorkers=4)
+    spec = SegmentSpec.from_config(cfg, NUM_ACTIONS)
+    io, rejected, _ = socketless_io(cfg, 0)
+    arrays = {n: np.full(s, -1.0 if n == "behaviour_logp" else 0, d) for n, (d, s) in spec.segment_arrays(2).items()}
+    meta = {"actor": 1, "streams": [3, 1], "version": 0, "run": 5, "seq": 0, "episodes": [], "timings": {}}
+    io.admit(encode("segment", meta, arrays))
+    assert not rejected and list(io.heard) == [0, 1, 0, 1]
+    frames = np.zeros((2, 1, cfg.ImageHeight, cfg.ImageWidth), np.uint8)
+    a = parse_message(encode("warmup", {"actor": 0, "streams": [0]}, {"frames": frames}), spec)
+    b = parse_message(encode("warmup", {"actor": 2, "streams": [2]}, {"frames": frames}), spec)
+    assert merge_moments(a, b).streams == {0, 2}
+    clock = Clock()
+    st, out = status(clock, num_streams=4)
+    st.hear(a.streams)
+    st.waiting(2, io.heard)
+    assert out.getvalue().endswith("env streams heard 3/4\n")
