@@ -103,7 +103,6 @@ class Sink:
     def publish(self) -> None:
         """(Re)send version-0 weights, encoded once: late joiners need them, and re-encoding costs CPU."""
         if self._weights is None:
-            from common.config import shape_keys
             from common.rl.networks import NUM_ACTIONS, PolicyNet
             from common.wire import encode
 
@@ -112,7 +111,8 @@ class Sink:
             meta = {
                 "version": 0,
                 "warmup_steps": 0,
-                "shape_keys": shape_keys(self.cfg),
+                "config": self.cfg.to_dict(),
+                "rank": 0,
                 "learner_run": 0,
                 "retired": [],
             }  # no flow control: the actors' lag bound is lifted for this measurement

@@ -19,22 +19,43 @@ import sys
 import time
 from pathlib import Path
 
+from actors.role import actors_config, run_actors
 from actors.supervisor import actor_supervisor
-from common.cli import UsageError, default_actors
+from common.cli import UsageError, check_address, default_actors
 from common.config import Config, ConfigError, dump_yaml, from_dict, load_config, parse_overrides, rom_name
 from common.transport import KeysError
 from learner.checkpoint import CheckpointError, CheckpointWriteError
 from learner.distributed import RankEnvError
+from learner.run_outputs import (
+    attach_wandb,
+    check_fresh_run_dir,
+    close_run_outputs,
+    default_run_dir,
+    make_run_dir,
+    open_console_log,
+    run_plan,
+)
 
 REPO = Path(__file__).resolve().parent
 
 DEFAULT_CONFIG = REPO / "configs" / "montezuma.yaml"
 DEFAULT_REMOTE_BIND = "tcp://0.0.0.0:5555"
+HELP_CONFIG = """config:
+  Every key of common/config.py can be set in a YAML file (--config) or as key=value (last wins).
+  python3 launch.py --print-config [--config FILE] [key=value ...]   prints the resolved config and exits;
+  README.md, section "Config keys", has the table of every key with its default and meaning.
+"""
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", help=f"YAML config (default: {DEFAULT_CONFIG.relative_to(REPO)})")
+    p = argparse.ArgumentParser(
+        description=__doc__, epilog=HELP_CONFIG, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--config",
+        help=f"YAML config (default: {DEFAULT_CONFIG.relative_to(REPO)}; actors role: none, they run with the "
+        "learner's, and a config given must agree with it)",
+    )
     p.add_argument("--actors", type=int, help="actor processes on this machine (default: one per spare core)")
     p.add_argument("--learner-gpu", type=int, help="GPU index of the learner, -1 for the CPU (default: 0 if any)")
     p.add_argument(
@@ -68,8 +89,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="let a learner listen beyond loopback without keys (plaintext: a trusted network only)",
     )
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p.add_argument(
+        "--wandb",
+        metavar="PROJECT",
+        help='mirror metrics and config to this Weights & Biases project (pip install -e ".[wandb]"); '
+        "the same as wandb_project=PROJECT",
+    )
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (highest precedence)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.wandb:
+        args.overrides.append(f"wandb_project={args.wandb}")
+    return args
 
 
 # ---- resolution of config, run dir, device ---------------------------------------------------------------
@@ -94,25 +124,6 @@ def resolve_run_dir(args: argparse.Namespace, cfg: Config) -> Path:
     if cfg.SavePath:  # the report's SavePath names a checkpoint file; its folder becomes the run dir
         return Path(cfg.SavePath).expanduser().parent
     return REPO / "runs" / f"{rom_name(cfg.EnvName)}-{time.strftime('%Y%m%d-%H%M%S')}"
-
-
-def make_run_dir(run_dir: Path) -> None:
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UsageError(f"run dir {run_dir}: cannot create it ({e.strerror}); pass --run-dir") from None
-
-
-# ---- roles -------------------------------------------------------------------------------------------------
-def check_address(addr: str, flag: str) -> None:
-    from common.transport import addr_is_ipc, parse_tcp
-
-    if addr_is_ipc(addr):
-        return
-    try:
-        parse_tcp(addr)
-    except ValueError as e:
-        raise UsageError(f"{flag}: {e}") from None
 
 
 def learner_keys(args: argparse.Namespace, bind: str, local: bool):
@@ -140,30 +151,6 @@ def learner_keys(args: argparse.Namespace, bind: str, local: bool):
             flush=True,
         )
     return None
-
-
-RUN_FILES = ("checkpoints", "metrics.csv", "episodes.jsonl")  # what a run that trained has written
-
-
-def check_fresh_run_dir(run_dir: Path) -> None:
-    """A new run may not take over a run dir that holds another run's logs or checkpoints: they would
-    be overwritten or mixed. An empty folder, or one holding only a config, is fine."""
-    held = [name for name in RUN_FILES if _holds_data(run_dir / name)]
-    if held:
-        raise UsageError(
-            f"run dir {run_dir} already holds a run ({', '.join(held)}); continue it with "
-            f"--resume {run_dir}, or pass another --run-dir"
-        )
-
-
-def _holds_data(path: Path) -> bool:
-    if path.is_dir():
-        return any(path.glob("*.pt"))
-    if not path.is_file():
-        return False
-    with open(path, "rb") as f:
-        lines = f.read(1 << 16).splitlines()
-    return len(lines) > (1 if path.suffix == ".csv" else 0)  # metrics.csv: a row beyond its header
 
 
 class StopNow(BaseException):
@@ -224,12 +211,8 @@ def build_learner(args: argparse.Namespace, cfg: Config, resume: dict | None, lo
     check_address(bind, "--bind")
     keys = learner_keys(args, bind, local)
     device = rank_device(args, env)
-    run_dir = resolve_run_dir(args, cfg)
     writer = env is None or env.rank == 0
-    if resume is None and writer:
-        check_fresh_run_dir(run_dir)
-    if writer:
-        make_run_dir(run_dir)
+    run_dir = prepare_run_dir(args, cfg, resume) if writer else resolve_run_dir(args, cfg)
     dist = join_ranks(env, device, cfg) if env is not None else None
     cfg_file = run_dir / "config.yaml" if writer else private_config(cfg)
     supervisor = local_actors(args, cfg, cfg_file, connect_address(bind)) if local else None
@@ -252,8 +235,22 @@ def build_learner(args: argparse.Namespace, cfg: Config, resume: dict | None, lo
         raise UsageError(f"--bind {bind}: {e} (is another learner using this port or port+1?)") from None
     if writer:
         (run_dir / "config.yaml").write_text(dump_yaml(cfg))
-        print(start_line(run_dir, device, dist, bind, keys is not None, supervisor), flush=True)
+        attach_wandb(learner, cfg)
+        plan = run_plan(cfg, learner.total_steps, learner.obs_rms_ready)
+        print(start_line(run_dir, device, dist, bind, keys is not None, supervisor) + f" | {plan}", flush=True)
     return learner, supervisor
+
+
+def prepare_run_dir(args: argparse.Namespace, cfg: Config, resume: dict | None) -> Path:
+    """The run dir, made: a new run refuses one holding another run's files; a default name gets a suffix
+    when taken (``learner/run_outputs.py``); the console is copied to its launch.log from here on."""
+    run_dir = resolve_run_dir(args, cfg)
+    unique = default_run_dir(args, cfg)
+    if resume is None and not unique:
+        check_fresh_run_dir(run_dir)
+    run_dir = make_run_dir(run_dir, unique)
+    open_console_log(run_dir)
+    return run_dir
 
 
 def local_actors(args: argparse.Namespace, cfg: Config, cfg_file: Path, learner_addr: str):
@@ -267,7 +264,7 @@ def local_actors(args: argparse.Namespace, cfg: Config, cfg_file: Path, learner_
 def start_line(run_dir: Path, device: str, dist, bind: str, curve: bool, supervisor) -> str:
     """The one line a learner prints once it is built: where it writes, computes and listens."""
     ranks = f" | {dist.world} learner ranks" if dist is not None else ""
-    actors = f" | {len(supervisor.actor_ids)} actors" if supervisor else ""
+    actors = f" | {len(supervisor.actor_ids)} actors" if supervisor else " | actors: those of --role actors"
     listening = f"listening on {bind}" + (" (CURVE)" if curve else "")
     return f"launch: run dir {run_dir} | learner on {device}{ranks} | {listening}{actors}"
 
@@ -279,9 +276,7 @@ def run_ranks(args: argparse.Namespace, argv: list[str], cfg: Config, resume: di
 
     if args.bind:
         check_address(args.bind, "--bind")
-    run_dir = resolve_run_dir(args, cfg)
-    if resume is None:
-        check_fresh_run_dir(run_dir)
+    run_dir = prepare_run_dir(args, cfg, resume)
     default_bind = None if args.role == "local" else DEFAULT_REMOTE_BIND
     return launch_ranks(args, argv, cfg, resume, run_dir, REPO / "launch.py", default_bind)
 
@@ -323,56 +318,6 @@ def run_learner(args: argparse.Namespace, cfg: Config, resume: dict | None, loca
     return 0
 
 
-def run_actors(args: argparse.Namespace, cfg: Config) -> int:
-    if not args.learner:
-        raise UsageError("--role actors needs --learner tcp://HOST:PORT (the learner's --bind address)")
-    check_address(args.learner, "--learner")
-    n = args.actors or default_actors(cfg)
-    total = args.total_actors or n
-    if args.actor_offset < 0 or args.actor_offset + n > total:
-        raise UsageError(f"actors {args.actor_offset}..{args.actor_offset + n - 1} do not fit --total-actors {total}")
-    if total > cfg.NumWorkers:
-        raise UsageError(f"{total} actors for NumWorkers={cfg.NumWorkers} envs")
-    if args.keys is not None:
-        from common.transport import load_actor_keys
-
-        load_actor_keys(args.keys)  # one line here rather than one per actor
-    import tempfile
-
-    with tempfile.TemporaryDirectory(prefix="rnd-actors-") as tmp:
-        cfg_file = Path(tmp) / "config.yaml"
-        cfg_file.write_text(dump_yaml(cfg))
-        return supervise_actors(args, cfg_file, n, total)
-
-
-def supervise_actors(args: argparse.Namespace, cfg_file: Path, n: int, total: int) -> int:
-    """Run this machine's actors until the learner stops them or none is left; an actor that gave up
-    on its learner is restarted while the learner is heard. The exit code says how they ended."""
-    from actors.supervisor import learner_heard, supervise_until_done
-
-    sup = actor_supervisor(
-        cfg_file,
-        args.learner,
-        list(range(args.actor_offset, args.actor_offset + n)),
-        total,
-        restart_on_learner_gone=False,
-        keys_dir=args.keys,
-        learner_alive=lambda: learner_heard(args.learner, args.keys),
-    )
-    print(
-        f"launch: {n} actors ({args.actor_offset}..{args.actor_offset + n - 1} of {total}) -> {args.learner}",
-        flush=True,
-    )
-    stopped_by_signal = supervise_until_done(sup)
-    print(f"launch: actors stopped ({sup.restarts} restarts)", flush=True)
-    if stopped_by_signal:
-        return 0
-    code = sup.exit_code()
-    if code and sup.notes:
-        print(f"launch: error: no actor left: {'; '.join(sup.notes)}", file=sys.stderr, flush=True)
-    return code
-
-
 def run_keys(argv: list[str]) -> int:
     """``launch.py keys DIR``: write the key pairs and say which files go to which machine."""
     from common.transport import ACTOR_CERT, AUTHORIZED, LEARNER_CERT, create_keys
@@ -405,23 +350,38 @@ def main(argv: list[str] | None = None) -> int:
             print(f"launch: error: keys: {e}", file=sys.stderr)
             return 2
     args = parse_args(argv)
+    args.argv = argv  # the rank launcher passes it on to each rank
     try:
+        return run_role(args)
+    finally:
+        close_run_outputs()  # after the last line, the error ones included
+
+
+def run_role(args: argparse.Namespace) -> int:
+    """The role ``args`` asks for; its exit code, with errors as one line."""
+    try:
+        if args.actors is not None and args.actors < 1:
+            raise UsageError(f"--actors {args.actors}: must be >= 1")
+        if args.role == "actors" and not args.print_config:
+            own = actors_config(args)
+            return run_actors(args, own)
         cfg, resume = resolve_config(args)
         if args.print_config:
             print(dump_yaml(cfg), end="")
             return 0
-        if args.actors is not None and args.actors < 1:
-            raise UsageError(f"--actors {args.actors}: must be >= 1")
+        if cfg.wandb_project:
+            from learner.wandb_mirror import wandb_missing
+
+            if why := wandb_missing():
+                raise UsageError(f"--wandb {cfg.wandb_project}: {why}")
         if args.role != "learner":  # this machine starts actors: one error line here, not N crashed actors
             from actors.rollout import check_actor_device
 
             check_actor_device(cfg.actor_device)
-        if args.role == "actors":
-            return run_actors(args, cfg)
         from learner.spawn import wants_ranks
 
         if wants_ranks(args):
-            return run_ranks(args, argv, cfg, resume)
+            return run_ranks(args, args.argv, cfg, resume)
         return run_learner(args, cfg, resume, local=args.role == "local")
     except KeysError as e:
         print(f"launch: error: --keys: {e}", file=sys.stderr)

@@ -13,13 +13,14 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import NoReturn
 
 import torch
 import zmq
 
 from actors.rollout import build_collector
 from actors.supervisor import EXIT_LEARNER_GONE, EXIT_MISMATCH, EXIT_OK, EXIT_REFUSED
-from common.config import Config, shape_keys
+from common.config import Config, ConfigError, actor_config, config_differences
 from common.flow import ActorGate
 from common.rl.networks import PolicyNet, policy_param_spec
 from common.runtime import init_torch_runtime
@@ -33,7 +34,17 @@ from common.transport import (
     send_with_timeout,
     weights_address,
 )
-from common.wire import FlowMeta, Message, WeightsMeta, WireError, decode, encode, validate_heartbeat, validate_weights
+from common.wire import (
+    FlowMeta,
+    Message,
+    WeightsMeta,
+    WireError,
+    decode,
+    encode,
+    validate_heartbeat,
+    validate_weights,
+    weights_config,
+)
 
 log = logging.getLogger("actor")
 LISTEN_BEFORE_GIVING_UP_S = 2.0  # two of the learner's heartbeat periods
@@ -49,25 +60,33 @@ class ActorStop(Exception):
         self.exit_code = EXIT_OK if clean else exit_code
 
 
+PolicyBuilder = Callable[[Config, int], tuple[PolicyNet, Config]]
+
+
 class WeightsReceiver:
     """Keeps the policy at the newest weights heard on the SUB socket, and hands what the learner
     reports to this actor's flow-control ``gate`` (``common/flow.py`` ``ActorGate``: what was sent,
-    what is retired, whether one more segment keeps the lag bound)."""
+    what is retired, whether one more segment keeps the lag bound).
+
+    Without a ``policy``, ``build(learner config, rank) -> (policy, the config the actor runs with)``
+    makes it from the first weights' config; later weights must then carry the same config and rank."""
 
     def __init__(
         self,
         sock: zmq.Socket,
-        policy: PolicyNet,
+        policy: PolicyNet | None,
         timeout_s: float,
-        shape_keys: dict | None = None,
         actor_id: int = 0,
         run_id: int = 0,
         watch: HandshakeWatch | None = None,
+        build: PolicyBuilder | None = None,
     ):
         self.sock, self.policy, self.timeout_s, self.watch = sock, policy, timeout_s, watch
-        self.shape_keys = shape_keys
+        self.build = build
+        self.config: Config | None = None  # set by build: the learner's config, with this actor's local keys
+        self.rank = 0
         self.gate = ActorGate(actor_id, run_id)
-        self.param_spec = policy_param_spec(policy)
+        self.param_spec = policy_param_spec(policy) if policy is not None else []
         self.warmup_steps = 0
         self.warmed_for: int | None = None  # the learner run this actor sent its warm-up frames to
         self.last_heard = time.monotonic()  # the newest message that passed validation
@@ -121,7 +140,8 @@ class WeightsReceiver:
             raise ActorStop("learner finished training", clean=True)
         if msg.kind == "heartbeat":
             return msg, validate_heartbeat(msg)
-        self._check_shape_keys(msg.meta.get("shape_keys"))
+        if self.policy is None or self.config is not None:
+            self._take_config(*weights_config(msg))
         return msg, validate_weights(msg, self.param_spec)
 
     def _heard(self) -> None:
@@ -140,22 +160,28 @@ class WeightsReceiver:
         """Hold these weights: the policy's parameters (unless it holds them already), the warm-up the
         learner asks for, and the gate's view of the learner."""
         if not self.gate.holds(meta.flow):
+            assert self.policy is not None  # _take_config built it from these weights' config
             self.policy.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in msg.arrays.items()})
         self.warmup_steps = meta.warmup_steps
         self.gate.hold_weights(meta.flow)
 
-    def _check_shape_keys(self, theirs: object) -> None:
-        """A learner configured with other shapes would reject every segment: say so and stop."""
-        if self.shape_keys is None or theirs == self.shape_keys:
+    def _take_config(self, cfg: Config, rank: int) -> None:
+        """The first weights' config builds the policy; a later one that differs (a learner restarted
+        with another config or rank) stops the actor: its envs and seeds were made for the first."""
+        if self.policy is None:
+            if self.build is None:
+                raise ActorStop("no policy to load the learner's weights into", exit_code=EXIT_MISMATCH)
+            self.policy, self.config = self.build(cfg, rank)
+            self.rank, self.param_spec = rank, policy_param_spec(self.policy)
+            self.timeout_s = self.config.actor_timeout_s
             return
-        if not isinstance(theirs, dict):
-            raise WireError("weights without shape_keys")
-        diff = [
-            f"{k} {theirs.get(k)!r} (learner) != {v!r} (actor)"
-            for k, v in self.shape_keys.items()
-            if theirs.get(k) != v
-        ]
-        raise ActorStop("config mismatch with the learner: " + "; ".join(diff), exit_code=EXIT_MISMATCH)
+        assert self.config is not None  # built with the policy
+        diff = config_differences(cfg, self.config.to_dict())
+        diff += [f"rank {rank} (learner) != {self.rank} (actor)"] if rank != self.rank else []
+        if diff:
+            raise ActorStop(
+                "the learner's config changed since this actor started: " + "; ".join(diff), exit_code=EXIT_MISMATCH
+            )
 
     def needs_warmup(self) -> bool:
         """The learner whose weights this actor holds asks for warm-up frames and has none from it yet:
@@ -192,23 +218,73 @@ class WeightsReceiver:
 
 
 def run_actor(
-    cfg: Config, actor_id: int, num_actors: int, learner_addr: str, incarnation: int = 0, keys_dir: Path | None = None
+    own: dict | None,
+    actor_id: int,
+    num_actors: int,
+    learner_addr: str,
+    incarnation: int = 0,
+    keys_dir: Path | None = None,
 ) -> int:
-    """Actor main loop; returns a process exit code. One torch thread: actors are many, cores few."""
-    init_torch_runtime(cfg, cfg.actor_device, "actor", threads=1)
+    """Actor main loop; returns a process exit code. The actor runs with the config of its learner's
+    first weights; ``own``, the values its command line gave (None: none), must agree with it outside
+    LOCAL_KEYS (else it exits EXIT_MISMATCH), and its ACTOR_KEYS win. One torch thread: actors are
+    many, cores few."""
+    torch.set_num_threads(1)
     try:
         keys = load_actor_keys(keys_dir) if keys_dir is not None else None
     except KeysError as e:
         print(f"actor {actor_id}: --keys: {e}", file=sys.stderr, flush=True)
         return EXIT_REFUSED
-    push, sub, watch = connect_sockets(learner_addr, keys)  # the handshake runs while the envs are built
-    collector = build_collector(cfg, actor_id, num_actors, incarnation)
-    streams, policy = collector.streams, collector.policy
+    push, sub, watch = connect_sockets(learner_addr, keys)
+    built: dict = {}
+
+    def build(learner_cfg: Config, rank: int) -> tuple[PolicyNet, Config]:
+        cfg = startup_config(learner_cfg, own)
+        init_torch_runtime(cfg, cfg.actor_device, "actor", threads=1)
+        try:
+            built["collector"] = build_collector(cfg, actor_id, num_actors, incarnation, rank)
+        except (ConfigError, ValueError) as e:  # a device not here, more actors than envs: a restart cannot help
+            raise ActorStop(f"cannot run the learner's config here: {e}", exit_code=EXIT_MISMATCH) from None
+        return built["collector"].policy, cfg
+
+    run_id = secrets.randbits(62)  # tells this process's segments from an earlier incarnation's
+    timeout_s = (own or {}).get("actor_timeout_s", Config.actor_timeout_s)
+    weights = WeightsReceiver(sub, None, timeout_s, actor_id, run_id, watch, build=build)
+    try:
+        weights.wait_for_weights()
+        return collect_and_send(weights, built["collector"], push, actor_id, learner_addr, run_id)
+    except ActorStop as e:
+        print(f"actor {actor_id}: {e}", file=sys.stderr, flush=True)
+        return e.exit_code
+    except KeyboardInterrupt:
+        return EXIT_OK
+    finally:
+        watch.close()
+        push.close(linger=0)
+        sub.close()
+
+
+def startup_config(learner_cfg: Config, own: dict | None) -> Config:
+    """The config this actor runs with: the learner's, and its own ACTOR_KEYS where it gave values;
+    ActorStop(EXIT_MISMATCH) naming every other key it gave that differs from the learner's."""
+    if own is None:
+        return learner_cfg
+    diff = config_differences(learner_cfg, own)
+    if diff:
+        raise ActorStop("config differs from the learner's: " + "; ".join(diff), exit_code=EXIT_MISMATCH)
+    return actor_config(learner_cfg, own)
+
+
+def collect_and_send(
+    weights: WeightsReceiver, collector, push: zmq.Socket, actor_id: int, learner_addr: str, run_id: int
+) -> NoReturn:
+    """Collect and push segments until the learner says stop (ActorStop)."""
+    cfg = weights.config
+    assert cfg is not None  # the first weights' config built the collector
+    streams = collector.streams
     compression = cfg.wire_compression
     if compression == "auto":
         compression = "none" if is_local(learner_addr) else "zstd"
-    run_id = secrets.randbits(62)  # tells this process's segments from an earlier incarnation's
-    weights = WeightsReceiver(sub, policy, cfg.actor_timeout_s, shape_keys(cfg), actor_id, run_id, watch)
 
     def send(kind: str, meta: dict, arrays: dict) -> None:
         frames = encode(kind, {"actor": actor_id, "streams": streams, **meta}, arrays, compression)
@@ -219,32 +295,21 @@ def run_actor(
             if tried > cfg.actor_timeout_s:
                 raise ActorStop(f"the learner took no data for {cfg.actor_timeout_s:.0f} s; giving up")
 
-    try:
-        weights.wait_for_weights()
-        last_split: dict[str, float] = {}
-        timings = collector.timings  # one phase table: infer, env (collector), wait, send (here)
-        while True:
-            with timings.time("wait"):
-                weights.poll()
-                weights.wait_until_gate_opens(cfg.max_policy_lag)
-            if weights.needs_warmup():  # the first learner, or a fresh one that took over
-                warm_up(collector, weights, send)
-            seq = weights.gate.next_seq()
-            arrays, episodes = collector.collect()
-            meta = {"version": weights.version, "run": run_id, "seq": seq, "episodes": episodes, "timings": last_split}
-            with timings.time("send"):
-                send("segment", meta, arrays)
-            weights.gate.sent(seq)
-            last_split = timings.split()  # travels with the next segment
-    except ActorStop as e:
-        print(f"actor {actor_id}: {e}", file=sys.stderr, flush=True)
-        return e.exit_code
-    except KeyboardInterrupt:
-        return EXIT_OK
-    finally:
-        watch.close()
-        push.close(linger=0)
-        sub.close()
+    last_split: dict[str, float] = {}
+    timings = collector.timings  # one phase table: infer, env (collector), wait, send (here)
+    while True:
+        with timings.time("wait"):
+            weights.poll()
+            weights.wait_until_gate_opens(cfg.max_policy_lag)
+        if weights.needs_warmup():  # the first learner, or a fresh one that took over
+            warm_up(collector, weights, send)
+        seq = weights.gate.next_seq()
+        arrays, episodes = collector.collect()
+        meta = {"version": weights.version, "run": run_id, "seq": seq, "episodes": episodes, "timings": last_split}
+        with timings.time("send"):
+            send("segment", meta, arrays)
+        weights.gate.sent(seq)
+        last_split = timings.split()  # travels with the next segment
 
 
 def warm_up(collector, weights: WeightsReceiver, send: Callable[[str, dict, dict], None]) -> None:

@@ -134,13 +134,16 @@ class RolloutCollector:
         return truncated_obs
 
 
-def build_collector(cfg: Config, actor_id: int, num_actors: int, incarnation: int = 0) -> RolloutCollector:
+def build_collector(
+    cfg: Config, actor_id: int, num_actors: int, incarnation: int = 0, rank: int = 0
+) -> RolloutCollector:
     """Actor ``actor_id``'s envs (its share of the NumWorkers streams) and a fresh policy copy on
-    ``cfg.actor_device``. Env seeds follow the stream id and change with each restart (``incarnation``).
+    ``cfg.actor_device``. Env seeds follow the stream id and change with each restart (``incarnation``)
+    and with the learner ``rank`` the actor serves (the formula is the ``seed`` key's doc).
     Raises ConfigError when that device is not here."""
     device = check_actor_device(cfg.actor_device)
     streams = env_split(cfg.NumWorkers, num_actors, actor_id)
-    seed = cfg.seed * 100_003 + 1_000_003 * incarnation
+    seed = cfg.seed * 100_003 + 1_000_000_007 * rank + 1_000_003 * incarnation
     envs = [make_env(cfg, seed=seed + s) for s in streams]
     policy = PolicyNet(NUM_ACTIONS, cfg.FrameStack, cfg.ImageHeight, cfg.ImageWidth).eval().to(device)
     spec = SegmentSpec.from_config(cfg, NUM_ACTIONS)

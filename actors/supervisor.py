@@ -190,7 +190,7 @@ def learner_heard(learner_addr: str, keys_dir: Path | None, wait_s: float = PROB
 
 
 def actor_command(
-    cfg_path: Path,
+    cfg_path: Path | None,
     learner_addr: str,
     actor_id: int,
     total: int,
@@ -199,14 +199,15 @@ def actor_command(
     keys_dir: Path | None = None,
     overrides: Sequence[str] = (),
 ) -> list[str]:
-    """The command line of one actor process (``python -m actors.main ...``), ``overrides`` last."""
+    """The command line of one actor process (``python -m actors.main ...``), ``overrides`` last. Without
+    ``cfg_path`` the actor runs with the learner's config alone."""
     keys = ["--keys", str(keys_dir.resolve())] if keys_dir is not None else []
+    config = ["--config", str(cfg_path)] if cfg_path is not None else []
     return [
         sys.executable,
         "-m",
         "actors.main",
-        "--config",
-        str(cfg_path),
+        *config,
         "--learner",
         learner_addr,
         "--actor-id",
@@ -221,7 +222,7 @@ def actor_command(
 
 
 def actor_supervisor(
-    cfg_path: Path,
+    cfg_path: Path | None,
     learner_addr: str,
     ids: list[int],
     total: int,

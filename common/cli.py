@@ -1,5 +1,5 @@
 """What the entry points (launch.py, bench.py) share on their command lines: the one-line usage error,
-the learner's device from ``--learner-gpu``, and the default number of actor processes."""
+the learner's device from ``--learner-gpu``, the default number of actor processes, and address checks."""
 
 from __future__ import annotations
 
@@ -28,6 +28,19 @@ def resolve_device(gpu: int | None) -> str:
     return f"cuda:{gpu}"
 
 
-def default_actors(cfg: Config) -> int:
-    """One actor process per core beyond the learner's, at most one per env."""
-    return max(1, min(cfg.NumWorkers, (os.cpu_count() or 2) - 1))
+def default_actors(cfg: Config | None) -> int:
+    """One actor process per core beyond the learner's, at most one per env (without a config: NumWorkers
+    is not known yet)."""
+    return max(1, min(cfg.NumWorkers if cfg is not None else 1 << 30, (os.cpu_count() or 2) - 1))
+
+
+def check_address(addr: str, flag: str) -> None:
+    """A tcp://HOST:PORT or ipc:// address given as ``flag``; UsageError otherwise."""
+    from common.transport import addr_is_ipc, parse_tcp
+
+    if addr_is_ipc(addr):
+        return
+    try:
+        parse_tcp(addr)
+    except ValueError as e:
+        raise UsageError(f"{flag}: {e}") from None

@@ -9,6 +9,7 @@ Every field carries its documentation in ``metadata["doc"]`` and its range in ``
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import re
 from dataclasses import dataclass, field, fields
@@ -109,9 +110,10 @@ class Config:
     seed: int = _f(
         0,
         "Seed of learner and actors. The learner initialises its networks from seed and draws "
-        "minibatches and the predictor's sample mask from seed + 1; actor i in its k-th restart "
-        "samples actions from `seed*100003 + 1000003*k + 7919*(i+1)` and seeds env stream s "
-        "with that + s.",
+        "minibatches and the predictor's sample mask from seed + 1; actor i of learner rank r, in "
+        "its k-th restart, seeds env stream s with `base + s` and samples actions from "
+        "`base + 7919*(i+1)`, where base = `seed*100003 + 1000000007*r + 1000003*k` (so actors of "
+        "different ranks never share seeds below about 1000 restarts).",
         0,
         MAX_SEED,
     )
@@ -162,6 +164,11 @@ class Config:
         "Where actors run their policy step: cpu, or cuda / cuda:N when the actors' "
         "machine has a GPU (the envs always step on the CPU).",
     )
+    wandb_project: str = _f(
+        "",
+        "Weights & Biases project the learner mirrors its metrics (the TensorBoard tags) and this config "
+        'to; empty: off. Needs `pip install -e ".[wandb]"`; `launch.py --wandb PROJECT` sets it.',
+    )
 
     # ---------------------------------------------------------------
     @property
@@ -183,8 +190,14 @@ def verify(cfg: Config) -> Config:
     return cfg
 
 
+@functools.cache  # get_type_hints costs about a millisecond a call, and the fields never change
 def _types() -> dict[str, Any]:
     return get_type_hints(Config)
+
+
+def config_types() -> dict[str, type]:
+    """Each key's value type: bool, int, float or str (a Literal's choices are strings)."""
+    return {name: _base_type(hint) for name, hint in _types().items()}
 
 
 def _base_type(hint: Any) -> type:
@@ -245,6 +258,45 @@ SHAPE_KEYS = ("NumWorkers", "RolloutSteps", "FrameStack", "ImageHeight", "ImageW
 
 def shape_keys(cfg: Config) -> dict[str, Any]:
     return {k: getattr(cfg, k) for k in SHAPE_KEYS}
+
+
+# The one list of keys a learner and its actors may set apart; every other key of an actor's config (its
+# --config and key=value, where given) must equal the learner's, which the actor gets with its weights.
+LOCAL_KEYS: dict[str, str] = {
+    # the actor's own: how this machine runs its share, not what the experiment is
+    "actor_device": "actor: where this machine's actors run their policy step",
+    "actor_precision": "actor: the policy step's math on this machine's device (its log-probs stay fp32)",
+    "actor_timeout_s": "actor: how long this machine's actors wait on a silent learner (their link, not the run)",
+    "wire_compression": "actor: how it sends its segments; every message names its compression, the learner "
+    "reads either",
+    # the learner's own: how it computes and keeps its state; actors never read them
+    "learner_precision": "learner: its update's math",
+    "rnd_train_precision": "learner: its predictor's math",
+    "learner_compile": "learner: torch.compile of its networks",
+    "learner_heap_pad_mb": "learner: its C heap",
+    "checkpoint_every": "learner: when it writes checkpoints",
+    "keep_checkpoints": "learner: how many it keeps",
+    "SavePath": "learner: where its run dir goes",
+    "wandb_project": "learner: where it mirrors its metrics",
+}
+ACTOR_KEYS = ("actor_device", "actor_precision", "actor_timeout_s", "wire_compression")
+
+
+def config_differences(learner: Config, actor: dict[str, Any]) -> list[str]:
+    """Each key of ``actor`` (an actor's resolved values) outside LOCAL_KEYS that differs from the
+    learner's, as ``key <learner's value> (learner) != <actor's> (actor)``."""
+    ours = learner.to_dict()
+    return [
+        f"{k} {ours[k]!r} (learner) != {v!r} (actor)"
+        for k, v in actor.items()
+        if k not in LOCAL_KEYS and ours.get(k) != v
+    ]
+
+
+def actor_config(learner: Config, actor: dict[str, Any]) -> Config:
+    """The config an actor runs with: the learner's, with the actor's own values of ACTOR_KEYS where
+    ``actor`` gives them."""
+    return from_dict({k: actor[k] for k in ACTOR_KEYS if k in actor}, learner)
 
 
 def _coerce_float(v: Any) -> Any:
@@ -371,6 +423,18 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict[str,
     if overrides:
         values.update(parse_overrides(overrides) if isinstance(overrides, list) else overrides)
     return from_dict(values)  # checked once, so an override can mend what the file alone would break
+
+
+def given_values(path: str | Path | None, overrides: list[str]) -> dict[str, Any] | None:
+    """What a command line states about a config: with a file, every key of the config it resolves to;
+    with ``key=value`` alone, those keys (typed and checked over the defaults); None with neither."""
+    if path is not None:
+        return load_config(path, overrides).to_dict()
+    if not overrides:
+        return None
+    given = parse_overrides(overrides)
+    cfg = from_dict(given)
+    return {k: getattr(cfg, k) for k in given}
 
 
 def dump_yaml(cfg: Config) -> str:

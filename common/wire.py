@@ -24,10 +24,12 @@ from typing import Any
 import numpy as np
 
 from common.cells import MAX_CELL, MAX_EPISODE_CELLS, bucket_count, cell_parts
+from common.config import Config, ConfigError, config_types, from_dict
 
 PROTOCOL_VERSION = 1
 KINDS = ("segment", "warmup", "weights", "heartbeat", "stop")
 MAX_HEADER_BYTES = 1 << 20
+MAX_RANK = 1024  # learner ranks a weights message may name
 ACTOR_PHASES = ("infer", "env", "wait", "send")
 MIN_LOGP = -100.0  # log-probs of sampled actions; below this the importance ratio overflows
 MAX_ABS_VALUE = 1e6  # rewards and values an Atari score can produce, with margin
@@ -73,10 +75,13 @@ class FlowMeta:
 
 @dataclass(frozen=True)
 class WeightsMeta:
-    """A weights message's fields: its flow metadata and the warm-up steps the learner asks of each env."""
+    """A weights message's fields: its flow metadata, the warm-up steps the learner asks of each env,
+    and, where it carries them, the learner's resolved config and its rank (``weights_config``)."""
 
     flow: FlowMeta
     warmup_steps: int
+    config: Config | None = None
+    rank: int = 0
 
 
 @dataclass(frozen=True)
@@ -407,12 +412,36 @@ def validate_heartbeat(msg: Message) -> FlowMeta:
 
 
 def validate_weights(msg: Message, param_spec: list[tuple[str, tuple[int, ...]]]) -> WeightsMeta:
-    """Weights: every policy tensor of ``param_spec`` [(name, shape), ...], float32, plus flow metadata
-    and the warm-up steps; raises WireError."""
+    """Weights: every policy tensor of ``param_spec`` [(name, shape), ...], float32, plus flow metadata,
+    the warm-up steps and, where present, the learner's config and rank; raises WireError."""
     _require(msg.kind == "weights", f"expected weights, got {msg.kind}")
     _int(msg.meta, "version")  # before warmup_steps: a message wrong in both is refused for its version
     warmup_steps = _int(msg.meta, "warmup_steps")
     flow = _flow_meta(msg.meta)
+    cfg, rank = weights_config(msg) if "config" in msg.meta or "rank" in msg.meta else (None, 0)
     want = {n: (np.dtype(np.float32), s) for n, s in param_spec}
     _check_arrays(msg.arrays, want)
-    return WeightsMeta(flow, warmup_steps)
+    return WeightsMeta(flow, warmup_steps, cfg, rank)
+
+
+def weights_config(msg: Message) -> tuple[Config, int]:
+    """The learner's resolved config (``config``: its dict, as config.yaml holds it) and ``rank``
+    (0 <= rank < MAX_RANK) from a weights header: read before the arrays, whose shapes the config
+    fixes. Every value must be a JSON scalar of its key's type, then ``from_dict`` checks the ranges;
+    raises WireError."""
+    _require(msg.kind == "weights", f"expected weights, got {msg.kind}")
+    rank = _int(msg.meta, "rank", 0, MAX_RANK - 1)
+    values = msg.meta.get("config")
+    if not isinstance(values, dict):
+        raise WireError("weights without the learner's config")
+    types = config_types()
+    for k, v in values.items():
+        want = types.get(k)
+        if want is None:
+            raise WireError(f"the learner's config: unknown key {str(k)[:40]!r}")
+        ok = _is_number(v) if want is float else isinstance(v, want) and not (want is int and isinstance(v, bool))
+        _require(ok, f"the learner's config: key {k} is not a {want.__name__}")
+    try:
+        return from_dict(values), rank
+    except ConfigError as e:
+        raise WireError(f"the learner's config: {e}") from None

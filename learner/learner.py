@@ -15,12 +15,12 @@ import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 import zmq
 
-from common.config import Config, shape_keys
+from common.config import Config
 from common.flow import LearnerLedger
 from common.rl.networks import NUM_ACTIONS
 from common.runtime import TorchRuntime
@@ -31,23 +31,24 @@ from learner.agent import NonFiniteLoss, RNDAgent
 from learner.batch import Batch, Segment, assemble
 from learner.batch_source import BatchSource, InProcessBatchSource, SocketBatchSource
 from learner.checkpoint import CheckpointError, CheckpointWriteError
+from learner.console import RunStatus
 from learner.distributed import Dist, RankLost
 from learner.exploration import ExplorationStats
 from learner.learner_io import LearnerIO, WarmupMoments, max_frame_bytes, recv_queue
 from learner.logs import NullLogger, RunLogger
 from learner.persist import checkpoint_state, restore_checkpoint, write_checkpoint
 from learner.ranks import RanksDiverged, gather_episodes, merge_row, rank_update
-from learner.run_stats import MAX_REJECT_REASONS, OTHER_REASONS, RunStats, actor_phases, policy_lags, reject_reason
+from learner.run_stats import (
+    MAX_REJECT_REASONS,
+    OTHER_REASONS,
+    RunStats,
+    Supervisor,
+    actor_phases,
+    policy_lags,
+    reject_reason,
+)
 
 log = logging.getLogger("learner")
-
-
-class Supervisor(Protocol):
-    restarts: int  # actor processes restarted so far
-
-    def poll(self) -> int: ...  # restarts dead children; returns restarts so far
-
-    def gave_up(self) -> str | None: ...  # why no actor is left, once none is
 
 
 class Learner:
@@ -100,15 +101,15 @@ class Learner:
         self._save_failed = False
         self.failure: str | None = None  # why the run stopped early as a failure (no actors, a non-finite loss)
         self.shutting_down = False
-        self.logger: RunLogger | NullLogger = NullLogger()
-        if self.rank == 0:
-            self.logger = RunLogger(
-                self.run_dir,
-                resume_update=self.version if resume is not None else None,
-                tensorboard=tensorboard,
-                purge_step=self.stats.counters["agent_steps"] if resume is not None else None,
-                progress=progress,
-            )
+        warmup_frames = 0 if self.obs_rms_ready else cfg.NumInitSteps * cfg.NumWorkers  # what the status counts
+        show = progress and self.rank == 0  # other ranks print only errors
+        status = RunStatus(self.total_steps, cfg.NumWorkers, warmup_frames, bind, keys is not None, show)
+        resumed = resume is not None
+        self.logger: RunLogger | NullLogger = NullLogger(status)
+        if self.rank == 0:  # it writes the run dir for every rank
+            purge = self.stats.counters["agent_steps"] if resumed else None
+            resume_update = self.version if resumed else None
+            self.logger = RunLogger(self.run_dir, resume_update, tensorboard, purge, progress, status)
         self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         self.sockets: LearnerSockets | None = None
         self.io: LearnerIO | None = None
@@ -169,7 +170,8 @@ class Learner:
         meta = {
             **self.ledger.flow_meta().wire(),
             "warmup_steps": 0 if self.obs_rms_ready else self.cfg.NumInitSteps,
-            "shape_keys": shape_keys(self.cfg),
+            "config": self.cfg.to_dict(),  # the run's one config: actors run with it (common/wire.py weights_config)
+            "rank": getattr(self, "rank", 0),
         }
         self.io.publish_weights(self.version, encode("weights", meta, arrays))
 
@@ -204,6 +206,7 @@ class Learner:
             return
         self.agent.obs_rms.update_from_moments(m.mean.to(self.agent.device), m.var.to(self.agent.device), m.count)
         self.stats.count("warmup_frames", m.count)
+        self.logger.status.hear(m.streams)
         if self.stats.counters["warmup_frames"] >= self.cfg.NumInitSteps * self.cfg.NumWorkers:
             self.obs_rms_ready = True
 
@@ -247,6 +250,7 @@ class Learner:
         return self.stop_requested
 
     def idle(self) -> None:
+        self.logger.status.waiting(self.stats.counters["warmup_frames"], self.io.heard if self.io is not None else b"")
         if self.supervisor is None:
             return
         self.supervisor.poll()
@@ -352,7 +356,7 @@ class Learner:
                 break
             self.publish_weights()
             self.idle()  # a busy learner may never wait: restart dead actors here too
-            self.last_row = row = self.merge_row(row)
+            self.last_row = row = row if self.dist is None else merge_row(self.dist, row)
             if self.rank == 0:
                 self.log(row)
                 self.logger.progress(row, self.total_steps)
@@ -382,10 +386,6 @@ class Learner:
             self.close()
             if self.dist is not None:
                 self.dist.close(clean=not self.rank_lost)
-
-    def merge_row(self, row: dict[str, Any]) -> dict[str, Any]:
-        """The run's metrics row: this one alone, or merged over the learner ranks (``learner/ranks.py``)."""
-        return row if self.dist is None else merge_row(self.dist, row)
 
     # ---- state ----------------------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:

@@ -126,6 +126,7 @@ class WarmupMoments:
     mean: torch.Tensor
     var: torch.Tensor
     count: int
+    streams: frozenset[int] = frozenset()  # the env streams the frames came from
 
 
 def merge_moments(a: WarmupMoments, b: WarmupMoments) -> WarmupMoments:
@@ -133,7 +134,7 @@ def merge_moments(a: WarmupMoments, b: WarmupMoments) -> WarmupMoments:
     rms = RunningMeanStd(tuple(a.mean.shape), epsilon=0.0)
     rms.update_from_moments(a.mean, a.var, a.count)
     rms.update_from_moments(b.mean, b.var, b.count)
-    return WarmupMoments(rms.mean, rms.var, a.count + b.count)
+    return WarmupMoments(rms.mean, rms.var, a.count + b.count, a.streams | b.streams)
 
 
 def check_actor_id(actor: object, spec: SegmentSpec) -> int:
@@ -205,10 +206,10 @@ def parse_message(frames: list[bytes], spec: SegmentSpec) -> Segment | WarmupMom
         m = validate_segment(msg, spec)
         return Segment(m.actor, m.version, m.streams, msg.arrays, m.episodes, m.timings, m.run, m.seq)
     if msg.kind == "warmup":
-        validate_warmup(msg, spec)
+        w = validate_warmup(msg, spec)
         moments = RunningMeanStd((spec.height, spec.width), epsilon=0.0)  # exact moments of these frames only
         moments.update(torch.from_numpy(msg.arrays["frames"].copy()))
-        return WarmupMoments(moments.mean, moments.var, int(moments.count))
+        return WarmupMoments(moments.mean, moments.var, int(moments.count), frozenset(w.streams))
     raise WireError(f"a learner does not accept {msg.kind!r} messages")
 
 
@@ -260,6 +261,7 @@ class LearnerIO:
         self.warmups: queue.Queue[WarmupMoments] = queue.Queue()  # at most one item: see _add_warmup
         self._warm: WarmupMoments | None = None  # moments merged while the main thread had not taken the last
         self.pending: deque[Segment] = deque()
+        self.heard = bytearray(spec.num_streams)  # 1: a segment of that env stream arrived (the console's status)
         self.seen = SeenSegments()
         self._pending_streams = 0  # streams in pending, as of the last change made here
         self._cap_streams = pending_segments_per_actor(max_lag) * spec.num_streams  # pending_cap_bytes / stream
@@ -375,6 +377,8 @@ class LearnerIO:
             self.on_stale([mine[0]])
         self.pending.append(seg)
         self._pending_streams += len(seg.streams)
+        for stream in seg.streams:
+            self.heard[stream] = 1
 
     def _add_warmup(self, m: WarmupMoments) -> None:
         """Warm-up moments for the main thread, merged here while it has not taken the last ones, so

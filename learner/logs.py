@@ -14,10 +14,11 @@ import csv
 import json
 import math
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Any, NamedTuple
+
+from learner.console import FILE_PROGRESS_EVERY_S, RunStatus
 
 # name -> namespace, in CSV column order
 METRICS: dict[str, str] = {
@@ -89,10 +90,12 @@ class RunLogger:
         tensorboard: bool = True,
         purge_step: int | None = None,
         progress: bool = True,
+        status: RunStatus | None = None,
     ):
         """``resume_update``: continue the logs of a run resumed at that update (rows after it, written
         after its checkpoint by a run that then died, are dropped so that none appears twice).
-        ``progress``: print the live console line (off: ``progress`` prints nothing; the files are kept as ever)."""
+        ``progress``: print the live console line (off: ``progress`` prints nothing; the files are kept as ever).
+        ``status``: the run's time and waiting lines (default: one knowing only what ``progress`` is told)."""
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         csv_path, ep_path = self.run_dir / "metrics.csv", self.run_dir / "episodes.jsonl"
@@ -112,9 +115,10 @@ class RunLogger:
             from torch.utils.tensorboard import SummaryWriter
 
             self._tb = SummaryWriter(str(self.run_dir / "tb"), purge_step=purge_step)
-        self._tty = sys.stdout.isatty()
+        self.status = status if status is not None else RunStatus(0, 0, 0, show=progress)
+        self._tty = self.status.tty
         self._show_progress = progress
-        self._last_print = 0.0
+        self._last_print = -math.inf
 
     def log_update(self, row: dict[str, Any]) -> None:
         unknown = set(row) - set(METRICS)
@@ -124,9 +128,8 @@ class RunLogger:
         self._csv_file.flush()
         if self._tb is not None:
             step = int(row["agent_steps"])
-            for k, v in row.items():
-                if k not in ("update", "agent_steps") and isinstance(v, (int, float)) and not math.isnan(v):
-                    self._tb.add_scalar(f"{METRICS[k]}/{k}", v, step)
+            for tag, v in tags(row).items():
+                self._tb.add_scalar(tag, v, step)
 
     def log_episodes(self, records: list[dict[str, Any]]) -> None:
         for r in records:
@@ -135,19 +138,26 @@ class RunLogger:
             self._episodes.flush()
 
     def progress(self, row: dict[str, Any], total_steps: int) -> None:
-        """One live line: on a terminal it redraws in place; in a file, one line every 10 s; none if off."""
+        """One live line: on a terminal it redraws in place; in a file, one line every 10 s; none if off.
+        Its time fields (``RunStatus.fields``) count every update, printed or not."""
+        st = self.status
+        st.total_steps = total_steps
+        times = st.fields(int(row["agent_steps"]), float(row.get("time_s", 0.0)))
         if not self._show_progress:
             return
+        estimate = st.estimate(int(row["agent_steps"]))
+        if estimate is not None:
+            print(("\n" if self._tty else "") + estimate, flush=True)
         now = time.monotonic()
-        if not self._tty and now - self._last_print < 10.0:
+        if not self._tty and now - self._last_print < FILE_PROGRESS_EVERY_S:
             return
         self._last_print = now
         ret = row.get("episode_return_mean", float("nan"))
+        ret = f"{ret:8.1f}" if not math.isnan(ret) else f"{'-':>8}"  # no episode has ended yet
         line = (
-            f"update {row['update']:>6} | steps {row['agent_steps']:>12,}/{total_steps:,} | "
-            f"{row['steps_per_second']:>8,.0f} steps/s | return {ret:8.1f} | "
-            f"rooms {row['rooms_visited_total']:>3} | cells {row.get('cells_visited_total', 0):>4} | "
-            f"lag {row['policy_lag_mean']:.2f}"
+            f"update {row['update']:>6} | steps {row['agent_steps']:>12,}/{total_steps:,} | {times} | "
+            f"return {ret} | rooms {row['rooms_visited_total']:>3} | "
+            f"cells {row.get('cells_visited_total', 0):>4} | lag {row['policy_lag_mean']:.2f}"
         )
         print("\r" + line if self._tty else line, end="" if self._tty else "\n", flush=True)
 
@@ -271,7 +281,11 @@ def _is_episode(record: Any) -> bool:
 
 
 class NullLogger:
-    """The logs of a learner rank other than 0: rank 0 writes the run's files for every rank."""
+    """The logs of a learner rank other than 0: rank 0 writes the run's files for every rank. ``status``
+    follows its warm-up (shown or not, as it was made)."""
+
+    def __init__(self, status: RunStatus):
+        self.status = status
 
     def log_update(self, row: dict[str, Any]) -> None:
         pass
@@ -284,3 +298,13 @@ class NullLogger:
 
     def close(self) -> None:
         pass
+
+
+def tags(row: dict[str, Any]) -> dict[str, float]:
+    """A metrics row as TensorBoard names it: ``namespace/name`` -> value, for the numbers that are
+    not NaN, less the step counters (``update`` and ``agent_steps``, TensorBoard's step)."""
+    return {
+        f"{METRICS[k]}/{k}": v
+        for k, v in row.items()
+        if k not in ("update", "agent_steps") and isinstance(v, (int, float)) and not math.isnan(v)
+    }

@@ -49,6 +49,16 @@ def policy_lags(segments: list[Any], version: int) -> dict[str, float]:
     return {"policy_lag_mean": float(np.mean(lags)), "policy_lag_max": int(max(lags))}
 
 
+class Supervisor(Protocol):
+    """What the learner needs of the actor supervisor of its machine (local mode): restarts, and why none is left."""
+
+    restarts: int  # actor processes restarted so far
+
+    def poll(self) -> int: ...  # restarts dead children; returns restarts so far
+
+    def gave_up(self) -> str | None: ...  # why no actor is left, once none is
+
+
 class EpisodeSource(Protocol):
     """What episode records need of a segment: its sender, its policy version and its episodes."""
 

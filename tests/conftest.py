@@ -161,3 +161,14 @@ def learner_role_cmd() -> Callable[..., list[str]]:
 def actors_role_cmd() -> Callable[..., list[str]]:
     """``actors_role_args``: (learner, actors, *extra) -> the arguments after the interpreter."""
     return actors_role_args
+
+
+def bare_actors_role_args(learner: str, actors: int, *extra: str) -> list[str]:
+    """``actors_role_args`` without ``--config``: the actors take the learner's config from its weights."""
+    return ["launch.py", "--role", "actors", "--learner", learner, "--actors", str(actors), *extra]
+
+
+@pytest.fixture(scope="session")
+def bare_actors_role_cmd() -> Callable[..., list[str]]:
+    """``bare_actors_role_args``: (learner, actors, *extra) -> the arguments after the interpreter."""
+    return bare_actors_role_args
