@@ -2,8 +2,10 @@
 # Learning per agent step and per wall second, three runs at equal settings on Breakout, 84x84 frames:
 # ours asynchronous (max_policy_lag=1, V-trace), ours synchronous (max_policy_lag=0), and CleanRL's
 # ppo_rnd_envpool.py, unmodified, given by its path (it is never copied into this repo; scripts/peers/cleanrl_rnd.sh
-# shows its venv). The runs go one after another, so each has the machine to itself (as far as the machine is
-# ours); then scripts/compare_runs.py tabulates return per agent-step bin and per wall-second bin.
+# shows its venv). The runs go one after another (each has the machine to itself, as far as it is ours), or with
+# PARALLEL=1 side by side (all three see the same machine at the same time: on a machine shared with other work,
+# the fairer per-second comparison); then scripts/compare_runs.py tabulates return per agent-step bin and per
+# wall-second bin into OUT/per_step.md and OUT/per_second.md.
 #
 #   bash scripts/peers/learning_vs_cleanrl.sh CLEANRL_PY TOTAL_STEPS [OUT]     (OUT default /tmp/learning_vs_cleanrl)
 #
@@ -65,9 +67,11 @@ run_cleanrl() {
     --int-coef 1.0 --update-proportion 0.25 --num-iterations-obs-norm-init 1 --total-timesteps "$TOTAL" \
     "${cuda[@]}" --no-track --no-capture-video >"$OUT/cleanrl.log" 2>&1) || echo "cleanrl exited $?"
 }
-[[ ",$RUNS," == *,async,* ]] && run_ours async 1
-[[ ",$RUNS," == *,sync,* ]] && run_ours sync 0
-[[ ",$RUNS," == *,cleanrl,* ]] && run_cleanrl
+bg=""; [[ "${PARALLEL:-0}" == 1 ]] && bg="&"
+[[ ",$RUNS," == *,async,* ]] && eval "run_ours async 1 $bg"
+[[ ",$RUNS," == *,sync,* ]] && eval "run_ours sync 0 $bg"
+[[ ",$RUNS," == *,cleanrl,* ]] && eval "run_cleanrl $bg"
+wait
 echo "[$(date -u +%T)] runs done"
 dirs=(); labels=()
 for r in async sync cleanrl; do
