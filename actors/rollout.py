@@ -16,9 +16,8 @@ import torch
 
 from actors.env import AtariEnv, make_env
 from common.config import Config, ConfigError
-from common.precision import autocast
 from common.rl.networks import NUM_ACTIONS, PolicyNet
-from common.runtime import actor_dtype
+from common.runtime import actor_dtype, conv_layout
 from common.timing import Timings
 from common.wire import SegmentSpec
 
@@ -36,17 +35,21 @@ def env_split(num_envs: int, num_actors: int, actor_id: int) -> list[int]:
 
 @torch.inference_mode()  # cheaper than no_grad: no version counters, no views tracked
 def sample_actions(
-    policy: PolicyNet, obs: np.ndarray, gen: torch.Generator, dtype: torch.dtype | None = None
+    policy: PolicyNet,
+    obs: np.ndarray,
+    gen: torch.Generator,
+    dtype: torch.dtype | None = None,
+    memory_format: torch.memory_format = torch.contiguous_format,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The actor's policy step: uint8 obs [K, S, H, W] -> (actions [K], their log-probs [K]) as CPU arrays.
 
-    The network runs under ``dtype`` autocast (None: fp32); the softmax, the sample and the log-probs
-    are fp32 from the logits it gave, so the log-probs sent are exactly those of the distribution that
-    sampled (V-trace's mu). It runs where ``gen`` lives, which is where the policy lives; on the CPU
-    the moves are no-ops."""
-    with autocast(gen.device, dtype):
-        logits = policy.logits(torch.from_numpy(obs).to(gen.device))
-    logp_all = torch.log_softmax(logits.float(), -1)
+    The logits are the learner's (``PolicyNet.step_logits``): the trunk under ``dtype`` autocast (None: fp32)
+    from an input in ``memory_format``, the policy head in fp32. The softmax, the sample and the log-probs are
+    fp32, so the log-probs sent are exactly those of the distribution that sampled (V-trace's mu), and at lag 0
+    those the learner scores. It runs where ``gen`` lives, which is where the policy lives; on the CPU the
+    moves are no-ops."""
+    logits = policy.step_logits(torch.from_numpy(obs).to(gen.device), dtype, memory_format)
+    logp_all = torch.log_softmax(logits, -1)
     a = torch.multinomial(logp_all.exp(), 1, generator=gen)
     return a.squeeze(1).cpu().numpy(), logp_all.gather(1, a).squeeze(1).cpu().numpy()
 
@@ -67,6 +70,9 @@ class RolloutCollector:
             raise ValueError("one stream id per env")
         self.envs, self.streams, self.policy, self.spec = envs, list(stream_ids), policy, spec
         self.dtype = dtype  # the policy step's autocast dtype (None: fp32); bootstrap values stay fp32
+        self.memory_format = conv_layout(next(policy.parameters()).device, dtype)  # the learner's rule
+        # weights in the layout the learner's convs use; torch's stubs omit memory_format
+        policy.to(memory_format=self.memory_format)  # type: ignore[call-overload]
         self.gen = torch.Generator(device=next(policy.parameters()).device).manual_seed(seed)  # where the policy is
         self.rng = np.random.default_rng(seed)
         k = len(envs)
@@ -78,7 +84,7 @@ class RolloutCollector:
         self.timings = Timings()  # phases "infer" and "env"; the actor reports and resets them
 
     def _act(self, obs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return sample_actions(self.policy, obs, self.gen, self.dtype)
+        return sample_actions(self.policy, obs, self.gen, self.dtype, self.memory_format)
 
     @torch.inference_mode()
     def _value_ext(self, obs: np.ndarray) -> np.ndarray:

@@ -11,6 +11,7 @@ system 1.34-1.41x faster than fp32 on a 2-core AVX512_BF16 machine, and at 44x44
 from __future__ import annotations
 
 from contextlib import AbstractContextManager, nullcontext
+from pathlib import Path
 
 import torch
 
@@ -18,10 +19,26 @@ NATIVE_BF16_CPU_FEATURES = ("avx512_bf16", "amx_bf16")
 MIN_BF16_CPU_PIXELS = 84 * 84  # the smallest frame bf16 measured faster at on a CPU; smaller ones take fp32
 
 
+def cpuinfo_flags(path: str = "/proc/cpuinfo") -> frozenset[str]:
+    """The feature flags of the first CPU in ``path`` (Linux's /proc/cpuinfo), or none where it cannot be read."""
+    try:
+        for line in Path(path).read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() in ("flags", "Features"):
+                return frozenset(value.split())
+    except OSError:
+        pass
+    return frozenset()
+
+
 def cpu_has_native_bf16() -> bool:
-    """True when this CPU multiplies bf16 natively (AVX512_BF16 or AMX), as PyTorch detects it."""
-    caps = torch.cpu.get_capabilities()
-    return any(bool(caps.get(f)) for f in NATIVE_BF16_CPU_FEATURES)
+    """True when this CPU multiplies bf16 natively (AVX512_BF16 or AMX): as PyTorch detects it where it can
+    (``torch.cpu.get_capabilities``, not in every torch the project admits), else from /proc/cpuinfo's flags."""
+    get_caps = getattr(torch.cpu, "get_capabilities", None)
+    if get_caps is not None:
+        caps = get_caps()
+        return any(bool(caps.get(f)) for f in NATIVE_BF16_CPU_FEATURES)
+    return any(f in cpuinfo_flags() for f in NATIVE_BF16_CPU_FEATURES)
 
 
 def autocast_dtype(precision: str, device: torch.device | str, frame_hw: tuple[int, int]) -> torch.dtype | None:

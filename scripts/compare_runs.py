@@ -3,7 +3,10 @@
     python scripts/compare_runs.py runs/sync runs/async --labels sync,async --bins 10 --markdown cmp.md
 
 Each RUN_DIR needs the ``metrics.csv`` and ``episodes.jsonl`` a training run writes, read by learner/logs.py's
-readers: a damaged line (cut short, binary, not a record) is skipped, and a note on stderr counts them.
+readers (a damaged line, cut short, binary or not a record, is skipped, and a note on stderr counts them),
+or is a folder holding the TensorBoard log of CleanRL's ``ppo_rnd_envpool.py`` (its ``runs/`` folder: the
+``charts/episodic_return`` and ``charts/SPS`` scalars are read). ``--axis time`` bins by wall seconds
+since the run's start instead of agent steps (the summary stays per agent step).
 An episode is placed by the learner's agent step count when it was consumed; bins are (lo, hi] in agent
 steps, the first one also holding step 0. Bad input: one line on stderr and exit code 2.
 """
@@ -87,6 +90,53 @@ def load_run(run_dir: Path, label: str) -> Run:
     if np.isnan(metrics["agent_steps"]).all():
         raise InputError(f"{run_dir / 'metrics.csv'}: no agent_steps in any row")
     return Run(label, metrics, *load_episodes(run_dir / "episodes.jsonl"))
+
+
+def load_cleanrl_run(run_dir: Path, label: str) -> Run:
+    """A folder holding one CleanRL TensorBoard log -> Run: an episode per ``charts/episodic_return`` event (its
+    global step, the raw game score), an update per ``charts/SPS`` event (time from the log's first event)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    logs = sorted(run_dir.rglob("events.out.tfevents.*"))
+    if len(logs) != 1:
+        raise InputError(f"{run_dir}: {len(logs)} TensorBoard logs, need exactly one")
+    acc = EventAccumulator(str(logs[0]), size_guidance={"scalars": 0})
+    try:
+        acc.Reload()
+        tags = acc.Tags()["scalars"]
+        if "charts/SPS" not in tags:
+            raise InputError(f"{logs[0]}: no charts/SPS scalars (not a CleanRL log, or no update finished)")
+        sps = acc.Scalars("charts/SPS")
+        eps = acc.Scalars("charts/episodic_return") if "charts/episodic_return" in tags else []
+    except Exception as e:  # a corrupt log: one line, not a traceback
+        if isinstance(e, InputError):
+            raise
+        raise InputError(f"{logs[0]}: unreadable TensorBoard log ({type(e).__name__}: {e})") from None
+    t0 = acc.FirstEventTimestamp()
+    metrics = {
+        "agent_steps": np.array([e.step for e in sps], dtype=np.float64),
+        "time_s": np.array([e.wall_time - t0 for e in sps]),
+        "steps_per_second": np.array([e.value for e in sps], dtype=np.float64),
+        "policy_lag_mean": np.zeros(len(sps)),
+    }
+    steps = np.array([e.step for e in eps], dtype=np.int64)
+    return Run(label, metrics, steps, np.array([e.value for e in eps], dtype=np.float64), [None] * len(eps))
+
+
+def load_any_run(run_dir: Path, label: str) -> Run:
+    """A training run's folder, or else a CleanRL TensorBoard log's."""
+    if not (run_dir / "metrics.csv").is_file() and run_dir.is_dir() and any(run_dir.rglob("events.out.tfevents.*")):
+        return load_cleanrl_run(run_dir, label)
+    return load_run(run_dir, label)
+
+
+def on_time_axis(run: Run) -> Run:
+    """The run with wall seconds in place of agent steps: each episode at the time its agent step count was
+    reached (interpolated between updates), each update at its time_s."""
+    m = run.metrics
+    ok = ~np.isnan(m["agent_steps"]) & ~np.isnan(m["time_s"])
+    t = np.interp(run.steps, m["agent_steps"][ok], m["time_s"][ok])
+    return Run(run.label, {**m, "agent_steps": m["time_s"]}, np.round(t).astype(np.int64), run.returns, run.rooms)
 
 
 def common_steps(runs: list[Run], max_steps: int | None = None) -> int:
@@ -199,6 +249,19 @@ def render(runs: list[Run], binned: list[list[Bin]], summaries: list[dict[str, f
     return "\n".join(lines) + "\n"
 
 
+def time_table(runs: list[Run], bins: int) -> str:
+    """The binned table over the wall seconds every run reached, its step columns read as seconds."""
+    timed = [on_time_axis(r) for r in runs]
+    stop = common_steps(timed)
+    binned = [bin_run(r, stop, bins) for r in timed]
+    text = render(timed, binned, [summarise(r, b, stop) for r, b in zip(timed, binned, strict=True)])
+    return (
+        text.split("\n## Summary", 1)[0]
+        .replace("per agent step", "per wall second")
+        .replace("| agent steps |", "| wall seconds |", 1)
+    )
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line on stderr, not usage + error
         raise InputError(message)
@@ -210,6 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--labels", help="comma-separated, one per run (default: the directory names)")
     p.add_argument("--bins", type=int, default=10)
     p.add_argument("--max-steps", type=int, help="cap of the compared agent-step range")
+    p.add_argument("--axis", choices=("steps", "time"), default="steps", help="bin by agent steps or wall seconds")
     p.add_argument("--markdown", type=Path, metavar="OUT.md", help="also write the tables here")
     try:
         a = p.parse_args(argv)
@@ -220,10 +284,12 @@ def main(argv: list[str] | None = None) -> int:
             raise InputError(f"--labels has {len(labels)} names for {len(a.run_dirs)} runs")
         if a.bins < 1 or (a.max_steps is not None and a.max_steps < 1):
             raise InputError("--bins and --max-steps must be >= 1")
-        runs = [load_run(d, lab) for d, lab in zip(a.run_dirs, labels, strict=True)]
+        runs = [load_any_run(d, lab) for d, lab in zip(a.run_dirs, labels, strict=True)]
         stop = common_steps(runs, a.max_steps)
         binned = [bin_run(r, stop, a.bins) for r in runs]
         text = render(runs, binned, [summarise(r, b, stop) for r, b in zip(runs, binned, strict=True)])
+        if a.axis == "time":
+            text = time_table(runs, a.bins) + "\n## Summary (per agent step)" + text.split("## Summary", 1)[1]
         if a.markdown is not None:
             a.markdown.write_text(text)
     except (InputError, OSError) as e:

@@ -18,6 +18,8 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from common.precision import autocast
+
 NUM_ACTIONS = 18  # the full ALE action set, for every game
 LEAKY_SLOPE = 0.2  # tf.nn.leaky_relu's default alpha
 # (kernel, stride) of the three convs; out channels 32, 64, 64 in both
@@ -101,6 +103,24 @@ class PolicyNet(nn.Module):
         """uint8 [B, C, H, W] -> [B, 448]: the convs and the shared fully connected layers. ``dtype`` and
         ``memory_format`` are those the first conv computes in (see ``scaled_obs``)."""
         return self.trunk(scaled_obs(obs, dtype, memory_format))
+
+    def float_features(
+        self, obs: torch.Tensor, dtype: torch.dtype | None, memory_format: torch.memory_format
+    ) -> torch.Tensor:
+        """uint8 [B, C, H, W] -> fp32 [B, 448]: the trunk under ``dtype`` autocast (None: fp32) from an input made
+        in ``dtype`` and ``memory_format``, its output made fp32 for the heads. The learner's ``run_policy`` and
+        the actors' policy step both compute this, so that with the same weights the actor's log-probs are the
+        learner's (V-trace's rho exactly 1 at lag 0)."""
+        with autocast(obs.device, dtype):
+            x = self.features(obs, dtype or torch.float32, memory_format)
+        return x.float()
+
+    def step_logits(
+        self, obs: torch.Tensor, dtype: torch.dtype | None, memory_format: torch.memory_format
+    ) -> torch.Tensor:
+        """uint8 [B, C, H, W] -> fp32 logits [B, A] as the learner computes them: ``float_features``, then the
+        policy head in fp32."""
+        return self._policy_head(self.float_features(obs, dtype, memory_format))
 
     def logits(self, obs: torch.Tensor) -> torch.Tensor:
         """uint8 [B, C, H, W] -> logits [B, A], the same as ``forward(obs).logits``. What an actor samples

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import torch
 
+from common.rl.scan import affine_scan
+
 
 class RunningMeanStd:
     """Running mean and variance over the leading axis, merged with Chan et al.'s parallel formula."""
@@ -57,7 +59,8 @@ class RewardForwardFilter:
     """Per-stream discounted sum of intrinsic rewards, run forward along time: R_t = gamma * R_{t-1} + r_t.
 
     The state is one float per env stream, indexed by global stream id, so segments from different
-    actors may arrive in any order; each stream's own segments arrive in time order.
+    actors may arrive in any order; each stream's own segments arrive in time order. It stays float64 on
+    ``device`` (the learner's, CUDA included), and the sum along time is a parallel scan (common/rl/scan.py).
     """
 
     def __init__(self, num_streams: int, gamma: float, device: str | torch.device = "cpu"):
@@ -73,13 +76,10 @@ class RewardForwardFilter:
                 f"{tuple(rewards.shape)} and {tuple(stream_ids.shape)}"
             )
         ids = stream_ids.to(self.state.device, torch.long)
-        acc = self.state[ids]
-        out = torch.empty(rewards.shape, dtype=torch.float64, device=self.state.device)
         r = rewards.to(self.state.device, torch.float64)
-        for t in range(r.shape[0]):
-            acc = acc * self.gamma + r[t]
-            out[t] = acc
-        self.state[ids] = acc
+        out = affine_scan(r, torch.full_like(r, self.gamma), self.state[ids], reverse=False)
+        if len(out):
+            self.state[ids] = out[-1]
         return out.to(rewards.dtype)
 
     def state_dict(self) -> dict[str, torch.Tensor]:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from common.rl.scan import affine_scan
+
 
 @torch.no_grad()
 def gae(
@@ -22,11 +24,7 @@ def gae(
         )
     values_tp1 = torch.cat([values[1:], bootstrap_value.unsqueeze(0)], dim=0)
     deltas = rewards + discounts * values_tp1 - values
-    adv = torch.empty_like(values)
-    acc = torch.zeros_like(bootstrap_value)
-    for t in range(values.shape[0] - 1, -1, -1):
-        acc = deltas[t] + discounts[t] * lam * acc
-        adv[t] = acc
+    adv = affine_scan(deltas, discounts * lam)  # A_t = delta_t + gamma_t lam A_{t+1}, A_T = 0
     return adv, adv + values
 
 

@@ -17,6 +17,8 @@ from typing import NamedTuple
 
 import torch
 
+from common.rl.scan import affine_scan
+
 ADVANTAGE_FORMS = ("gae", "impala")
 
 
@@ -69,12 +71,7 @@ def vtrace(
     values_tp1 = torch.cat([values[1:], bootstrap_value.unsqueeze(0)], dim=0)
     deltas = rhos * (rewards + discounts * values_tp1 - values)
 
-    acc = torch.zeros_like(bootstrap_value)
-    vs_minus_v = torch.empty_like(values)
-    for t in range(values.shape[0] - 1, -1, -1):
-        acc = deltas[t] + discounts[t] * cs[t] * acc
-        vs_minus_v[t] = acc
-    vs = vs_minus_v + values
+    vs = affine_scan(deltas, discounts * cs) + values  # v_s - V(x_s) = delta_s + gamma_s c_s (v_{s+1} - V(x_{s+1}))
     vs_tp1 = torch.cat([vs[1:], bootstrap_value.unsqueeze(0)], dim=0)  # v_T = V(x_T)
     if advantage == "impala":
         next_value = vs_tp1
