@@ -22,23 +22,7 @@ from common.runtime import init_torch_runtime
 from learner.agent import RNDAgent
 from learner.batch import Segment, assemble
 from learner.distributed import Dist, rank_env
-
-
-def synthetic_batch_segments(cfg, rank: int) -> list[Segment]:
-    """A batch of random frames and actions of the configured shape, different on each rank."""
-    rng = np.random.default_rng(rank)
-    t, k, h, w = cfg.RolloutSteps, cfg.NumWorkers, cfg.ImageHeight, cfg.ImageWidth
-    arrays = {
-        "frames": rng.integers(0, 255, (t + 1, k, h, w), dtype=np.uint8),
-        "context": rng.integers(0, 255, (cfg.FrameStack - 1, k, h, w), dtype=np.uint8),
-        "actions": rng.integers(0, NUM_ACTIONS, (t, k), dtype=np.uint8),
-        "behaviour_logp": np.full((t, k), -np.log(NUM_ACTIONS), np.float32),
-        "rewards": (rng.random((t, k)) < 0.01).astype(np.float32),
-        "terminated": (rng.random((t, k)) < 0.002).astype(np.uint8),
-        "truncated": np.zeros((t, k), np.uint8),
-        "trunc_value": np.zeros((t, k), np.float32),
-    }
-    return [Segment(0, 0, list(range(k)), arrays, [])]
+from learner.synthetic import synthetic_segments
 
 
 def measure(agent: RNDAgent, dist: Dist | None, segments: list[Segment], seconds: float) -> tuple[int, float]:
@@ -76,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     dist = Dist(env, runtime.device, 120.0) if env is not None else None
     if dist is not None:
         agent.distribute(dist)
-    updates, secs = measure(agent, dist, synthetic_batch_segments(cfg, rank), a.seconds)
+    updates, secs = measure(agent, dist, synthetic_segments(cfg, np.random.default_rng(rank)), a.seconds)
     world = dist.world if dist is not None else 1
     if rank == 0:
         steps = updates * cfg.NumWorkers * cfg.RolloutSteps * world
