@@ -93,6 +93,8 @@ class Dist:
         timeout = timedelta(seconds=timeout_s)
         store, _, _ = next(dist.rendezvous("env://", rank=env.rank, world_size=env.world, timeout=timeout))
         backend = "nccl" if device.type == "cuda" else "gloo"
+        if device.type == "cuda":
+            torch.cuda.set_device(device)  # NCCL's communicator of this rank on its own GPU, not on GPU 0
         dist.init_process_group(
             backend, store=dist.PrefixStore("pg", store), rank=env.rank, world_size=env.world, timeout=timeout
         )
