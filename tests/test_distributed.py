@@ -139,7 +139,7 @@ def test_two_cpu_ranks_train_resume_and_refuse_another_rank_count(tmp_path: Path
 
 def start_rank(rank: int, port: int, bind: str, run_dir: Path, total: int, *extra: str) -> subprocess.Popen:
     args = ["launch.py", "--role", "learner", "--config", SMOKE, "--bind", bind, "--learner-gpu", "-1"]
-    args += ["--run-dir", str(run_dir), "--total-steps", str(total), *extra]
+    args += ["--run-dir", str(run_dir), "--total-steps", str(total), SLOW_START, *extra]
     return subprocess.Popen(
         [sys.executable, *args],
         cwd=REPO,
@@ -151,9 +151,13 @@ def start_rank(rank: int, port: int, bind: str, run_dir: Path, total: int, *extr
     )
 
 
+SLOW_START = "actor_timeout_s=180"  # a loaded machine may take a while to start both ranks: the actors wait
+
+
 def start_actors(learner: str) -> subprocess.Popen:
+    args = ["launch.py", "--role", "actors", "--config", SMOKE, "--learner", learner, "--actors", "1", SLOW_START]
     return subprocess.Popen(
-        [sys.executable, "launch.py", "--role", "actors", "--config", SMOKE, "--learner", learner, "--actors", "1"],
+        [sys.executable, *args],
         cwd=REPO,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
