@@ -4,6 +4,7 @@ never collides), the console's copy in RUN_DIR/launch.log, and the optional Weig
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from common.cli import UsageError
@@ -69,8 +70,18 @@ def open_console_log(run_dir: Path) -> None:
     from learner.console import ConsoleTee
 
     global _console_log
-    if _console_log is None:
-        _console_log = ConsoleTee(run_dir / "launch.log")
+    path = run_dir / "launch.log"
+    if _console_log is None and not stdout_is(path):  # study.py sends a run's console there itself
+        _console_log = ConsoleTee(path)
+
+
+def stdout_is(path: Path) -> bool:
+    """Whether this process's stdout is the file ``path`` already."""
+    try:
+        out, there = os.fstat(1), path.stat()
+    except OSError:
+        return False
+    return (out.st_dev, out.st_ino) == (there.st_dev, there.st_ino)
 
 
 def attach_wandb(learner, cfg: Config) -> None:

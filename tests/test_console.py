@@ -112,3 +112,23 @@ def test_help_points_to_print_config_and_the_key_table() -> None:
     assert 'README.md, section "Config keys"' in p.stdout
     readme = (REPO / "README.md").read_text()
     assert "\n## Config keys\n" in readme  # the section the help names
+
+
+def test_a_console_already_sent_to_launch_log_is_not_copied_twice(tmp_path: Path) -> None:
+    """study.py sends a run's console to RUN_DIR/launch.log itself: each line must be there once."""
+    from common.transport import free_tcp_address
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    args = ["--role", "learner", "--bind", free_tcp_address(), "--config", SMOKE, "--learner-gpu", "-1"]
+    with open(run_dir / "launch.log", "a") as log:
+        p = subprocess.run(
+            [PY, "launch.py", *args, "--run-dir", str(run_dir), "--total-steps", "0"],
+            cwd=REPO,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            timeout=120,
+        )
+    assert p.returncode == 0
+    text = (run_dir / "launch.log").read_text()
+    assert text.count("launch: run dir") == 1 and text.count("launch: done at 0 agent steps") == 1, text

@@ -127,11 +127,25 @@ def test_two_cpu_ranks_train_resume_and_refuse_another_rank_count(tmp_path: Path
     assert sums and all(a == b for a, b in sums)  # every checkpoint: the same weights on both ranks
     rows = (run / "metrics.csv").read_text().splitlines()
     assert rows[-1].split(",")[1] == "1536"  # agent steps summed over the ranks
-    again = launch(*common, "--resume", str(run), "--total-steps", "2048")
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert "launch: done at 2,048 agent steps" in again.stdout
+    again = subprocess.Popen(
+        [sys.executable, "launch.py", *common, "--resume", str(run), "--total-steps", "1000000"],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 240
+    while len((run / "metrics.csv").read_text().splitlines()) < len(rows) + 2:
+        assert time.monotonic() < deadline and again.poll() is None, again.stderr.read()[-3000:]
+        time.sleep(0.5)
+    again.send_signal(signal.SIGTERM)  # to the launcher: every rank checkpoints and stops at one update
+    out, err = again.communicate(timeout=120)
+    assert again.returncode == 0, err[-3000:]
     updates = [int(r.split(",")[0]) for r in (run / "metrics.csv").read_text().splitlines()[1:]]
     assert updates == list(range(1, updates[-1] + 1))  # continued, no update twice
+    latest = torch.load(run / "checkpoints" / "latest.pt", weights_only=True)
+    assert latest["counters"]["update"] == updates[-1] > len(rows) - 1  # the stop wrote a checkpoint
+    assert all(a == b for a, b in rank_checksums(run))
     other = launch("--resume", str(run), "--learner-gpu", "-1", "--actors", "1", timeout=60)
     assert other.returncode == 2 and other.stderr.count("\n") == 1
     assert "written by 2 learner rank(s) and this run has 1" in other.stderr
