@@ -278,6 +278,7 @@ LOCAL_KEYS: dict[str, str] = {
     "keep_checkpoints": "learner: how many it keeps",
     "SavePath": "learner: where its run dir goes",
     "wandb_project": "learner: where it mirrors its metrics",
+    "dist_timeout_s": "learner: how long its ranks wait on a silent rank",
 }
 ACTOR_KEYS = ("actor_device", "actor_precision", "actor_timeout_s", "wire_compression")
 
