@@ -226,3 +226,18 @@ def test_a_rank_killed_mid_run_ends_the_other_with_one_line(tmp_path: Path) -> N
         assert took < 10 + 30  # dist_timeout_s plus the diagnosis and a clean stop
     finally:
         stop_all(*ranks, *actors)
+
+
+def test_rank_flags_are_checked_in_one_line(tmp_path: Path) -> None:
+    run = ["--config", SMOKE, "--run-dir", str(tmp_path / "r")]
+    for flags, want in (
+        (["--learner-gpus", "0,x"], "expected a comma-separated list of GPU indexes"),
+        (["--learner-gpus", "0,0"], "expected distinct GPU indexes"),
+        (["--learner-gpus", "0,1", "--learner-gpu", "-1"], "exclude each other"),
+        (["--learner-ranks", "0"], "must be >= 1"),
+    ):
+        p = launch(*run, *flags, timeout=60)
+        assert p.returncode == 2 and want in p.stderr and p.stderr.count("\n") == 1, (flags, p.stderr)
+    if not torch.cuda.is_available():
+        p = launch(*run, "--learner-gpus", "0,1", timeout=60)
+        assert p.returncode == 2 and "no CUDA device is available here" in p.stderr
