@@ -259,7 +259,7 @@ def build_learner(args: argparse.Namespace, cfg: Config, resume: dict | None, lo
     learner holds the checkpoint, so a failed --resume leaves the run dir as it was."""
     import zmq
 
-    from common.runtime import init_torch_runtime
+    from common.runtime import init_torch_runtime, learner_threads
     from common.transport import connect_address, free_tcp_address
     from learner.learner import Learner
 
@@ -280,7 +280,8 @@ def build_learner(args: argparse.Namespace, cfg: Config, resume: dict | None, lo
             run_dir / "config.yaml", connect_address(bind), list(range(n)), n, [], True, args.keys
         )
     total = args.total_steps if args.total_steps is not None else cfg.total_agent_steps
-    runtime = init_torch_runtime(cfg, device, "learner")
+    threads = learner_threads(os.cpu_count(), args.actors or default_actors(cfg), local)
+    runtime = init_torch_runtime(cfg, device, "learner", threads)
     try:
         learner = Learner(
             cfg,
