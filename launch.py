@@ -199,7 +199,7 @@ def build_learner(args: argparse.Namespace, cfg: Config, resume: dict | None, lo
     ``--bind``'s PORT + 2 LOCAL_RANK, and only rank 0 writes the run dir."""
     import zmq
 
-    from common.runtime import init_torch_runtime
+    from common.runtime import init_torch_runtime, learner_threads
     from common.transport import connect_address, free_tcp_address
     from learner.distributed import rank_env
     from learner.learner import Learner
@@ -217,7 +217,8 @@ def build_learner(args: argparse.Namespace, cfg: Config, resume: dict | None, lo
     cfg_file = run_dir / "config.yaml" if writer else private_config(cfg)
     supervisor = local_actors(args, cfg, cfg_file, connect_address(bind)) if local else None
     total = args.total_steps if args.total_steps is not None else cfg.total_agent_steps
-    runtime = init_torch_runtime(cfg, device, "learner")
+    threads = learner_threads(os.cpu_count(), args.actors or default_actors(cfg), local)
+    runtime = init_torch_runtime(cfg, device, "learner", threads)
     try:
         learner = Learner(
             cfg,

@@ -61,6 +61,20 @@ def learner_runtime(cfg: Config, device: torch.device | str) -> TorchRuntime:
     )
 
 
+# the fewest cores at which a local learner's threads are fitted to the cores its actors leave: on a small
+# machine the actors idle during a synchronous update, and one learner thread would leave a core unused
+MIN_CORES_FOR_LEARNER_THREADS = 8
+
+
+def learner_threads(cores: int | None, actors_here: int, local: bool) -> int | None:
+    """torch's thread count for a learner sharing its host with ``actors_here`` actors: the cores they leave,
+    at least 1; None (torch's default, one per core) in the learner role (its actors are elsewhere unless
+    told), and on machines of fewer than MIN_CORES_FOR_LEARNER_THREADS cores."""
+    if not local or cores is None or cores < MIN_CORES_FOR_LEARNER_THREADS:
+        return None
+    return max(1, cores - actors_here)
+
+
 def actor_dtype(cfg: Config, device: torch.device | str) -> torch.dtype | None:
     """The autocast dtype of an actor's policy step on ``device`` (None: fp32)."""
     return autocast_dtype(cfg.actor_precision, device, (cfg.ImageHeight, cfg.ImageWidth))

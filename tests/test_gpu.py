@@ -93,3 +93,29 @@ def test_actor_policy_step_on_cuda(tmp_path: Path) -> None:
     assert arrays["actions"].shape == (cfg.RolloutSteps, 3) and (arrays["behaviour_logp"] <= 0).all()
     cut = arrays["truncated"].astype(bool)
     assert cut.any() and (arrays["trunc_value"][cut] != 0).all()
+
+
+def test_whole_learner_on_cuda_checkpoint_plays_on_cpu_and_resumes(tmp_path: Path) -> None:
+    """The whole Learner updates on CUDA; its checkpoint plays with CUDA hidden (eval.py) and resumes on CUDA."""
+    from test_play_resume import play_and_resume
+
+    cfg = load_config(REPO / "configs" / "smoke.yaml", {"NumWorkers": 2, "RolloutSteps": 8, "BatchSize": 8})
+    play_and_resume(cfg, tmp_path, "cuda:0")
+
+
+def test_reward_filter_on_cuda_is_the_cpus() -> None:
+    from common.rl.normalize import RewardForwardFilter
+
+    r = torch.rand(128, 16, dtype=torch.float64)
+    cpu, gpu = RewardForwardFilter(16, 0.99), RewardForwardFilter(16, 0.99, device="cuda:0")
+    ids = torch.arange(16)
+    torch.testing.assert_close(gpu(r.cuda(), ids).cpu(), cpu(r, ids), rtol=1e-12, atol=1e-12)
+    assert gpu.state.device.type == "cuda" and gpu.state.dtype == torch.float64
+
+
+def test_pinned_assemble_is_the_unpinned(tmp_path: Path) -> None:
+    from test_assemble_once import random_segments
+
+    segs = random_segments(4, [8, 8, 3], t=16, hw=44)
+    a, b = assemble(segs, 4, pin=True), assemble(segs, 4, pin=False)
+    assert a.frames.is_pinned() and torch.equal(a.frames, b.frames) and torch.equal(a.actions, b.actions)
