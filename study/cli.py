@@ -4,12 +4,17 @@
   python study.py run runs/s --config configs/smoke.yaml --axis ExtCoeff=2,0 --total-steps 4096 --gpus none
   python study.py run runs/s --arm ExtCoeff=2 --arm ExtCoeff=0 --arm IntCoeff=0,ExtCoeff=2 --seeds 3
   python study.py run runs/s --dry-run                               # print each run's command, run nothing
+  python study.py run runs/s --seeds 4 --gpus 0,1 --per-gpu 2        # 4 runs at a time, 2 on each GPU
   python study.py report runs/s --eval-episodes 5                    # runs/s/report/report.md and figures
+  python study.py run runs/s_a --seeds 4 --shard 1/2                 # host A's half of the grid; host B:
+  python study.py run runs/s_b --seeds 4 --shard 2/2                 #   the other half, in its own folder
+  python study.py report runs/s_a runs/s_b                           # one report of both halves
 
 ``run`` starts each run as ``launch.py`` would be started by hand, one folder per run under
 STUDY_DIR named by its axis values and seed; a finished run is skipped and an interrupted one is
-resumed, so the same command continues a study. ``report`` reads the run folders and writes
-``report.md``, ``summary.json`` and PNG figures (matplotlib) beside it.
+resumed, so the same command continues a study; one ``run`` at a time works in a folder
+(STUDY_DIR/study.lock). ``report`` reads the run folders (of one folder, or of several shards of one
+grid) and writes ``report.md``, ``summary.json`` and PNG figures (matplotlib) beside it.
 """
 
 from __future__ import annotations

@@ -109,23 +109,25 @@ def check_shard_folder(study_dir: Path, shard: tuple[int, int] | None) -> None:
         raise StudyError(f"{study_dir} holds shard {held} of its grid; give shard {wanted} a folder of its own")
 
 
-def plan_difference(a: dict, b: dict) -> str | None:
-    """What makes two study.json plans different studies, in words; None if their grids are the same (the same
-    run names, each with the same resolved config hash and agent steps), whichever shards they hold."""
-    if not a.get("plan_hash") or not b.get("plan_hash"):
+def plan_difference(first: dict, other: dict) -> str | None:
+    """What makes ``other``'s study.json plan another study than ``first``'s, in words; None if their grids are the
+    same (the same run names, each with the same resolved-config hash and agent steps), whichever shards they
+    hold."""
+    if not first.get("plan_hash") or not other.get("plan_hash"):
         return "a study.json without its grid (rewrite it with the same `study.py run ... --dry-run`)"
-    if a["plan_hash"] == b["plan_hash"]:
+    if first["plan_hash"] == other["plan_hash"]:
         return None
-    ga, gb = ({r["name"]: r for r in p.get("grid", [])} for p in (a, b))
-    diffs = [f"config {b.get('config')} vs {a.get('config')}"] if a.get("config") != b.get("config") else []
-    if set(ga) != set(gb):
-        only_b, only_a = sorted(set(gb) - set(ga)), sorted(set(ga) - set(gb))
-        diffs += [f"runs only here: {', '.join(only_b[:3])}"] if only_b else []
-        diffs += [f"runs only there: {', '.join(only_a[:3])}"] if only_a else []
-    for name in [n for n in gb if n in ga]:
+    fa, ot = ({r["name"]: r for r in p.get("grid", []) if isinstance(r, dict) and "name" in r} for p in (first, other))
+    diffs = [f"its config {other.get('config')}, the first's {first.get('config')}"]
+    diffs = diffs if first.get("config") != other.get("config") else []
+    if set(ot) - set(fa):
+        diffs.append(f"runs only it has: {', '.join(sorted(set(ot) - set(fa))[:3])}")
+    if set(fa) - set(ot):
+        diffs.append(f"runs only the first has: {', '.join(sorted(set(fa) - set(ot))[:3])}")
+    for name in [n for n in ot if n in fa]:
         for key, what in (("config_hash", "resolved config"), ("total_steps", "agent steps")):
-            if ga[name].get(key) != gb[name].get(key):
-                diffs.append(f"{name}'s {what} {gb[name].get(key)} vs {ga[name].get(key)}")
+            if fa[name].get(key) != ot[name].get(key):
+                diffs.append(f"{name}'s {what} {ot[name].get(key)}, the first's {fa[name].get(key)}")
     return "; ".join(diffs[:3]) or "another grid"
 
 

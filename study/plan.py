@@ -37,6 +37,7 @@ class RunSpec:
 
     @property
     def name(self) -> str:
+        """The run's folder name (``run_name``)."""
         return self.run_dir.name
 
 

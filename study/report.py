@@ -253,7 +253,10 @@ def write_report(study_dirs: list[Path], out: Path, eval_episodes: int) -> int:
     for r in runs:
         for why in r.unreadable.values():  # e.g. a cut exploration.json: one line, and the report goes on
             print(f"study report: {why}; the report goes on without this run's maps", file=sys.stderr)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise StudyError(f"--out {out}: cannot create it ({e.strerror})") from None
     groups = group_runs(runs)
     summary = {r.name: run_summary(r) for r in runs}
     for r in runs if eval_episodes else []:

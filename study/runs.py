@@ -91,6 +91,7 @@ def load_study(study_dir: Path, plan: dict | None = None) -> list[RunData]:
     name. A run whose metrics.csv cannot be read at all is left out, with one line on stderr that says why."""
     if plan is not None:
         planned = [r if isinstance(r, dict) else {"name": r} for r in plan.get("runs", [])]
+        planned = [r for r in planned if isinstance(r.get("name"), str)]  # an entry without a name names no folder
     else:
         planned = [{"name": p.name} for p in sorted(study_dir.iterdir()) if p.is_dir()]
     runs = []
@@ -111,8 +112,11 @@ def load_studies(study_dirs: list[Path]) -> tuple[list[RunData], list[str]]:
     for d in study_dirs:
         if not d.is_dir():
             raise StudyError(f"no study at {d}")
-    if len({d.resolve() for d in study_dirs}) != len(study_dirs):
-        raise StudyError("a study folder is given twice")
+    seen: dict[Path, Path] = {}
+    for d in study_dirs:
+        if d.resolve() in seen:
+            raise StudyError(f"{d} is given twice (as {seen[d.resolve()]} too)")
+        seen[d.resolve()] = d
     plans = [read_study_file(d) for d in study_dirs]
     for d, plan in zip(study_dirs[1:], plans[1:], strict=True):
         if plans[0] is None or plan is None:
@@ -155,10 +159,12 @@ def first_reward(run: RunData) -> tuple[int | None, float | None]:
 
 
 def finite_or_none(x: float | None) -> float | None:
+    """JSON has no NaN: a number that is not finite is null in summary.json."""
     return None if x is None or not math.isfinite(x) else x
 
 
 def int_or_none(x: float | None) -> int | None:
+    """A count read as float (CSV) back to int; null if it is not finite."""
     return None if x is None or not math.isfinite(x) else int(x)
 
 

@@ -118,6 +118,7 @@ class Scheduler:
         return {s.name: min(last_agent_steps(s.run_dir), s.total_steps) for s in self.specs}
 
     def start(self, spec: RunSpec, gpu: str | None) -> None:
+        """Start ``spec`` on slot ``gpu``: fresh (its folder emptied) or resumed, its output to launch.log."""
         state = run_state(spec)
         if state == "fresh" and spec.run_dir.exists():  # no checkpoint: nothing in it can be continued
             shutil.rmtree(spec.run_dir)
@@ -190,6 +191,7 @@ class Scheduler:
         self.signal_all()
 
     def signal_all(self) -> None:
+        """SIGTERM to every running run, once each (launch.py checkpoints on the first, stops at once on a second)."""
         for r in self.running:
             if r.proc.poll() is None and not r.signalled:
                 r.proc.send_signal(signal.SIGTERM)

@@ -47,10 +47,14 @@ def test_report_on_synthetic_runs_writes_every_figure_and_the_csv_values(tmp_pat
     assert "| 80 [70, 90] |" in table[0] and "| 50 |" in table[1]  # cells: mean [min, max] over seeds
 
 
-def test_report_refuses_an_empty_study(tmp_path: Path, capsys):
+def test_report_refuses_an_empty_study_and_an_out_it_cannot_make(tmp_path: Path, capsys):
     (tmp_path / "s").mkdir()
     assert main(["report", str(tmp_path / "s")]) == 2
     assert "holds no run folders" in capsys.readouterr().err
+    synthetic_study(tmp_path / "t")
+    (tmp_path / "file").write_text("")
+    assert main(["report", str(tmp_path / "t"), "--out", str(tmp_path / "file" / "r"), "--eval-episodes", "0"]) == 2
+    assert capsys.readouterr().err.startswith(f"study: error: --out {tmp_path / 'file' / 'r'}: cannot create it")
 
 
 def test_report_skips_and_counts_damaged_episode_lines(tmp_path: Path, capsys):
@@ -138,8 +142,8 @@ def test_a_report_of_two_shards_merges_them_in_the_grid_order(tmp_path: Path, ca
 @pytest.mark.parametrize(
     ("other", "why"),
     [
-        (("--axis", "ExtCoeff=2,1,5"), "runs only here: ExtCoeff5_seed0; runs only there: ExtCoeff0_seed0"),
-        (("--axis", "ExtCoeff=2,1,0", "--total-steps", "128"), "ExtCoeff2_seed0's agent steps 128 vs 1280"),
+        (("--axis", "ExtCoeff=2,1,5"), "runs only it has: ExtCoeff5_seed0; runs only the first has: ExtCoeff0_seed0"),
+        (("--axis", "ExtCoeff=2,1,0", "--total-steps", "128"), "ExtCoeff2_seed0's agent steps 128, the first's 1280"),
         (("--axis", "ExtCoeff=2,1,0", "LearningRate=0.0002"), "ExtCoeff2_seed0's resolved config"),
     ],
 )
@@ -161,7 +165,7 @@ def test_a_report_refuses_a_folder_twice_a_run_twice_and_a_folder_without_a_plan
     (bare / "study.json").unlink()
     capsys.readouterr()
     for dirs, why in (
-        ([a, tmp_path / "a" / ".." / "a"], "a study folder is given twice"),
+        ([a, tmp_path / "a" / ".." / "a"], f"{tmp_path / 'a' / '..' / 'a'} is given twice (as {a} too)"),
         ([a, whole], f"run ExtCoeff2_seed0 is in both {a} and {whole}"),
         ([a, bare], f"{bare} has no study.json"),
         ([a, tmp_path / "nope"], f"no study at {tmp_path / 'nope'}"),
