@@ -217,7 +217,7 @@ def build_learner(args: argparse.Namespace, cfg: Config, resume: dict | None, lo
     cfg_file = run_dir / "config.yaml" if writer else private_config(cfg)
     supervisor = local_actors(args, cfg, cfg_file, connect_address(bind)) if local else None
     total = args.total_steps if args.total_steps is not None else cfg.total_agent_steps
-    threads = learner_threads(os.cpu_count(), args.actors or default_actors(cfg), local)
+    threads = learner_threads(host_cores(env), args.actors or default_actors(cfg), local)
     runtime = init_torch_runtime(cfg, device, "learner", threads)
     try:
         learner = Learner(
@@ -252,6 +252,16 @@ def prepare_run_dir(args: argparse.Namespace, cfg: Config, resume: dict | None) 
     run_dir = make_run_dir(run_dir, unique)
     open_console_log(run_dir)
     return run_dir
+
+
+def host_cores(env) -> int | None:
+    """The cores of this host that are this learner's and its actors': all of them, or a rank's share when
+    several learner ranks run here (LOCAL_WORLD_SIZE, as torchrun and the rank launcher set it)."""
+    import os
+
+    cores = os.cpu_count()
+    share = int(os.environ.get("LOCAL_WORLD_SIZE") or 1) if env is not None else 1
+    return None if cores is None else max(1, cores // max(1, share))
 
 
 def local_actors(args: argparse.Namespace, cfg: Config, cfg_file: Path, learner_addr: str):
