@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import re
+import stat
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin, get_type_hints
@@ -29,6 +31,11 @@ SCREEN_HEIGHT, SCREEN_WIDTH = 210, 160  # the Atari screen: a larger frame only 
 MAX_SEED = (1 << 32) - 1  # actor seeds are seed*100003 + ...: they stay far below torch's 64-bit limit
 MIN_ACTOR_TIMEOUT_S = 3.0  # the learner sends a heartbeat every second: a shorter timeout trips on jitter
 MAX_BATCH_FRAME_BYTES = 8 << 30  # one batch's frames, NumWorkers x (RolloutSteps + FrameStack) x H x W, uint8
+# A config file: the largest in configs/ is under 4 KB; at this size any YAML parses in well under a second.
+MAX_CONFIG_BYTES = 64 << 10
+MAX_OVERRIDE_BYTES = 4096  # one key=value's value: a path or a name, never more
+MAX_YAML_DEPTH = 32  # nested lists and mappings; libyaml's composer recurses in C and crashes past some 10^4
+MAX_SHOWN = 120  # characters of a refused value quoted in its error line
 
 
 def _f(default: Any, doc: str, lo: float | None = None, hi: float | None = None, above: bool = False) -> Any:
@@ -195,9 +202,17 @@ def _check_type(cfg: Config, name: str) -> None:
     if want is float and isinstance(v, float) and not math.isfinite(v):
         raise ConfigError(f"config key {name}: must be a finite number, got {v!r}")
     if want is int and isinstance(v, bool) or not isinstance(v, want):
-        raise ConfigError(f"config key {name}: expected {want.__name__}, got {type(v).__name__} {v!r}")
+        raise ConfigError(f"config key {name}: expected {want.__name__}, got {type(v).__name__} {_shown(v)}")
     if get_origin(hint) is Literal and v not in get_args(hint):
-        raise ConfigError(f"config key {name}: must be {_or_list(get_args(hint))}, got {v!r}")
+        raise ConfigError(f"config key {name}: must be {_or_list(get_args(hint))}, got {_shown(v)}")
+
+
+def _shown(v: Any) -> str:
+    """``repr(v)``, cut to MAX_SHOWN characters: an error line stays one short line whatever was given."""
+    if isinstance(v, (list, dict)) and len(v) > 8:
+        return f"a {type(v).__name__} of {len(v)} items"
+    text = repr(v)
+    return text if len(text) <= MAX_SHOWN else text[:MAX_SHOWN] + "..."
 
 
 def _check_range(name: str, v: Any, rng: tuple) -> None:
@@ -265,9 +280,15 @@ def rom_name(env_name: str) -> str:
     return rom
 
 
-def _parse_value(text: str) -> Any:
+def _parse_value(key: str, text: str) -> Any:
+    """A key=value's value as a YAML scalar (the text itself if it is not YAML). Aliases are refused,
+    as in files, and so is a value longer than any key needs."""
+    if len(text) > MAX_OVERRIDE_BYTES:
+        raise ConfigError(f"config key {key}: a value of {len(text)} characters, more than {MAX_OVERRIDE_BYTES}")
     try:
-        return yaml.safe_load(text)
+        return _parse_yaml(text)
+    except _Refused as e:
+        raise ConfigError(f"config key {key}: {e}") from None
     except yaml.YAMLError:
         return text
 
@@ -291,7 +312,7 @@ def from_dict(values: dict[str, Any], base: Config | None = None) -> Config:
         if k not in known:
             raise ConfigError(f"config key {k}: unknown key")
         if isinstance(v, str) and k != "SavePath" and _field_type(k) is not str:
-            v = _parse_value(v)
+            v = _parse_value(k, v)
         setattr(cfg, k, v)
     return verify(cfg)
 
@@ -300,11 +321,14 @@ def _field_type(name: str) -> type:
     return _base_type(_types()[name])
 
 
-class _DuplicateKey(yaml.YAMLError):
-    pass
+class _Refused(yaml.YAMLError):
+    """YAML that parses but that a config may not hold: its text says why, in one line."""
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
+_YAML_BASE = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's parser where PyYAML has it
+
+
+class _ConfigLoader(_YAML_BASE):
     """safe_load, except that a key given twice in one mapping is an error (PyYAML keeps the last silently)."""
 
     def construct_mapping(self, node, deep=False):
@@ -312,22 +336,68 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=deep)
             if key in seen:
-                raise _DuplicateKey(f"config key {key}: given twice (line {key_node.start_mark.line + 1})")
+                raise _Refused(f"config key {key}: given twice (line {key_node.start_mark.line + 1})")
             seen.add(key)
         return super().construct_mapping(node, deep=deep)
 
 
-def load_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML mapping; malformed files raise ConfigError with one line."""
+_OPEN = (yaml.SequenceStartEvent, yaml.MappingStartEvent)
+_CLOSE = (yaml.SequenceEndEvent, yaml.MappingEndEvent)
+
+
+def _check_events(text: str) -> None:
+    """Refuse aliases and deep nesting from the parser's events, before anything is composed: a few
+    hundred bytes of nested aliases name 10^30 strings, which any code that walks or prints the value
+    expands (no config needs an alias), and deep nesting crashes libyaml's composer."""
+    depth = 0
+    for event in yaml.parse(text, Loader=_YAML_BASE):
+        if isinstance(event, yaml.AliasEvent):
+            raise _Refused(f"YAML aliases (*{event.anchor}, line {event.start_mark.line + 1}) are not allowed")
+        if isinstance(event, _OPEN):
+            depth += 1
+            if depth > MAX_YAML_DEPTH:
+                raise _Refused(f"lists or mappings nested more than {MAX_YAML_DEPTH} deep")
+        elif isinstance(event, _CLOSE):
+            depth -= 1
+
+
+def _parse_yaml(text: str) -> Any:
+    """``text`` as YAML, checked by ``_check_events`` first; raises YAMLError (``_Refused`` with its reason)."""
+    _check_events(text)
     try:
-        text = Path(path).read_bytes().decode("utf-8")
+        return yaml.load(text, Loader=_ConfigLoader)
+    except ValueError as e:  # int("1" * 5000): past Python's limit on the digits of an int
+        raise _Refused(f"a value YAML cannot read ({str(e).split(':')[0]})") from None
+
+
+def read_config_text(path: str | Path) -> str:
+    """A config file's text: a regular file of at most MAX_CONFIG_BYTES of UTF-8. Anything else (a
+    device such as /dev/zero, a FIFO, which would block the open itself, a larger file) is one
+    ConfigError line, decided before more than the cap is read."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except OSError as e:
         raise ConfigError(f"config file {path}: {e.strerror or e}") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ConfigError(f"config file {path}: not a regular file")
+        data = os.read(fd, MAX_CONFIG_BYTES + 1)
+    finally:
+        os.close(fd)
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"config file {path}: larger than {MAX_CONFIG_BYTES >> 10} KiB")
+    try:
+        return data.decode("utf-8")
     except UnicodeDecodeError as e:
         raise ConfigError(f"config file {path}: not UTF-8 text (byte {e.start})") from None
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping; malformed or hostile files raise ConfigError with one line."""
+    text = read_config_text(path)
     try:
-        data = yaml.load(text, Loader=_UniqueKeyLoader)
-    except _DuplicateKey as e:
+        data = _parse_yaml(text)
+    except _Refused as e:
         raise ConfigError(f"config file {path}: {e}") from None
     except yaml.YAMLError as e:
         where = getattr(e, "problem_mark", None)
