@@ -90,6 +90,20 @@ def _save(ckpt_dir: Path, state: dict[str, Any], update: int, keep: int) -> Path
     return path
 
 
+_TEMP = re.compile(r"^(ckpt_\d+\.pt|latest\.pt)\w+\.tmp$|^\.latest\.\d+\.tmp$")  # what _atomic_save and _save make
+
+
+def remove_stale_temps(ckpt_dir: Path) -> int:
+    """Remove the temporary files of checkpoint writes that never finished (a process killed while it
+    wrote); returns how many. Only for a run dir no live process writes to: a resumed one."""
+    if not ckpt_dir.is_dir():
+        return 0
+    stale = [p for p in ckpt_dir.iterdir() if _TEMP.match(p.name) and p.is_file()]
+    for p in stale:
+        p.unlink()
+    return len(stale)
+
+
 def resolve_checkpoint(path: str | Path) -> Path:
     """A run dir, a checkpoints dir or a file -> the checkpoint file."""
     p = Path(path)
