@@ -17,6 +17,7 @@ import logging
 import os
 import signal
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -106,10 +107,15 @@ def default_actors(cfg: Config) -> int:
 
 
 def make_run_dir(run_dir: Path) -> None:
+    """Create the run dir, and check it takes files (it may exist on a read-only filesystem)."""
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UsageError(f"run dir {run_dir}: cannot create it ({e.strerror}); pass --run-dir") from None
+    try:
+        tempfile.TemporaryFile(dir=run_dir).close()
+    except OSError as e:
+        raise UsageError(f"run dir {run_dir}: cannot write there ({e.strerror}); pass --run-dir") from None
 
 
 # ---- roles -------------------------------------------------------------------------------------------------
@@ -195,13 +201,22 @@ RUN_FILES = ("checkpoints", "metrics.csv", "episodes.jsonl")  # what a run that 
 
 
 def check_fresh_run_dir(run_dir: Path) -> None:
-    """A new run may not take over a run dir that holds another run's logs or checkpoints: they would
-    be overwritten or mixed. An empty folder, or one holding only a config, is fine."""
+    """A new run may not take over a run dir that holds another run's checkpoints: its logs would be
+    overwritten or mixed. An empty folder, or one holding only a config, is fine, and so is the folder
+    of a run stopped before its first checkpoint (there is nothing to resume): it is reused, its logs
+    replaced, and one line says so."""
     held = [name for name in RUN_FILES if _holds_data(run_dir / name)]
-    if held:
+    if "checkpoints" in held:
         raise UsageError(
             f"run dir {run_dir} already holds a run ({', '.join(held)}); continue it with "
             f"--resume {run_dir}, or pass another --run-dir"
+        )
+    if held:
+        print(
+            f"launch: run dir {run_dir} holds the logs of a run stopped before its first checkpoint (nothing to "
+            f"resume): starting afresh there, its {' and '.join(held)} replaced",
+            file=sys.stderr,
+            flush=True,
         )
 
 

@@ -37,9 +37,9 @@ def write_fault(e: OSError, where: Path, ckpt_dir: Path) -> CheckpointWriteError
     """The one line of a failed write into ``where`` (a folder or file) while checkpointing ``ckpt_dir``."""
     full = e.errno in (errno.ENOSPC, errno.EDQUOT)
     why = f"the disk is full ({e.strerror})" if full else (e.strerror or str(e) or type(e).__name__)
-    return CheckpointWriteError(
-        f"cannot write the checkpoint: {why} at {where}; {ckpt_dir / 'latest.pt'} holds the last checkpoint written"
-    )
+    latest = ckpt_dir / "latest.pt"
+    kept = f"{latest} holds the last checkpoint written" if latest.is_file() else "no checkpoint has been written yet"
+    return CheckpointWriteError(f"cannot write the checkpoint: {why} at {where}; {kept}")
 
 
 def _atomic_save(obj: Any, path: Path) -> None:
@@ -110,6 +110,11 @@ def resolve_checkpoint(path: str | Path) -> Path:
     for cand in (p, p / "checkpoints" / "latest.pt", p / "latest.pt"):
         if cand.is_file():
             return cand
+    if (p / "config.yaml").is_file():  # a run dir: its run stopped before its first checkpoint
+        raise CheckpointError(
+            f"no checkpoint in run dir {path}: its run stopped before writing its first one, so there is "
+            f"nothing to resume; start it again without --resume (launch.py --run-dir {path} reuses the folder)"
+        )
     raise CheckpointError(f"no checkpoint at {path} (looked for the file, checkpoints/latest.pt, latest.pt)")
 
 

@@ -161,6 +161,8 @@ class RunLogger:
             self._csv.writeheader()
         self._episodes = open(ep_path, "a" if resuming else "w")
         self._tb = None
+        if resume_update is None and purge_step is None and any((self.run_dir / "tb").glob("events.*")):
+            purge_step = 0  # a run dir reused after a run stopped before its first checkpoint: hide its curves
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
