@@ -15,6 +15,8 @@ from typing import Any
 
 import torch
 
+from learner.checkpoint_size import ArchiveFault, inspect_archive, size_fault
+
 FORMAT = "fast-rnd-checkpoint"
 FORMAT_VERSION = 1
 ZIP_MAGIC = b"PK\x03\x04"  # torch.save writes a zip archive
@@ -130,30 +132,54 @@ def check_torch_version(version: str) -> None:
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load and check a checkpoint; a truncated, foreign or unsafe file raises CheckpointError."""
+    """Load and check a checkpoint; a truncated, foreign or unsafe file raises CheckpointError. Nothing
+    it declares is inflated or read before its size is known to fit its config (``checkpoint_size``)."""
     check_torch_version(str(torch.__version__))
     file = resolve_checkpoint(path)
     with open(file, "rb") as f:
         if f.read(4) != ZIP_MAGIC:
             raise CheckpointError(f"{file}: not a checkpoint (not a PyTorch zip archive)")
     try:
-        data = torch.load(file, map_location=map_location, weights_only=True)
-    except Exception as e:  # torch raises many kinds for bad files (zip, unpickling, EOF)
-        first = (str(e).strip() or type(e).__name__).splitlines()[0].split(". ")[0]
-        raise CheckpointError(f"{file}: truncated, corrupt or unsafe checkpoint ({first[:120]})") from None
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise CheckpointError(f"{file}: not a checkpoint of this project")
-    if data.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(f"{file}: checkpoint format {data.get('format_version')}, expected {FORMAT_VERSION}")
-    for key in ("config", "agent", "counters"):
-        if key not in data:
-            raise CheckpointError(f"{file}: checkpoint lacks {key!r}")
+        records = inspect_archive(file)
+    except ArchiveFault as e:
+        raise CheckpointError(f"{file}: refused: {e}") from None
+    shapes = _torch_load(file, "meta")  # the pickle alone: tensors get their shapes, no storage is read
+    why = _format_fault(shapes) or size_fault(shapes, records)
+    if why is not None:
+        raise CheckpointError(f"{file}: {why}")
+    data = _torch_load(file, map_location)
+    why = _format_fault(data)
+    if why is not None:
+        raise CheckpointError(f"{file}: {why}")
     why = contents_fault(data)
     if why is not None:
         raise CheckpointError(f"{file}: inconsistent checkpoint: {why}")
     return data
 
 
+def _format_fault(data: Any) -> str | None:
+    """Why ``data`` is not a checkpoint of this format (None if it is)."""
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        return "not a checkpoint of this project"
+    if data.get("format_version") != FORMAT_VERSION:
+        return f"checkpoint format {data.get('format_version')}, expected {FORMAT_VERSION}"
+    for key in CHECKPOINT_PARTS:
+        if key not in data:
+            return f"checkpoint lacks {key!r}"
+    return None
+
+
+def _torch_load(file: Path, map_location: str | torch.device) -> Any:
+    """``torch.load`` with ``weights_only``; any failure is one CheckpointError line. With ``map_location``
+    "meta" the pickle is read and the tensors get their shapes, but no storage is read."""
+    try:
+        return torch.load(file, map_location=map_location, weights_only=True)
+    except Exception as e:  # torch raises many kinds for bad files (zip, unpickling, EOF)
+        first = (str(e).strip() or type(e).__name__).splitlines()[0].split(". ")[0]
+        raise CheckpointError(f"{file}: truncated, corrupt or unsafe checkpoint ({first[:120]})") from None
+
+
+CHECKPOINT_PARTS = ("config", "agent", "counters")
 AGENT_PARTS = ("policy", "rnd", "optimizer", "obs_rms", "reward_rms", "reward_filter", "rng", "torch_rng")
 REQUIRED_COUNTERS = ("update", "agent_steps")
 
