@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -236,11 +237,21 @@ def play_all(args: argparse.Namespace, cfg, data: dict, policy) -> dict:
 
 
 def check_outputs(args: argparse.Namespace) -> str | None:
-    """Why an output path can't be written (its folder is missing), checked before any episode is played."""
+    """Why an output path can't be written (its folder is missing or takes no files, say on a read-only
+    filesystem; the path is a folder), checked before any episode is played."""
     for flag in ("video", "gif", "best_gif", "int_trace", "json"):
         path = getattr(args, flag)
-        if path and not Path(path).resolve().parent.is_dir():
-            return f"--{flag.replace('_', '-')} {path}: folder {Path(path).resolve().parent} does not exist"
+        if not path:
+            continue
+        folder, name = Path(path).resolve().parent, f"--{flag.replace('_', '-')} {path}"
+        if not folder.is_dir():
+            return f"{name}: folder {folder} does not exist"
+        if Path(path).is_dir():
+            return f"{name}: is a folder"
+        try:
+            tempfile.TemporaryFile(dir=folder).close()  # a file made and gone: nothing is left behind
+        except OSError as e:
+            return f"{name}: cannot write in folder {folder} ({e.strerror})"
     return None
 
 
@@ -270,9 +281,14 @@ def main(argv: list[str] | None = None) -> int:
     except CheckpointError as e:
         print(f"eval: error: {e}", file=sys.stderr)
         return 2
-    summary = play_all(args, cfg, data, policy)
-    if args.json:
-        Path(args.json).write_text(json.dumps(summary, indent=2))
+    try:
+        summary = play_all(args, cfg, data, policy)
+        if args.json:
+            Path(args.json).write_text(json.dumps(summary, indent=2))
+    except OSError as e:  # checked before playing; a disk may still fill up
+        why = f"{e.filename}: {e.strerror}" if e.filename else str(e)
+        print(f"eval: error: cannot write the outputs: {why}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -30,6 +30,11 @@ SCREEN_HEIGHT, SCREEN_WIDTH = 210, 160  # the Atari screen: a larger frame only 
 MAX_SEED = (1 << 32) - 1  # actor seeds are seed*100003 + ...: they stay far below torch's 64-bit limit
 MIN_ACTOR_TIMEOUT_S = 3.0  # the learner sends a heartbeat every second: a shorter timeout trips on jitter
 MAX_BATCH_FRAME_BYTES = 8 << 30  # one batch's frames, NumWorkers x (RolloutSteps + FrameStack) x H x W, uint8
+# A config file: the largest in configs/ is under 4 KB; at this size any YAML parses in well under a second.
+MAX_CONFIG_BYTES = 64 << 10
+MAX_OVERRIDE_BYTES = 4096  # one key=value's value: a path or a name, never more
+MAX_YAML_DEPTH = 32  # nested lists and mappings; libyaml's composer recurses in C and crashes past some 10^4
+MAX_SHOWN = 120  # characters of a refused value quoted in its error line
 
 
 def _f(default: Any, doc: str, lo: float | None = None, hi: float | None = None, *, above: bool = False) -> Any:
@@ -217,9 +222,17 @@ def _check_type(cfg: Config, name: str) -> None:
     if want is float and isinstance(v, float) and not math.isfinite(v):
         raise ConfigError(f"config key {name}: must be a finite number, got {v!r}")
     if want is int and isinstance(v, bool) or not isinstance(v, want):
-        raise ConfigError(f"config key {name}: expected {want.__name__}, got {type(v).__name__} {v!r}")
+        raise ConfigError(f"config key {name}: expected {want.__name__}, got {type(v).__name__} {_shown(v)}")
     if get_origin(hint) is Literal and v not in get_args(hint):
-        raise ConfigError(f"config key {name}: must be {_or_list(get_args(hint))}, got {v!r}")
+        raise ConfigError(f"config key {name}: must be {_or_list(get_args(hint))}, got {_shown(v)}")
+
+
+def _shown(v: Any) -> str:
+    """``repr(v)``, cut to MAX_SHOWN characters: an error line stays one short line whatever was given."""
+    if isinstance(v, (list, dict)) and len(v) > 8:
+        return f"a {type(v).__name__} of {len(v)} items"
+    text = repr(v)
+    return text if len(text) <= MAX_SHOWN else text[:MAX_SHOWN] + "..."
 
 
 def _check_range(name: str, v: Any, rng: tuple) -> None:
@@ -327,9 +340,17 @@ def rom_name(env_name: str) -> str:
     return rom
 
 
-def _parse_value(text: str) -> Any:
+def _parse_value(key: str, text: str) -> Any:
+    """A key=value's value as a YAML scalar (the text itself if it is not YAML). Aliases are refused,
+    as in files, and so is a value longer than any key needs."""
+    from common.config_files import Refused, parse_yaml
+
+    if len(text) > MAX_OVERRIDE_BYTES:
+        raise ConfigError(f"config key {key}: a value of {len(text)} characters, more than {MAX_OVERRIDE_BYTES}")
     try:
-        return yaml.safe_load(text)
+        return parse_yaml(text)
+    except Refused as e:
+        raise ConfigError(f"config key {key}: {e}") from None
     except yaml.YAMLError:
         return text
 
@@ -353,7 +374,7 @@ def from_dict(values: dict[str, Any], base: Config | None = None) -> Config:
         if k not in known:
             raise ConfigError(f"config key {k}: unknown key")
         if isinstance(v, str) and k != "SavePath" and _field_type(k) is not str:
-            v = _parse_value(v)
+            v = _parse_value(k, v)
         setattr(cfg, k, v)
     return verify(cfg)
 
@@ -362,60 +383,11 @@ def _field_type(name: str) -> type:
     return _base_type(_types()[name])
 
 
-class _DuplicateKey(yaml.YAMLError):
-    pass
-
-
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """safe_load, except that a key given twice in one mapping is an error (PyYAML keeps the last silently)."""
-
-    def construct_mapping(self, node, deep=False):
-        seen = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if key in seen:
-                raise _DuplicateKey(f"config key {key}: given twice (line {key_node.start_mark.line + 1})")
-            seen.add(key)
-        return super().construct_mapping(node, deep=deep)
-
-
-def load_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML mapping; malformed files raise ConfigError with one line."""
-    try:
-        text = Path(path).read_bytes().decode("utf-8")
-    except OSError as e:
-        raise ConfigError(f"config file {path}: {e.strerror or e}") from None
-    except UnicodeDecodeError as e:
-        raise ConfigError(f"config file {path}: not UTF-8 text (byte {e.start})") from None
-    try:
-        data = yaml.load(text, Loader=_UniqueKeyLoader)
-    except _DuplicateKey as e:
-        raise ConfigError(f"config file {path}: {e}") from None
-    except yaml.YAMLError as e:
-        where = getattr(e, "problem_mark", None)
-        line = f" line {where.line + 1}" if where is not None else ""
-        raise ConfigError(f"config file {path}:{line} is not valid YAML") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"config file {path}: expected a mapping of key: value")
-    return data
-
-
-MAX_BASE_DEPTH = 8
-
-
 def load_yaml_tree(path: str | Path, depth: int = 0) -> dict[str, Any]:
-    """A config file's values over those of the file its ``base:`` names (a path relative to it), recursively."""
-    data = load_yaml(path)
-    base = data.pop("base", None)
-    if base is None:
-        return data
-    if not isinstance(base, str) or not base:
-        raise ConfigError(f"config file {path}: base must name a config file, got {base!r}")
-    if depth >= MAX_BASE_DEPTH:
-        raise ConfigError(f"config file {path}: more than {MAX_BASE_DEPTH} bases deep (a base that names itself?)")
-    return {**load_yaml_tree(Path(path).parent / base, depth + 1), **data}
+    """A config file's values over those of its bases (``common/config_files.py``)."""
+    from common.config_files import load_yaml_tree as read_tree
+
+    return read_tree(path, depth)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | dict[str, Any] | None = None) -> Config:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import stat
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -155,6 +156,8 @@ def _load(path: Path, secret: Literal[False]) -> tuple[bytes, bytes | None]: ...
 def _load(path: Path, secret: bool) -> tuple[bytes, bytes | None]:
     if not path.is_file():
         raise KeysError(f"{path}: no such key file (create keys with: python launch.py keys DIR)")
+    if secret:
+        check_private(path)
     try:
         public, sec = zmq.auth.load_certificate(path)
     except (OSError, ValueError, UnicodeDecodeError) as e:
@@ -162,6 +165,14 @@ def _load(path: Path, secret: bool) -> tuple[bytes, bytes | None]:
     if len(public) != 40 or (secret and (sec is None or len(sec) != 40)):
         raise KeysError(f"{path}: not a {'secret ' if secret else ''}key file of zmq.auth's format")
     return public, sec
+
+
+def check_private(path: Path) -> None:
+    """A secret key file that group or others may open is refused, as ssh refuses such keys: anyone
+    who read it could pose as its owner."""
+    bits = stat.S_IMODE(path.stat().st_mode)
+    if bits & 0o077:
+        raise KeysError(f"{path}: mode {bits:04o} lets group or others open this secret key; run chmod 600 {path}")
 
 
 def load_learner_keys(key_dir: Path) -> LearnerKeys:

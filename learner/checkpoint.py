@@ -15,6 +15,8 @@ from typing import Any
 
 import torch
 
+from learner.checkpoint_size import ArchiveFault, inspect_archive, size_fault
+
 FORMAT = "fast-rnd-checkpoint"
 FORMAT_VERSION = 1
 ZIP_MAGIC = b"PK\x03\x04"  # torch.save writes a zip archive
@@ -37,9 +39,9 @@ def write_fault(e: OSError, where: Path, ckpt_dir: Path) -> CheckpointWriteError
     """The one line of a failed write into ``where`` (a folder or file) while checkpointing ``ckpt_dir``."""
     full = e.errno in (errno.ENOSPC, errno.EDQUOT)
     why = f"the disk is full ({e.strerror})" if full else (e.strerror or str(e) or type(e).__name__)
-    return CheckpointWriteError(
-        f"cannot write the checkpoint: {why} at {where}; {ckpt_dir / 'latest.pt'} holds the last checkpoint written"
-    )
+    latest = ckpt_dir / "latest.pt"
+    kept = f"{latest} holds the last checkpoint written" if latest.is_file() else "no checkpoint has been written yet"
+    return CheckpointWriteError(f"cannot write the checkpoint: {why} at {where}; {kept}")
 
 
 def _atomic_save(obj: Any, path: Path) -> None:
@@ -90,12 +92,31 @@ def _save(ckpt_dir: Path, state: dict[str, Any], update: int, keep: int) -> Path
     return path
 
 
+_TEMP = re.compile(r"^(ckpt_\d+\.pt|latest\.pt)\w+\.tmp$|^\.latest\.\d+\.tmp$")  # what _atomic_save and _save make
+
+
+def remove_stale_temps(ckpt_dir: Path) -> int:
+    """Remove the temporary files of checkpoint writes that never finished (a process killed while it
+    wrote); returns how many. Only for a run dir no live process writes to: a resumed one."""
+    if not ckpt_dir.is_dir():
+        return 0
+    stale = [p for p in ckpt_dir.iterdir() if _TEMP.match(p.name) and p.is_file()]
+    for p in stale:
+        p.unlink()
+    return len(stale)
+
+
 def resolve_checkpoint(path: str | Path) -> Path:
     """A run dir, a checkpoints dir or a file -> the checkpoint file."""
     p = Path(path)
     for cand in (p, p / "checkpoints" / "latest.pt", p / "latest.pt"):
         if cand.is_file():
             return cand
+    if (p / "config.yaml").is_file():  # a run dir: its run stopped before its first checkpoint
+        raise CheckpointError(
+            f"no checkpoint in run dir {path}: its run stopped before writing its first one, so there is "
+            f"nothing to resume; start it again without --resume (launch.py --run-dir {path} reuses the folder)"
+        )
     raise CheckpointError(f"no checkpoint at {path} (looked for the file, checkpoints/latest.pt, latest.pt)")
 
 
@@ -111,30 +132,54 @@ def check_torch_version(version: str) -> None:
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load and check a checkpoint; a truncated, foreign or unsafe file raises CheckpointError."""
+    """Load and check a checkpoint; a truncated, foreign or unsafe file raises CheckpointError. Nothing
+    it declares is inflated or read before its size is known to fit its config (``checkpoint_size``)."""
     check_torch_version(str(torch.__version__))
     file = resolve_checkpoint(path)
     with open(file, "rb") as f:
         if f.read(4) != ZIP_MAGIC:
             raise CheckpointError(f"{file}: not a checkpoint (not a PyTorch zip archive)")
     try:
-        data = torch.load(file, map_location=map_location, weights_only=True)
-    except Exception as e:  # torch raises many kinds for bad files (zip, unpickling, EOF)
-        first = (str(e).strip() or type(e).__name__).splitlines()[0].split(". ")[0]
-        raise CheckpointError(f"{file}: truncated, corrupt or unsafe checkpoint ({first[:120]})") from None
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise CheckpointError(f"{file}: not a checkpoint of this project")
-    if data.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(f"{file}: checkpoint format {data.get('format_version')}, expected {FORMAT_VERSION}")
-    for key in ("config", "agent", "counters"):
-        if key not in data:
-            raise CheckpointError(f"{file}: checkpoint lacks {key!r}")
+        records = inspect_archive(file)
+    except ArchiveFault as e:
+        raise CheckpointError(f"{file}: refused: {e}") from None
+    shapes = _torch_load(file, "meta")  # the pickle alone: tensors get their shapes, no storage is read
+    why = _format_fault(shapes) or size_fault(shapes, records)
+    if why is not None:
+        raise CheckpointError(f"{file}: {why}")
+    data = _torch_load(file, map_location)
+    why = _format_fault(data)
+    if why is not None:
+        raise CheckpointError(f"{file}: {why}")
     why = contents_fault(data)
     if why is not None:
         raise CheckpointError(f"{file}: inconsistent checkpoint: {why}")
     return data
 
 
+def _format_fault(data: Any) -> str | None:
+    """Why ``data`` is not a checkpoint of this format (None if it is)."""
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        return "not a checkpoint of this project"
+    if data.get("format_version") != FORMAT_VERSION:
+        return f"checkpoint format {data.get('format_version')}, expected {FORMAT_VERSION}"
+    for key in CHECKPOINT_PARTS:
+        if key not in data:
+            return f"checkpoint lacks {key!r}"
+    return None
+
+
+def _torch_load(file: Path, map_location: str | torch.device) -> Any:
+    """``torch.load`` with ``weights_only``; any failure is one CheckpointError line. With ``map_location``
+    "meta" the pickle is read and the tensors get their shapes, but no storage is read."""
+    try:
+        return torch.load(file, map_location=map_location, weights_only=True)
+    except Exception as e:  # torch raises many kinds for bad files (zip, unpickling, EOF)
+        first = (str(e).strip() or type(e).__name__).splitlines()[0].split(". ")[0]
+        raise CheckpointError(f"{file}: truncated, corrupt or unsafe checkpoint ({first[:120]})") from None
+
+
+CHECKPOINT_PARTS = ("config", "agent", "counters")
 AGENT_PARTS = ("policy", "rnd", "optimizer", "obs_rms", "reward_rms", "reward_filter", "rng", "torch_rng")
 REQUIRED_COUNTERS = ("update", "agent_steps")
 

@@ -14,6 +14,7 @@ import csv
 import json
 import math
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -69,15 +70,74 @@ def _fmt(v: Any) -> Any:
     return v
 
 
-def _keep_rows_up_to(path: Path, update: int, update_of: Any, header: bool) -> None:
-    """Rewrite ``path`` without the rows whose update number is above ``update``."""
-    lines = path.read_text().splitlines(keepends=True)
+def _keep_rows_up_to(path: Path, update: int, update_of: Any, header: bool, strictly_increasing: bool) -> list[str]:
+    """Rewrite ``path`` for a run resumed at ``update``: a last line without its newline (an append cut
+    by a crash or a power cut) is cut off, and so are rows whose update is above ``update`` (written
+    after the checkpoint) and, with ``strictly_increasing``, rows whose update is not above the row
+    before (so metrics.csv stays in update order with no duplicate). A complete line whose update
+    cannot be read is kept as it is: readers skip such lines. Returns what was repaired, in words."""
+    data = path.read_bytes()
+    lines = data.split(b"\n")
+    partial = lines.pop()  # b"" when the file ends with its newline
     head, body = (lines[:1], lines[1:]) if header else ([], lines)
-    kept = [ln for ln in body if ln.strip() and update_of(ln) <= update]
-    if len(kept) != len(body):
+    kept, past, out_of_order, last = [], 0, 0, -1
+    for line in body:
+        u = _update_or_none(line, update_of)
+        if u is not None and u > update:
+            past += 1
+        elif u is not None and strictly_increasing and u <= last:
+            out_of_order += 1
+        elif line.strip():
+            kept.append(line)
+            last = last if u is None else u
+    done = [f"cut a partial last line ({len(partial)} bytes)"] if partial else []
+    done += [f"dropped {past} rows past update {update}"] if past else []
+    done += [f"dropped {out_of_order} rows out of update order"] if out_of_order else []
+    if len(kept) != len(body) or partial:
         tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text("".join(head + kept))
+        tmp.write_bytes(b"".join(line + b"\n" for line in head + kept))
         tmp.replace(path)
+    return [f"{path.name}: {', '.join(done)}"] if done else []
+
+
+def _update_or_none(line: bytes, update_of: Any) -> int | None:
+    try:
+        return int(update_of(line.decode("utf-8")))
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError):  # JSONDecodeError is a ValueError
+        return None
+
+
+def _csv_update(line: str) -> int:
+    return int(line.split(",", 1)[0])
+
+
+def _episode_update(line: str) -> int:
+    return json.loads(line)["update"]
+
+
+STALE_TEMPS = ("metrics.csv.tmp", "episodes.jsonl.tmp", "exploration.json.tmp")  # this module's and exploration's
+
+
+def repair_for_resume(run_dir: Path, update: int) -> str | None:
+    """Make a run dir that a crash or a power cut interrupted fit to continue from the checkpoint of
+    ``update``: metrics.csv and episodes.jsonl lose a partial last line and the rows written after
+    that checkpoint, and the temporary files of writes that never finished are removed. Returns one
+    line saying what was repaired, or None if nothing was."""
+    from learner.checkpoint import remove_stale_temps
+
+    done = []
+    for name, update_of, header, increasing in (
+        ("metrics.csv", _csv_update, True, True),
+        ("episodes.jsonl", _episode_update, False, False),
+    ):
+        if (run_dir / name).is_file():
+            done += _keep_rows_up_to(run_dir / name, update, update_of, header, increasing)
+    temps = [run_dir / n for n in STALE_TEMPS if (run_dir / n).is_file()]
+    for t in temps:
+        t.unlink()
+    removed = len(temps) + remove_stale_temps(run_dir / "checkpoints")
+    done += [f"removed {removed} temporary files of unfinished writes"] if removed else []
+    return f"resume: repaired {run_dir}: {'; '.join(done)}" if done else None
 
 
 class RunLogger:
@@ -99,18 +159,19 @@ class RunLogger:
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         csv_path, ep_path = self.run_dir / "metrics.csv", self.run_dir / "episodes.jsonl"
-        keep_up_to = resume_update if csv_path.exists() else None
-        resuming = keep_up_to is not None
-        if keep_up_to is not None:
-            _keep_rows_up_to(csv_path, keep_up_to, lambda line: int(line.split(",", 1)[0]), header=True)
-            if ep_path.exists():
-                _keep_rows_up_to(ep_path, keep_up_to, lambda line: int(json.loads(line)["update"]), header=False)
+        if resume_update is not None:
+            repaired = repair_for_resume(self.run_dir, resume_update)
+            if repaired is not None:
+                print(repaired, file=sys.stderr, flush=True)
+        resuming = resume_update is not None and csv_path.exists()
         self._csv_file = open(csv_path, "a" if resuming else "w", newline="")
         self._csv = csv.DictWriter(self._csv_file, fieldnames=list(METRICS), extrasaction="ignore")
         if not resuming:
             self._csv.writeheader()
         self._episodes = open(ep_path, "a" if resuming else "w")
         self._tb = None
+        if resume_update is None and purge_step is None and any((self.run_dir / "tb").glob("events.*")):
+            purge_step = 0  # a run dir reused after a run stopped before its first checkpoint: hide its curves
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
+import tempfile
 from pathlib import Path
 
 from common.cli import UsageError
@@ -19,13 +21,22 @@ def default_run_dir(args: argparse.Namespace, cfg: Config) -> bool:
 
 
 def check_fresh_run_dir(run_dir: Path) -> None:
-    """A new run may not take over a run dir that holds another run's logs or checkpoints: they would
-    be overwritten or mixed. An empty folder, or one holding only a config, is fine."""
+    """A new run may not take over a run dir that holds another run's checkpoints: its logs would be
+    overwritten or mixed. An empty folder, or one holding only a config, is fine, and so is the folder
+    of a run stopped before its first checkpoint (there is nothing to resume): it is reused, its logs
+    replaced, and one line says so."""
     held = [name for name in RUN_FILES if _holds_data(run_dir / name)]
-    if held:
+    if "checkpoints" in held:
         raise UsageError(
             f"run dir {run_dir} already holds a run ({', '.join(held)}); continue it with "
             f"--resume {run_dir}, or pass another --run-dir"
+        )
+    if held:
+        print(
+            f"launch: run dir {run_dir} holds the logs of a run stopped before its first checkpoint (nothing to "
+            f"resume): starting afresh there, its {' and '.join(held)} replaced",
+            file=sys.stderr,
+            flush=True,
         )
 
 
@@ -50,6 +61,7 @@ def make_run_dir(run_dir: Path, unique: bool = False) -> Path:
     for path in names if unique else [run_dir]:
         try:
             path.mkdir(parents=True, exist_ok=not unique)
+            check_writable(path)
             return path
         except FileExistsError:
             if unique:
@@ -58,6 +70,14 @@ def make_run_dir(run_dir: Path, unique: bool = False) -> Path:
         except OSError as e:
             raise UsageError(f"run dir {path}: cannot create it ({e.strerror}); pass --run-dir") from None
     raise UsageError(f"run dir {run_dir}: it and {MAX_RUN_DIR_SUFFIX - 2} suffixed names exist; pass --run-dir")
+
+
+def check_writable(run_dir: Path) -> None:
+    """UsageError unless ``run_dir`` takes files (it may exist on a read-only filesystem)."""
+    try:
+        tempfile.TemporaryFile(dir=run_dir).close()
+    except OSError as e:
+        raise UsageError(f"run dir {run_dir}: cannot write there ({e.strerror}); pass --run-dir") from None
 
 
 _console_log = None  # the ConsoleTee of this run's launch.log, once the run dir exists

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -172,3 +177,65 @@ def bare_actors_role_args(learner: str, actors: int, *extra: str) -> list[str]:
 def bare_actors_role_cmd() -> Callable[..., list[str]]:
     """``bare_actors_role_args``: (learner, actors, *extra) -> the arguments after the interpreter."""
     return bare_actors_role_args
+
+
+@dataclass
+class Measured:
+    """How a child process ended: its exit code (None if it was killed here), its peak resident memory
+    (the kernel's ru_maxrss of that child alone), its wall time, its output, and why it was killed."""
+
+    rc: int | None
+    peak_rss: int
+    wall_s: float
+    stdout: str
+    stderr: str
+    killed: str | None
+
+
+# Runs the command and waits for it from a small process of its own: a child forked from this large
+# test process would count this process's pages in its ru_maxrss.
+_MEASURE = """
+import json, os, subprocess, sys, time
+result, timeout_s, kill_rss = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
+t0 = time.monotonic()
+p = subprocess.Popen(sys.argv[4:])
+why = None
+while True:
+    pid, status, usage = os.wait4(p.pid, os.WNOHANG)
+    if pid:
+        break
+    try:
+        rss = int(next(ln for ln in open(f"/proc/{p.pid}/status") if ln.startswith("VmRSS:")).split()[1]) * 1024
+    except (OSError, StopIteration):
+        rss = 0
+    if why is None and rss > kill_rss:
+        why = f"resident memory past {kill_rss >> 20} MiB"
+    elif why is None and time.monotonic() - t0 > timeout_s:
+        why = f"still running after {timeout_s:.0f} s"
+    if why is not None:
+        p.kill()
+    time.sleep(0.01)
+rc = os.waitstatus_to_exitcode(status)
+wall = time.monotonic() - t0
+with open(result, "w") as f:
+    json.dump({"rc": rc, "rss": usage.ru_maxrss * 1024, "wall": wall, "why": why}, f)
+"""
+
+
+def run_measured(args: list[str], timeout_s: float = 60.0, kill_rss: int = 1 << 30) -> Measured:
+    """``args`` under this interpreter in the repo root; killed past ``timeout_s`` or ``kill_rss`` bytes
+    of resident memory (so that a regression fails a test rather than exhausting the machine)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out, err, result = (Path(tmp) / n for n in ("out", "err", "result.json"))
+        with open(out, "w") as o, open(err, "w") as e:  # files, not pipes: nothing blocks
+            cmd = [sys.executable, "-c", _MEASURE, str(result), str(timeout_s), str(kill_rss), sys.executable, *args]
+            subprocess.run(cmd, cwd=REPO, stdout=o, stderr=e, timeout=timeout_s + 60, check=True)
+        r = json.loads(result.read_text())
+        rc = None if r["why"] else r["rc"]
+        return Measured(rc, r["rss"], r["wall"], out.read_text(), err.read_text(), r["why"])
+
+
+@pytest.fixture(scope="session")
+def measured_run() -> Callable[..., Measured]:
+    """``run_measured``: (args, timeout_s=60, kill_rss=1 GiB) -> Measured."""
+    return run_measured

@@ -17,12 +17,12 @@ from common.config import (
     dump_yaml,
     from_dict,
     load_config,
-    load_yaml,
     parse_overrides,
     rom_name,
     shape_keys,
     verify,
 )
+from common.config_files import load_yaml
 
 REPO = Path(__file__).resolve().parents[1]
 SEED_CONFIG = REPO / "configs" / "report.yaml"  # the report's config, verbatim

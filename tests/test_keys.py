@@ -66,6 +66,7 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         d.mkdir()
         for f in ("actor.key", "actor.key_secret"):
             (d / f).write_bytes((actor_from / f).read_bytes())
+        (d / "actor.key_secret").chmod(0o600)
         (d / "learner.key").write_bytes((learner_from / "learner.key").read_bytes())
         folders[name] = d
     return folders
@@ -106,6 +107,27 @@ def test_key_folders_are_checked_in_one_line(tmp_path: Path, keys: dict[str, Pat
     (empty / "actor.key_secret").write_text('metadata\ncurve\n    public-key = "short"\n')
     with pytest.raises(KeysError, match="actor.key_secret: not a"):
         load_actor_keys(empty)
+
+
+@pytest.mark.parametrize("bits", [0o644, 0o640, 0o604, 0o620])
+def test_a_secret_key_others_can_open_is_refused_naming_chmod_600(
+    tmp_path: Path, capsys: pytest.CaptureFixture, bits: int
+) -> None:
+    """As ssh refuses such keys. Before, both ends used them without a word."""
+    d = tmp_path / "k"
+    create_keys(d)
+    for name, load in (("learner", load_learner_keys), ("actor", load_actor_keys)):
+        secret = d / f"{name}.key_secret"
+        secret.chmod(bits)
+        with pytest.raises(KeysError) as e:
+            load(d)
+        assert "chmod 600" in str(e.value) and str(secret) in str(e.value) and "\n" not in str(e.value)
+        secret.chmod(0o600)
+        load(d)
+    (d / "learner.key_secret").chmod(bits)
+    p = launch(capsys, "--role", "learner", "--config", SMOKE, "--keys", str(d), "--run-dir", str(tmp_path / "run"))
+    assert p.returncode == 2 and "chmod 600" in one_line(p.stderr)
+    assert not (tmp_path / "run").exists()
 
 
 def test_a_learner_reachable_from_outside_needs_keys_or_insecure(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
