@@ -18,7 +18,7 @@ import torch
 import zmq
 
 from actors.rollout import build_collector
-from actors.supervisor import EXIT_LEARNER_GONE, EXIT_MISMATCH, EXIT_OK, EXIT_REFUSED
+from actors.supervisor import EXIT_DUPLICATE, EXIT_LEARNER_GONE, EXIT_MISMATCH, EXIT_OK, EXIT_REFUSED
 from common.config import Config, shape_keys
 from common.flow import ActorGate
 from common.rl.networks import PolicyNet, policy_param_spec
@@ -104,6 +104,7 @@ class WeightsReceiver:
                 self._refused(e)
                 continue
             self._heard()
+            self._check_refused(meta if isinstance(meta, FlowMeta) else meta.flow)
             if isinstance(meta, FlowMeta):
                 beats.append(meta)
             elif self.gate.supersedes(meta.flow, newest[1].flow if newest is not None else None):
@@ -123,6 +124,16 @@ class WeightsReceiver:
             return msg, validate_heartbeat(msg)
         self._check_shape_keys(msg.meta.get("shape_keys"))
         return msg, validate_weights(msg, self.param_spec)
+
+    def _check_refused(self, flow: FlowMeta) -> None:
+        """The learner refused this process: another live one holds its actor id (``ActorRuns``). A
+        restart would be refused the same way, so it exits with its own code."""
+        if (self.gate.actor_id, self.gate.run_id) in flow.refused:
+            raise ActorStop(
+                f"the learner refused this actor: another live process sends segments as actor {self.gate.actor_id} "
+                "(two actors roles with overlapping --actor-offset?); this one stops",
+                exit_code=EXIT_DUPLICATE,
+            )
 
     def _heard(self) -> None:
         self.last_heard = time.monotonic()
@@ -211,7 +222,9 @@ def run_actor(
     weights = WeightsReceiver(sub, policy, cfg.actor_timeout_s, shape_keys(cfg), actor_id, run_id, watch)
 
     def send(kind: str, meta: dict, arrays: dict) -> None:
-        frames = encode(kind, {"actor": actor_id, "streams": streams, **meta}, arrays, compression)
+        frames = encode(
+            kind, {"actor": actor_id, "streams": streams, "num_actors": num_actors, **meta}, arrays, compression
+        )
         tried = 0.0  # time spent trying, not wall time: a stopped (SIGSTOP) actor has not been refused
         while not send_with_timeout(push, frames, SEND_TRY_S):
             tried += SEND_TRY_S

@@ -25,7 +25,7 @@ import numpy as np
 
 from common.cells import MAX_CELL, MAX_EPISODE_CELLS, bucket_count, cell_parts
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: segments and warm-ups declare num_actors; flow metadata lists refused runs
 KINDS = ("segment", "warmup", "weights", "heartbeat", "stop")
 MAX_HEADER_BYTES = 1 << 20
 ACTOR_PHASES = ("infer", "env", "wait", "send")
@@ -60,15 +60,18 @@ class Message:
 class FlowMeta:
     """The flow-control fields of every weights and heartbeat message: the learner's policy
     ``version``, its ``learner_run`` id, and ``retired``, ((actor, actor run, newest retired seq), ...),
-    read together with that version (see ``common/flow.py``)."""
+    read together with that version (see ``common/flow.py``); and ``refused``, ((actor, actor run),
+    ...): runs refused because another live process holds their actor id."""
 
     version: int
     learner_run: int
     retired: tuple[tuple[int, int, int], ...]
+    refused: tuple[tuple[int, int], ...] = ()
 
     def wire(self) -> dict[str, Any]:
         """The header fields, in the order the learner has always sent them."""
-        return {"version": self.version, "learner_run": self.learner_run, "retired": [list(t) for t in self.retired]}
+        out = {"version": self.version, "learner_run": self.learner_run, "retired": [list(t) for t in self.retired]}
+        return {**out, "refused": [list(t) for t in self.refused]} if self.refused else out
 
 
 @dataclass(frozen=True)
@@ -91,14 +94,17 @@ class SegmentMeta:
     streams: list[int]
     episodes: list[dict[str, Any]]
     timings: dict[str, float]
+    num_actors: int = 1
 
 
 @dataclass(frozen=True)
 class WarmupMeta:
-    """A warm-up message's fields: the actor id and the global stream ids of its frames."""
+    """A warm-up message's fields: the actor id, the global stream ids of its frames and the number of
+    actors the streams are split over."""
 
     actor: int
     streams: list[int]
+    num_actors: int = 1
 
 
 # ---------------------------------------------------------------------------------------------
@@ -270,11 +276,41 @@ def _int(meta: dict, key: str, lo: int = 0, hi: int = 1 << 62) -> int:
     return v
 
 
+def env_split(num_envs: int, num_actors: int, actor_id: int) -> list[int]:
+    """Global stream ids of actor ``actor_id``: NumWorkers split as evenly as possible, in order. An
+    actor id owns these streams and no others (``check_split``)."""
+    if not 0 <= actor_id < num_actors:
+        raise ValueError(f"actor id {actor_id} outside [0, {num_actors})")
+    if num_actors > num_envs:
+        raise ValueError(f"{num_actors} actors for {num_envs} envs (NumWorkers): each actor needs at least one env")
+    base, extra = divmod(num_envs, num_actors)
+    start = actor_id * base + min(actor_id, extra)
+    return list(range(start, start + base + (actor_id < extra)))
+
+
+def _num_actors(meta: dict, num_envs: int) -> int:
+    """An actor message's ``num_actors``: the actors its streams are split over, one of them its ``actor``."""
+    n, actor = meta.get("num_actors"), meta.get("actor")
+    _require(_is_int(n) and 1 <= n <= num_envs, f"field 'num_actors'={n!r} out of range")
+    _require(_is_int(actor) and 0 <= actor < n, f"actor id {actor!r} outside [0, num_actors={n})")
+    return n
+
+
+def check_split(meta: dict, num_envs: int) -> int:
+    """An actor message's ``num_actors``, once its ``streams`` are exactly the ones its ``actor`` id owns
+    in the split of ``num_envs`` streams over that many actors (the learner's rule: each stream comes
+    from one env); raises WireError."""
+    n = _num_actors(meta, num_envs)
+    _require(meta.get("streams") == env_split(num_envs, n, meta["actor"]), "streams other than its actor id owns")
+    return n
+
+
 def _streams(meta: dict, spec: SegmentSpec) -> list[int]:
     s = meta.get("streams")
     _require(isinstance(s, list) and 0 < len(s) <= spec.num_streams, "field 'streams' missing or wrong length")
     _require(all(_is_int(i) and 0 <= i < spec.num_streams for i in s), f"stream ids outside [0, {spec.num_streams})")
     _require(len(set(s)) == len(s), "stream ids repeat")
+    _num_actors(meta, spec.num_streams)
     return s
 
 
@@ -312,7 +348,8 @@ def validate_segment(msg: Message, spec: SegmentSpec) -> SegmentMeta:
     _require(not bool((a["terminated"] & a["truncated"]).any()), "a step both terminated and truncated")
     _check_episodes(m.get("episodes"), streams, a["terminated"] | a["truncated"])
     _check_timings(m.get("timings", {}))
-    return SegmentMeta(m["actor"], m["version"], m["run"], m["seq"], streams, m["episodes"], m.get("timings", {}))
+    timings = m.get("timings", {})
+    return SegmentMeta(m["actor"], m["version"], m["run"], m["seq"], streams, m["episodes"], timings, m["num_actors"])
 
 
 def _check_timings(tm: Any) -> None:
@@ -384,7 +421,7 @@ def validate_warmup(msg: Message, spec: SegmentSpec) -> WarmupMeta:
         and f.shape[1:] == (len(streams), spec.height, spec.width),
         f"warmup frames {f.dtype}{list(f.shape)} do not fit",
     )
-    return WarmupMeta(actor, streams)
+    return WarmupMeta(actor, streams, msg.meta["num_actors"])
 
 
 def _flow_meta(meta: dict) -> FlowMeta:
@@ -397,7 +434,13 @@ def _flow_meta(meta: dict) -> FlowMeta:
         all(isinstance(x, list) and len(x) == 3 and all(_is_int(v) and v >= 0 for v in x) for x in r),
         "field 'retired' holds something other than [actor, run, seq] triples",
     )
-    return FlowMeta(version, learner_run, tuple((a, run, seq) for a, run, seq in r))
+    refused = meta.get("refused", [])
+    _require(isinstance(refused, list) and len(refused) <= 1 << 16, "field 'refused' is not a list")
+    _require(
+        all(isinstance(x, list) and len(x) == 2 and all(_is_int(v) and v >= 0 for v in x) for x in refused),
+        "field 'refused' holds something other than [actor, run] pairs",
+    )
+    return FlowMeta(version, learner_run, tuple((a, run, seq) for a, run, seq in r), tuple(map(tuple, refused)))
 
 
 def validate_heartbeat(msg: Message) -> FlowMeta:

@@ -93,7 +93,11 @@ def stack_indices(episode_start: torch.Tensor, frame_stack: int) -> torch.Tensor
 
 
 def assemble(segments: list[Segment], frame_stack: int, pin: bool = False) -> Batch:
-    """Concatenate segments along the stream axis into host tensors (page-locked if ``pin``)."""
+    """Concatenate segments along the stream axis into host tensors (page-locked if ``pin``). A batch
+    never holds one stream twice: each stream's reward filter runs over its columns in order."""
+    streams = [s for sg in segments for s in sg.streams]
+    if len(set(streams)) != len(streams):
+        raise ValueError(f"a batch would hold stream {next(s for s in streams if streams.count(s) > 1)} twice")
     cat = {
         n: np.concatenate([sg.arrays[n] for sg in segments], axis=1)
         for n in ("frames", "context", "actions", "behaviour_logp", "rewards", "terminated", "truncated", "trunc_value")
@@ -117,7 +121,7 @@ def assemble(segments: list[Segment], frame_stack: int, pin: bool = False) -> Ba
         terminated=to(cat["terminated"], torch.float32),
         truncated=to(cat["truncated"], torch.float32),
         trunc_value=to(cat["trunc_value"]),
-        streams=torch.tensor([s for sg in segments for s in sg.streams], dtype=torch.long),
+        streams=torch.tensor(streams, dtype=torch.long),
         segment_sizes=[len(sg.streams) for sg in segments],
         versions=[sg.version for sg in segments],
     )

@@ -22,6 +22,7 @@ for the main thread are merged into one.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import queue
 import threading
@@ -33,13 +34,14 @@ from dataclasses import dataclass
 import torch
 import zmq
 
-from common.flow import RUNS_KEPT_PER_ACTOR, SeenSegments
+from common.flow import RUNS_KEPT_PER_ACTOR, ActorRuns, SeenSegments
 from common.rl.normalize import RunningMeanStd
 from common.wire import (
     MAX_HEADER_BYTES,
     FlowMeta,
     SegmentSpec,
     WireError,
+    check_split,
     decode,
     encode,
     validate_segment,
@@ -49,6 +51,8 @@ from learner.batch import Batch, Segment, assemble
 
 HEARTBEAT_S = 1.0
 RESEND_WEIGHTS_S = 5.0
+SPLIT_LAPSE_S = 60.0  # the actors' split (num_actors) is pinned while messages under it come this often
+log = logging.getLogger("learner")
 
 
 def max_frame_bytes(spec: SegmentSpec) -> int:
@@ -119,6 +123,12 @@ def retired_table_bytes(num_workers: int) -> int:
     return 2 + RUNS_KEPT_PER_ACTOR * num_workers * (_TRIPLE_DIGITS + len(str(num_workers - 1)))
 
 
+def refused_table_bytes(num_workers: int) -> int:
+    """Most bytes of the refused runs in a heartbeat or weights header (compact JSON, with the key): at
+    most RUNS_KEPT_PER_ACTOR runs of each actor id, ``[a,r],`` each, r below 2**62 (19 digits)."""
+    return len(',"refused":[]') + RUNS_KEPT_PER_ACTOR * num_workers * (len("[,],") + 19 + len(str(num_workers - 1)))
+
+
 @dataclass
 class WarmupMoments:
     """Per-pixel moments of a warm-up message's frames: float64 [H, W] twice, and the frame count."""
@@ -153,6 +163,7 @@ class Envelope:
     run: int = -1
     seq: int = -1
     streams: int = 0
+    num_actors: int = 0
 
     def as_dropped(self) -> Segment:
         """The segment as flow control needs it (who sent it, which one) when it is dropped unread."""
@@ -181,18 +192,17 @@ def read_envelope(frames: list[bytes], spec: SegmentSpec) -> Envelope:
     if kind not in ("segment", "warmup"):  # refused with its own reason by the full decode
         return Envelope(str(kind), -1)
     actor = check_actor_id(header.get("actor"), spec)
+    num_actors = check_split(header, spec.num_streams)  # the streams its actor id owns, no others
     if kind == "warmup":
-        return Envelope(kind, actor)
-    streams = header.get("streams")
-    if not isinstance(streams, list) or not 0 < len(streams) <= spec.num_streams:
-        raise WireError("field 'streams' missing or wrong length")
+        return Envelope(kind, actor, num_actors=num_actors)
     return Envelope(
         kind,
         actor,
         _header_int(header, "version"),
         _header_int(header, "run"),
         _header_int(header, "seq"),
-        len(streams),
+        len(header["streams"]),
+        num_actors,
     )
 
 
@@ -201,6 +211,7 @@ def parse_message(frames: list[bytes], spec: SegmentSpec) -> Segment | WarmupMom
     msg = decode(frames, max_bytes=spec.max_message_bytes())
     if msg.kind in ("segment", "warmup"):
         check_actor_id(msg.meta.get("actor"), spec)
+        check_split(msg.meta, spec.num_streams)
     if msg.kind == "segment":
         m = validate_segment(msg, spec)
         return Segment(m.actor, m.version, m.streams, msg.arrays, m.episodes, m.timings, m.run, m.seq)
@@ -250,7 +261,10 @@ class LearnerIO:
         on_stale: Callable[[list[Segment]], None],
         version: int = 0,
         heartbeat_meta: Callable[[], FlowMeta] | None = None,
+        refuse_run: Callable[[int, int], None] | None = None,
     ):
+        """``refuse_run(actor, run)``: an actor run refused because another live process holds its
+        actor id (the learner's ledger reports it to the actors)."""
         self.sock, self.pub = sock, pub
         self.spec, self.num_envs, self.frame_stack, self.max_lag = spec, num_envs, frame_stack, max_lag
         self.pin, self.on_reject, self.on_stale, self.heartbeat_meta = pin, on_reject, on_stale, heartbeat_meta
@@ -261,6 +275,10 @@ class LearnerIO:
         self._warm: WarmupMoments | None = None  # moments merged while the main thread had not taken the last
         self.pending: deque[Segment] = deque()
         self.seen = SeenSegments()
+        self.runs = ActorRuns(max_lag)  # which process holds each actor id
+        self.refuse_run = refuse_run
+        self.num_actors: int | None = None  # the actors' split, pinned (see _check_split)
+        self._split_heard = 0.0
         self._pending_streams = 0  # streams in pending, as of the last change made here
         self._cap_streams = pending_segments_per_actor(max_lag) * spec.num_streams  # pending_cap_bytes / stream
         self._per_actor = pending_segments_per_actor(max_lag)
@@ -345,11 +363,14 @@ class LearnerIO:
         actor moves on) from its header alone; anything else is decoded, validated and filed."""
         try:
             env = read_envelope(frames, self.spec)
+            self._check_split(env)
         except WireError as e:
             self.on_reject(e)
             return
         if env.kind == "segment" and not self.seen.first_time(env.actor, env.run, env.seq):
             self.on_reject(WireError("a segment seen before (its actor, run and seq), dropped as a replay"))
+            return
+        if env.kind == "segment" and not self._holds_its_id(env):
             return
         if env.kind == "segment" and (
             not self._fresh(env.version) or self._pending_streams + env.streams > self._cap_streams
@@ -361,13 +382,57 @@ class LearnerIO:
             return
         route_message(frames, self.spec, self.on_reject, self._add_warmup, self._add_segment)
 
+    def _check_split(self, env: Envelope) -> None:
+        """All actors split the streams over one number of actors: the first message's ``num_actors`` is
+        pinned while messages under it keep coming (SPLIT_LAPSE_S), so that no stream can be claimed
+        under two splits; a message of another split is refused."""
+        if env.kind not in ("segment", "warmup"):
+            return
+        now = time.monotonic()
+        if self.num_actors is None or now - self._split_heard > SPLIT_LAPSE_S:
+            self.num_actors = env.num_actors
+        if env.num_actors != self.num_actors:
+            raise WireError(
+                f"num_actors={env.num_actors}, while this run's actors split the streams over {self.num_actors}"
+            )
+        self._split_heard = now
+
+    def _holds_its_id(self, env: Envelope) -> bool:
+        """Whether the segment's actor run holds its actor id (``ActorRuns``): a replaced run's segment
+        is dropped and retired, a refused run's refused; a run found to share its id with a live
+        earlier one is refused here, its waiting segments dropped."""
+        verdict, later = self.runs.judge(env.actor, env.run)
+        if verdict == ActorRuns.REFUSED:
+            self.on_reject(WireError("a segment of a refused actor run: another live process holds its actor id"))
+            return False
+        if verdict == ActorRuns.REPLACED:
+            self.on_stale([env.as_dropped()])
+            return False
+        if later is not None:
+            log.warning(
+                "actor id %d: two live processes send segments (actor runs %d and %d); refusing the later, run %d",
+                env.actor,
+                env.run,
+                later,
+                later,
+            )
+            if self.refuse_run is not None:
+                self.refuse_run(env.actor, later)
+            gone = [s for s in self.pending if s.actor == env.actor and s.run == later]
+            self.pending = deque(s for s in self.pending if not (s.actor == env.actor and s.run == later))
+            self._pending_streams -= sum(len(s.streams) for s in gone)
+            self.on_stale(gone)
+        return True
+
     def _fresh(self, version: int) -> bool:
         """Usable by the next batch: within max_lag of the version it will be consumed at, and no newer
         than the newest published weights (a newer one comes from an earlier run of this learner)."""
         return self.consume_version - self.max_lag <= version <= self._version
 
     def _add_segment(self, seg: Segment) -> None:
-        """File a validated segment; an actor id over its allowance loses its oldest waiting one."""
+        """File a validated segment; an actor id over its allowance loses its oldest waiting one. Its
+        run holds its actor id from now on (a new run: a restart)."""
+        self.runs.take(seg.actor, seg.run)
         mine = [s for s in self.pending if s.actor == seg.actor]
         if len(mine) >= self._per_actor:
             self.pending.remove(mine[0])
@@ -396,12 +461,18 @@ class LearnerIO:
         self._pending_streams = sum(len(s.streams) for s in usable)
         if not self.enabled or self._ready is not None or self._pending_streams < self.num_envs:
             return None
-        picked, n = [], 0
-        while n < self.num_envs:
-            seg = self.pending.popleft()
-            picked.append(seg)
-            n += len(seg.streams)
-        self._pending_streams -= n
+        picked, taken = [], set()
+        for seg in self.pending:  # in arrival order, the first segment of each stream: never one twice
+            if taken.isdisjoint(seg.streams):
+                picked.append(seg)
+                taken.update(seg.streams)
+                if len(taken) >= self.num_envs:
+                    break
+        if len(taken) < self.num_envs:
+            return None
+        for seg in picked:
+            self.pending.remove(seg)
+        self._pending_streams -= len(taken)
         return picked
 
     def _maybe_assemble(self) -> None:
