@@ -346,7 +346,15 @@ def wire_bytes(cfg: Config) -> dict:
     k = min(cfg.NumWorkers, 8)
     col = build_collector(with_envs(cfg, k), 0, 1)
     arrays, episodes = col.collect()
-    meta = {"actor": 0, "streams": list(range(k)), "version": 0, "run": 0, "seq": 0, "episodes": episodes}
+    meta = {
+        "actor": 0,
+        "streams": list(range(k)),
+        "num_actors": 1,
+        "version": 0,
+        "run": 0,
+        "seq": 0,
+        "episodes": episodes,
+    }
     steps = cfg.RolloutSteps * k
     return {c: sum(len(f) for f in encode("segment", meta, arrays, c)) / steps for c in ("none", "zstd")}
 

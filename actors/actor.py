@@ -19,7 +19,7 @@ import torch
 import zmq
 
 from actors.rollout import build_collector
-from actors.supervisor import EXIT_LEARNER_GONE, EXIT_MISMATCH, EXIT_OK, EXIT_REFUSED
+from actors.supervisor import EXIT_DUPLICATE, EXIT_LEARNER_GONE, EXIT_MISMATCH, EXIT_OK, EXIT_REFUSED
 from common.config import Config, ConfigError, actor_config, config_differences
 from common.flow import ActorGate
 from common.rl.networks import PolicyNet, policy_param_spec
@@ -123,6 +123,7 @@ class WeightsReceiver:
                 self._refused(e)
                 continue
             self._heard()
+            self._check_refused(meta if isinstance(meta, FlowMeta) else meta.flow)
             if isinstance(meta, FlowMeta):
                 beats.append(meta)
             elif self.gate.supersedes(meta.flow, newest[1].flow if newest is not None else None):
@@ -143,6 +144,16 @@ class WeightsReceiver:
         if self.policy is None or self.config is not None:
             self._take_config(*weights_config(msg))
         return msg, validate_weights(msg, self.param_spec)
+
+    def _check_refused(self, flow: FlowMeta) -> None:
+        """The learner refused this process: another live one holds its actor id (``ActorRuns``). A
+        restart would be refused the same way, so it exits with its own code."""
+        if (self.gate.actor_id, self.gate.run_id) in flow.refused:
+            raise ActorStop(
+                f"the learner refused this actor: another live process sends segments as actor {self.gate.actor_id} "
+                "(two actors roles with overlapping --actor-offset?); this one stops",
+                exit_code=EXIT_DUPLICATE,
+            )
 
     def _heard(self) -> None:
         self.last_heard = time.monotonic()
@@ -252,7 +263,7 @@ def run_actor(
     weights = WeightsReceiver(sub, None, timeout_s, actor_id, run_id, watch, build=build)
     try:
         weights.wait_for_weights()
-        return collect_and_send(weights, built["collector"], push, actor_id, learner_addr, run_id)
+        return collect_and_send(weights, built["collector"], push, (actor_id, num_actors), learner_addr, run_id)
     except ActorStop as e:
         print(f"actor {actor_id}: {e}", file=sys.stderr, flush=True)
         return e.exit_code
@@ -276,9 +287,11 @@ def startup_config(learner_cfg: Config, own: dict | None) -> Config:
 
 
 def collect_and_send(
-    weights: WeightsReceiver, collector, push: zmq.Socket, actor_id: int, learner_addr: str, run_id: int
+    weights: WeightsReceiver, collector, push: zmq.Socket, place: tuple[int, int], learner_addr: str, run_id: int
 ) -> NoReturn:
-    """Collect and push segments until the learner says stop (ActorStop)."""
+    """Collect and push segments until the learner says stop (ActorStop). ``place``: (actor id, actors the
+    streams are split over), which every message declares."""
+    actor_id, num_actors = place
     cfg = weights.config
     assert cfg is not None  # the first weights' config built the collector
     streams = collector.streams
@@ -287,7 +300,9 @@ def collect_and_send(
         compression = "none" if is_local(learner_addr) else "zstd"
 
     def send(kind: str, meta: dict, arrays: dict) -> None:
-        frames = encode(kind, {"actor": actor_id, "streams": streams, **meta}, arrays, compression)
+        frames = encode(
+            kind, {"actor": actor_id, "streams": streams, "num_actors": num_actors, **meta}, arrays, compression
+        )
         tried = 0.0  # time spent trying, not wall time: a stopped (SIGSTOP) actor has not been refused
         while not send_with_timeout(push, frames, SEND_TRY_S):
             tried += SEND_TRY_S

@@ -19,18 +19,7 @@ from common.config import Config, ConfigError
 from common.rl.networks import NUM_ACTIONS, PolicyNet
 from common.runtime import actor_dtype, conv_layout
 from common.timing import Timings
-from common.wire import SegmentSpec
-
-
-def env_split(num_envs: int, num_actors: int, actor_id: int) -> list[int]:
-    """Global stream ids of actor ``actor_id``: NumWorkers split as evenly as possible, in order."""
-    if not 0 <= actor_id < num_actors:
-        raise ValueError(f"actor id {actor_id} outside [0, {num_actors})")
-    if num_actors > num_envs:
-        raise ValueError(f"{num_actors} actors for {num_envs} envs (NumWorkers): each actor needs at least one env")
-    base, extra = divmod(num_envs, num_actors)
-    start = actor_id * base + min(actor_id, extra)
-    return list(range(start, start + base + (actor_id < extra)))
+from common.wire import SegmentSpec, env_split
 
 
 @torch.inference_mode()  # cheaper than no_grad: no version counters, no views tracked

@@ -15,6 +15,7 @@ EXIT_LEARNER_GONE = 3  # the learner went silent past actor_timeout_s
 EXIT_REFUSED = 4  # the learner refused this actor's key (or its keys could not be read): a restart cannot help
 EXIT_FAILED = 1  # the actors kept dying at start
 EXIT_MISMATCH = 5  # the actor's config differs from the learner's: a restart cannot help either
+EXIT_DUPLICATE = 6  # another live process holds this actor id: the learner refused this one
 QUICK_DEATH_S = 5.0
 PROBE_S = 5.0  # how long the actors role listens for a learner an actor gave up on (it beats every second)
 MAX_QUICK_DEATHS = 5
@@ -44,6 +45,7 @@ class ActorSupervisor:
     refused: int = 0  # actors the learner refused
     finished: int = 0  # actors the learner told to stop
     mismatched: int = 0  # actors whose config differs from the learner's
+    duplicated: int = 0  # actors refused because another live process holds their actor id
     gave_up_on_learner: int = 0  # actors that gave up on a learner that was gone
     notes: list[str] = field(default_factory=list)  # why each actor that will not run again ended
     children: list[_Child] = field(default_factory=list)
@@ -89,6 +91,10 @@ class ActorSupervisor:
                 self._retire(c, f"actor {c.actor_id}'s config differs from the learner's")
                 self.mismatched += 1
                 continue
+            if rc == EXIT_DUPLICATE:
+                self._retire(c, f"another live process holds actor id {c.actor_id}")
+                self.duplicated += 1
+                continue
             self._restart(c, rc)
         return self.restarts
 
@@ -128,6 +134,8 @@ class ActorSupervisor:
             return EXIT_REFUSED
         if self.mismatched:
             return EXIT_MISMATCH
+        if self.duplicated:
+            return EXIT_DUPLICATE
         if self.finished:
             return EXIT_OK
         return EXIT_LEARNER_GONE if self.gave_up_on_learner else EXIT_FAILED

@@ -35,9 +35,15 @@ Invariants:
 5. Replay dedup. One connection keeps an actor's order, so a segment whose seq is at or below the
    newest seen of its (actor, actor run) is a replay and is refused (``SeenSegments``).
 
+6. Stream ownership. An actor id owns the streams ``env_split(NumWorkers, n, id)`` (``common/wire.py``)
+   of the split over n actors its segments declare, and one process at a time holds an actor id:
+   each stream comes from one env, so its intrinsic-reward filter and its V-trace recursion follow
+   one environment (``ActorRuns``; the learner's I/O thread pins n and checks the streams).
+
 Both tables keep, per actor id, only the RUNS_KEPT_PER_ACTOR runs noted most recently
 (``note_newest_seq``), and the learner's only for actor ids below NumWorkers: what a heartbeat
-carries stays bounded however often actors restart or peers make up ids.
+carries stays bounded however often actors restart or peers make up ids. So does the table of
+refused runs (at most RUNS_KEPT_PER_ACTOR per actor id).
 """
 
 from __future__ import annotations
@@ -68,6 +74,61 @@ def note_newest_seq(runs: dict[int, int], run: int, seq: int) -> None:
         runs.pop(next(iter(runs)))
 
 
+class ActorRuns:
+    """Which process (actor run) holds each actor id, on the learner's I/O thread.
+
+    A new run of an actor id whose segment passes validation takes the id over (``take``): that is a
+    restart, and the run it replaces is presumed ended. An ended process can still deliver what it
+    had sent, at most ``max_lag + 1`` segments (its gate's bound on unretired ones); the segments of a
+    replaced run are dropped (and retired, so that a live one keeps sending), and once more than
+    ``max_lag + 1`` have come the replaced run is alive: two processes hold one actor id. The later
+    run is refused from then on, and the earlier one holds the id again. Per actor id at most
+    RUNS_KEPT_PER_ACTOR replaced and RUNS_KEPT_PER_ACTOR refused runs are kept."""
+
+    OK, NEW, REPLACED, REFUSED = "ok", "new", "replaced", "refused"
+
+    def __init__(self, max_lag: int):
+        self.limit = max_lag + 1
+        self.owner: dict[int, int] = {}  # actor id -> the run holding it
+        self.replaced: dict[int, dict[int, int]] = {}  # actor id -> {replaced run: its segments since}
+        self.refused: dict[int, dict[int, None]] = {}  # actor id -> runs refused (newest last)
+
+    def judge(self, actor: int, run: int) -> tuple[str, int | None]:
+        """A segment of (``actor``, ``run``) arrived: OK (the holder's) or NEW (a run not seen: it takes
+        the id over if it passes validation) to read it, REPLACED to drop it, REFUSED to refuse it. With
+        OK comes the run now refused, when this segment proved that two processes hold the id."""
+        if run in self.refused.get(actor, {}):
+            return self.REFUSED, None
+        owner = self.owner.get(actor)
+        if owner is None or run == owner:
+            return (self.NEW if owner is None else self.OK), None
+        replaced = self.replaced.get(actor, {})
+        if run not in replaced:
+            return self.NEW, None
+        replaced[run] += 1
+        if replaced[run] <= self.limit:
+            return self.REPLACED, None
+        del replaced[run]
+        _keep_newest(self.refused.setdefault(actor, {}), owner, None)
+        self.owner[actor] = run
+        return self.OK, owner
+
+    def take(self, actor: int, run: int) -> None:
+        """A validated segment of ``run``: it holds ``actor`` from now on (a restart replaced the holder)."""
+        owner = self.owner.get(actor)
+        if owner is not None and owner != run:
+            _keep_newest(self.replaced.setdefault(actor, {}), owner, 0)
+        self.owner[actor] = run
+
+
+def _keep_newest(table: dict, key: int, value) -> None:
+    """``table[key] = value``, moved to the end; only the RUNS_KEPT_PER_ACTOR newest keys stay."""
+    table.pop(key, None)
+    table[key] = value
+    while len(table) > RUNS_KEPT_PER_ACTOR:
+        table.pop(next(iter(table)))
+
+
 class SeenSegments:
     """The newest seq seen of each (actor, actor run): an actor numbers its segments 0, 1, 2, ... in the
     order it sends them, and one connection keeps that order, so a seq at or below it is a replay.
@@ -96,6 +157,7 @@ class LearnerLedger:
         self.num_workers = num_workers
         self.run_id = secrets.randbits(62) if run_id is None else run_id  # new per process: actors then reset
         self.retired: dict[int, dict[int, int]] = {}
+        self.refused: dict[int, dict[int, None]] = {}  # actor id -> runs refused (two processes, one id)
         self._version = version
         self._lock = threading.Lock()
 
@@ -119,6 +181,13 @@ class LearnerLedger:
         with self._lock:
             self._retire(dropped)
 
+    def refuse(self, actor: int, run: int) -> None:
+        """Actor run ``run`` is refused (another live process holds actor id ``actor``); it learns so
+        from the next weights or heartbeat and exits. At most RUNS_KEPT_PER_ACTOR kept per actor id."""
+        with self._lock:
+            if 0 <= actor < self.num_workers:
+                _keep_newest(self.refused.setdefault(actor, {}), run, None)
+
     def _retire(self, segments: Iterable[SegmentId]) -> None:
         for s in segments:
             if 0 <= s.actor < self.num_workers:  # the I/O thread refuses other ids; the table stays bounded
@@ -131,7 +200,8 @@ class LearnerLedger:
         weights would start a segment with them, one update too stale to be used (invariant 3)."""
         with self._lock:
             retired = tuple((a, r, q) for a, runs in self.retired.items() for r, q in runs.items())
-            return FlowMeta(self._version, self.run_id, retired)
+            refused = tuple((a, r) for a, runs in self.refused.items() for r in runs)
+            return FlowMeta(self._version, self.run_id, retired, refused)
 
 
 class ActorGate:

@@ -18,33 +18,37 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
-from itertools import pairwise
 from typing import Any
 
 import numpy as np
 
-from common.cells import MAX_CELL, MAX_EPISODE_CELLS, bucket_count, cell_parts
 from common.config import Config, ConfigError, config_types, from_dict
+from common.wire_checks import (  # noqa: F401  (re-exported: the wire's names)
+    ACTOR_PHASES,
+    EPISODE_FIELDS,
+    MAX_ABS_VALUE,
+    MAX_EPISODE_LENGTH,
+    WireError,
+    _check_cells,
+    _check_episodes,
+    _check_timings,
+    _int,
+    _is_int,
+    _is_number,
+    _require,
+)
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: segments and warm-ups declare num_actors; flow metadata lists refused runs
 KINDS = ("segment", "warmup", "weights", "heartbeat", "stop")
 MAX_HEADER_BYTES = 1 << 20
 MAX_RANK = 1024  # learner ranks a weights message may name
-ACTOR_PHASES = ("infer", "env", "wait", "send")
 MIN_LOGP = -100.0  # log-probs of sampled actions; below this the importance ratio overflows
-MAX_ABS_VALUE = 1e6  # rewards and values an Atari score can produce, with margin
-MAX_EPISODE_LENGTH = 1 << 31  # agent steps; MaxStepsPerEpisode is at most 1e6
-EPISODE_FIELDS = {"stream", "t", "return", "length", "rooms", "cells"}  # what an env's episode stats may hold
 _DTYPES = {"uint8": np.uint8, "float32": np.float32}
 
 try:  # zstd is optional at import time; asking for it without the package is an error at use
     import zstandard as _zstd
 except ImportError:  # pragma: no cover
     _zstd = None  # type: ignore[assignment]  # mypy types an optional import's fallback as the module
-
-
-class WireError(ValueError):
-    """A message that fails decoding or validation; the text is one line."""
 
 
 @dataclass
@@ -62,15 +66,18 @@ class Message:
 class FlowMeta:
     """The flow-control fields of every weights and heartbeat message: the learner's policy
     ``version``, its ``learner_run`` id, and ``retired``, ((actor, actor run, newest retired seq), ...),
-    read together with that version (see ``common/flow.py``)."""
+    read together with that version (see ``common/flow.py``); and ``refused``, ((actor, actor run),
+    ...): runs refused because another live process holds their actor id."""
 
     version: int
     learner_run: int
     retired: tuple[tuple[int, int, int], ...]
+    refused: tuple[tuple[int, int], ...] = ()
 
     def wire(self) -> dict[str, Any]:
         """The header fields, in the order the learner has always sent them."""
-        return {"version": self.version, "learner_run": self.learner_run, "retired": [list(t) for t in self.retired]}
+        out = {"version": self.version, "learner_run": self.learner_run, "retired": [list(t) for t in self.retired]}
+        return {**out, "refused": [list(t) for t in self.refused]} if self.refused else out
 
 
 @dataclass(frozen=True)
@@ -96,14 +103,17 @@ class SegmentMeta:
     streams: list[int]
     episodes: list[dict[str, Any]]
     timings: dict[str, float]
+    num_actors: int = 1
 
 
 @dataclass(frozen=True)
 class WarmupMeta:
-    """A warm-up message's fields: the actor id and the global stream ids of its frames."""
+    """A warm-up message's fields: the actor id, the global stream ids of its frames and the number of
+    actors the streams are split over."""
 
     actor: int
     streams: list[int]
+    num_actors: int = 1
 
 
 # ---------------------------------------------------------------------------------------------
@@ -255,24 +265,35 @@ class SegmentSpec:
         }
 
 
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
+def env_split(num_envs: int, num_actors: int, actor_id: int) -> list[int]:
+    """Global stream ids of actor ``actor_id``: NumWorkers split as evenly as possible, in order. An
+    actor id owns these streams and no others (``check_split``)."""
+    if not 0 <= actor_id < num_actors:
+        raise ValueError(f"actor id {actor_id} outside [0, {num_actors})")
+    if num_actors > num_envs:
+        raise ValueError(f"{num_actors} actors for {num_envs} envs (NumWorkers): each actor needs at least one env")
+    base, extra = divmod(num_envs, num_actors)
+    start = actor_id * base + min(actor_id, extra)
+    return list(range(start, start + base + (actor_id < extra)))
 
 
-def _is_number(v: Any) -> bool:
-    """A finite JSON number of sane size (a 400-digit int would overflow float math later)."""
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and abs(v) < 1e15 and math.isfinite(v)
+def _num_actors(meta: dict, num_envs: int) -> int:
+    """An actor message's ``num_actors``: the actors its streams are split over, one of them its ``actor``."""
+    n, actor = meta.get("num_actors"), meta.get("actor")
+    if not (isinstance(n, int) and _is_int(n) and 1 <= n <= num_envs):
+        raise WireError(f"field 'num_actors'={n!r} out of range")
+    if not (isinstance(actor, int) and _is_int(actor) and 0 <= actor < n):
+        raise WireError(f"actor id {actor!r} outside [0, num_actors={n})")
+    return n
 
 
-def _require(cond: bool, why: str) -> None:
-    if not cond:
-        raise WireError(why)
-
-
-def _int(meta: dict, key: str, lo: int = 0, hi: int = 1 << 62) -> int:
-    v: Any = meta.get(key)  # a decoded JSON value: its type is what the checks below establish
-    _require(_is_int(v) and lo <= v <= hi, f"field {key!r}={v!r} out of range")
-    return v
+def check_split(meta: dict, num_envs: int) -> int:
+    """An actor message's ``num_actors``, once its ``streams`` are exactly the ones its ``actor`` id owns
+    in the split of ``num_envs`` streams over that many actors (the learner's rule: each stream comes
+    from one env); raises WireError."""
+    n = _num_actors(meta, num_envs)
+    _require(meta.get("streams") == env_split(num_envs, n, meta["actor"]), "streams other than its actor id owns")
+    return n
 
 
 def _streams(meta: dict, spec: SegmentSpec) -> list[int]:
@@ -280,6 +301,7 @@ def _streams(meta: dict, spec: SegmentSpec) -> list[int]:
     _require(isinstance(s, list) and 0 < len(s) <= spec.num_streams, "field 'streams' missing or wrong length")
     _require(all(_is_int(i) and 0 <= i < spec.num_streams for i in s), f"stream ids outside [0, {spec.num_streams})")
     _require(len(set(s)) == len(s), "stream ids repeat")
+    _num_actors(meta, spec.num_streams)
     return s
 
 
@@ -317,62 +339,8 @@ def validate_segment(msg: Message, spec: SegmentSpec) -> SegmentMeta:
     _require(not bool((a["terminated"] & a["truncated"]).any()), "a step both terminated and truncated")
     _check_episodes(m.get("episodes"), streams, a["terminated"] | a["truncated"])
     _check_timings(m.get("timings", {}))
-    return SegmentMeta(m["actor"], m["version"], m["run"], m["seq"], streams, m["episodes"], m.get("timings", {}))
-
-
-def _check_timings(tm: Any) -> None:
-    """Optional actor phase seconds of its previous segment: {phase: seconds}."""
-    _require(isinstance(tm, dict) and len(tm) <= 8, "field 'timings' is not a small object")
-    for k, v in tm.items():
-        _require(k in ACTOR_PHASES, f"unknown actor phase {k!r}")
-        _require(_is_number(v) and v >= 0, f"bad actor phase seconds for {k!r}")
-
-
-def _check_episodes(eps: Any, streams: list[int], ended: np.ndarray) -> None:
-    """One record per episode end of the segment (``ended`` [T, K]: terminated or truncated), no more."""
-    _require(isinstance(eps, list), "field 'episodes' is not a list")
-    column = {s: i for i, s in enumerate(streams)}
-    seen = set()
-    for e in eps:
-        _require(isinstance(e, dict), "episode record is not an object")
-        _require(set(e) <= EPISODE_FIELDS, "episode record has unknown fields")  # a fixed text: it is logged
-        _require(_is_int(e.get("stream")) and e["stream"] in column, "episode record of a stream not in this segment")
-        _require(_is_int(e.get("t")) and 0 <= e["t"] < ended.shape[0], "episode record step out of range")
-        _require(bool(ended[e["t"], column[e["stream"]]]), "episode record where the segment has no episode end")
-        _require((e["stream"], e["t"]) not in seen, "two episode records of one episode end")
-        seen.add((e["stream"], e["t"]))
-        r, ln = e.get("return"), e.get("length")
-        _require(_is_number(r), "bad episode return")
-        _require(_is_int(ln) and 0 < ln <= MAX_EPISODE_LENGTH, "bad episode length")
-        rooms = e.get("rooms", [])
-        _require(
-            isinstance(rooms, list)
-            and all(_is_int(x) and 0 <= x <= 255 for x in rooms)
-            and all(a < b for a, b in pairwise(rooms)),
-            "bad episode rooms",
-        )
-        _check_cells(e.get("cells", []), ln)
-
-
-def _check_cells(cells: Any, length: int) -> None:
-    """[[cell id, steps], ...]: at most MAX_EPISODE_CELLS, ids increasing, steps adding up to the length."""
-    _require(isinstance(cells, list), "episode cells is not a list")
-    _require(len(cells) <= MAX_EPISODE_CELLS, f"episode lists more than {MAX_EPISODE_CELLS} cells")
-    _require(
-        all(
-            isinstance(c, list)
-            and len(c) == 2
-            and _is_int(c[0])
-            and 0 <= c[0] <= MAX_CELL
-            and _is_int(c[1])
-            and c[1] > 0
-            for c in cells
-        ),
-        "episode cells are not [cell id, steps] pairs",
-    )
-    _require(all(max(cell_parts(c[0])[2:]) < bucket_count() for c in cells), "episode cell bucket out of range")
-    _require(all(a[0] < b[0] for a, b in pairwise(cells)), "episode cell ids are not increasing")
-    _require(not cells or sum(c[1] for c in cells) == length, "episode cell steps do not add up to its length")
+    timings = m.get("timings", {})
+    return SegmentMeta(m["actor"], m["version"], m["run"], m["seq"], streams, m["episodes"], timings, m["num_actors"])
 
 
 def validate_warmup(msg: Message, spec: SegmentSpec) -> WarmupMeta:
@@ -389,7 +357,7 @@ def validate_warmup(msg: Message, spec: SegmentSpec) -> WarmupMeta:
         and f.shape[1:] == (len(streams), spec.height, spec.width),
         f"warmup frames {f.dtype}{list(f.shape)} do not fit",
     )
-    return WarmupMeta(actor, streams)
+    return WarmupMeta(actor, streams, msg.meta["num_actors"])
 
 
 def _flow_meta(meta: dict) -> FlowMeta:
@@ -402,7 +370,13 @@ def _flow_meta(meta: dict) -> FlowMeta:
         all(isinstance(x, list) and len(x) == 3 and all(_is_int(v) and v >= 0 for v in x) for x in r),
         "field 'retired' holds something other than [actor, run, seq] triples",
     )
-    return FlowMeta(version, learner_run, tuple((a, run, seq) for a, run, seq in r))
+    refused = meta.get("refused", [])
+    _require(isinstance(refused, list) and len(refused) <= 1 << 16, "field 'refused' is not a list")
+    _require(
+        all(isinstance(x, list) and len(x) == 2 and all(_is_int(v) and v >= 0 for v in x) for x in refused),
+        "field 'refused' holds something other than [actor, run] pairs",
+    )
+    return FlowMeta(version, learner_run, tuple((a, run, seq) for a, run, seq in r), tuple(map(tuple, refused)))
 
 
 def validate_heartbeat(msg: Message) -> FlowMeta:

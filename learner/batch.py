@@ -129,7 +129,10 @@ def assemble(segments: list[Segment], frame_stack: int, pin: bool = False) -> Ba
     array is copied once, straight into its place, pinned or not.
 
     frames [(S-1) + T+1, B, H, W]: the context frames (the older frames of each first observation's stack),
-    then the segment's T+1 newest frames."""
+    then the segment's T+1 newest frames. A batch never holds one stream twice."""
+    streams = [s for sg in segments for s in sg.streams]
+    if len(set(streams)) != len(streams):  # each stream's reward filter runs over its columns in order
+        raise ValueError(f"a batch would hold stream {next(s for s in streams if streams.count(s) > 1)} twice")
     step = {n: _gather(segments, (n,), dtype, pin) for n, dtype in STEP_ARRAYS.items()}
     ends = np.concatenate([(sg.arrays["terminated"] | sg.arrays["truncated"]) for sg in segments], axis=1)
     start = np.zeros((ends.shape[0] + 1, ends.shape[1]), dtype=bool)
@@ -138,7 +141,7 @@ def assemble(segments: list[Segment], frame_stack: int, pin: bool = False) -> Ba
         frames=_gather(segments, ("context", "frames"), torch.uint8, pin),
         obs_index=stack_indices(torch.from_numpy(start), frame_stack),
         **step,
-        streams=torch.tensor([s for sg in segments for s in sg.streams], dtype=torch.long),
+        streams=torch.tensor(streams, dtype=torch.long),
         segment_sizes=[len(sg.streams) for sg in segments],
         versions=[sg.version for sg in segments],
     )

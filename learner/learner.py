@@ -135,6 +135,7 @@ class Learner:
             on_stale=self.count_stale,
             version=self.version,
             heartbeat_meta=self.ledger.flow_meta,
+            refuse_run=self.ledger.refuse,
         )
         self.source = SocketBatchSource(self.io, self.accept_warmup, lambda: self.obs_rms_ready)
 

@@ -22,7 +22,7 @@ for the main thread are merged into one.
 from __future__ import annotations
 
 import json
-import math
+import logging
 import queue
 import threading
 import time
@@ -33,90 +33,39 @@ from dataclasses import dataclass
 import torch
 import zmq
 
-from common.flow import RUNS_KEPT_PER_ACTOR, SeenSegments
+from common.flow import ActorRuns, SeenSegments
 from common.rl.normalize import RunningMeanStd
 from common.wire import (
     MAX_HEADER_BYTES,
     FlowMeta,
     SegmentSpec,
     WireError,
+    check_split,
     decode,
     encode,
     validate_segment,
     validate_warmup,
 )
 from learner.batch import Batch, Segment, assemble
+from learner.io_bounds import (  # noqa: F401  (re-exported: the bounds' old home)
+    _TRIPLE_DIGITS,
+    DRAIN_BUDGET_S,
+    MAX_DRAIN,
+    assembly_bytes,
+    flood_memory_bound,
+    max_frame_bytes,
+    pending_cap_bytes,
+    pending_segments_per_actor,
+    recv_queue,
+    refused_table_bytes,
+    retired_table_bytes,
+    stream_bytes,
+)
 
 HEARTBEAT_S = 1.0
 RESEND_WEIGHTS_S = 5.0
-
-
-def max_frame_bytes(spec: SegmentSpec) -> int:
-    """ZMQ_MAXMSGSIZE of the segment socket: ZeroMQ checks it per frame, and no frame of a valid
-    message exceeds the header cap or the largest segment this spec allows, zstd's worst-case
-    growth of incompressible data (under 1/256) included with room to spare."""
-    arrays = spec.max_message_bytes()
-    return max(MAX_HEADER_BYTES, arrays + (arrays >> 7) + 4096)
-
-
-def recv_queue(max_lag: int) -> int:
-    """RCVHWM of the segment socket, in whole messages per connected peer: an actor never has more
-    than ``max_lag + 1`` segments unretired, so one more slot only matters to a peer that floods."""
-    return max_lag + 2
-
-
-# ---- bounds on what peers can make the learner hold ----------------------------------------------------
-MAX_DRAIN = 256  # messages read per pass of the I/O loop: batches, stale drops and heartbeats go on under a flood
-DRAIN_BUDGET_S = 0.05  # and at most this long per pass
-_TRIPLE_DIGITS = 19 + 19 + 5  # len('[a,r,q],') less a's digits: run and seq are < 2**62 (19 digits)
-
-
-def stream_bytes(spec: SegmentSpec) -> int:
-    """Decoded bytes of one stream of one segment."""
-    return sum(math.prod(shape) * dtype.itemsize for dtype, shape in spec.segment_arrays(1).values())
-
-
-def pending_segments_per_actor(max_lag: int) -> int:
-    """Segments one actor id may have waiting: an actor has at most ``max_lag + 1`` unretired, and a
-    restarted one may still have a segment of its previous run here."""
-    return max_lag + 2
-
-
-def pending_cap_bytes(spec: SegmentSpec, max_lag: int) -> int:
-    """Decoded segments kept waiting for a batch: every actor's allowance, ``max_lag + 2`` segments of
-    each of the ``num_streams`` streams. Legitimate traffic never reaches it (at most ``max_lag + 1``
-    segments per stream are unretired); past it, new segments are dropped before they are decompressed."""
-    return pending_segments_per_actor(max_lag) * spec.num_streams * stream_bytes(spec)
-
-
-def assembly_bytes(spec: SegmentSpec) -> int:
-    """One batch being assembled: up to 2 x num_streams streams (the last segment may overshoot),
-    concatenated, then copied into tensors, plus the stack index (int64 [T+1, B, S]) and the per-step arrays."""
-    b = 2 * spec.num_streams
-    t = spec.rollout_steps
-    return 3 * b * stream_bytes(spec) + (t + 1) * b * spec.frame_stack * 8 + 6 * t * b * 8
-
-
-def flood_memory_bound(spec: SegmentSpec, max_lag: int, peers: int) -> int:
-    """Most bytes a flood from ``peers`` connections adds to a learner's resident memory: the pending
-    segments, one batch in assembly, ZeroMQ's per-peer queue of whole messages (each at most the
-    largest segment plus the header cap), one message being decoded (compressed and decoded), and
-    the warm-up moments (two float64 H x W pairs)."""
-    message = spec.max_message_bytes() + MAX_HEADER_BYTES
-    warm = 2 * 2 * spec.height * spec.width * 8
-    return (
-        pending_cap_bytes(spec, max_lag)
-        + assembly_bytes(spec)
-        + peers * recv_queue(max_lag) * message
-        + 2 * message
-        + warm
-    )
-
-
-def retired_table_bytes(num_workers: int) -> int:
-    """Most bytes of the retirement table in a heartbeat or weights header (compact JSON): at most
-    RUNS_KEPT_PER_ACTOR runs of each of the ``num_workers`` actor ids a run can have."""
-    return 2 + RUNS_KEPT_PER_ACTOR * num_workers * (_TRIPLE_DIGITS + len(str(num_workers - 1)))
+SPLIT_LAPSE_S = 60.0  # the actors' split (num_actors) is pinned while messages under it come this often
+log = logging.getLogger("learner")
 
 
 @dataclass
@@ -154,6 +103,7 @@ class Envelope:
     run: int = -1
     seq: int = -1
     streams: int = 0
+    num_actors: int = 0
 
     def as_dropped(self) -> Segment:
         """The segment as flow control needs it (who sent it, which one) when it is dropped unread."""
@@ -182,18 +132,17 @@ def read_envelope(frames: list[bytes], spec: SegmentSpec) -> Envelope:
     if kind not in ("segment", "warmup"):  # refused with its own reason by the full decode
         return Envelope(str(kind), -1)
     actor = check_actor_id(header.get("actor"), spec)
+    num_actors = check_split(header, spec.num_streams)  # the streams its actor id owns, no others
     if kind == "warmup":
-        return Envelope(kind, actor)
-    streams = header.get("streams")
-    if not isinstance(streams, list) or not 0 < len(streams) <= spec.num_streams:
-        raise WireError("field 'streams' missing or wrong length")
+        return Envelope(kind, actor, num_actors=num_actors)
     return Envelope(
         kind,
         actor,
         _header_int(header, "version"),
         _header_int(header, "run"),
         _header_int(header, "seq"),
-        len(streams),
+        len(header["streams"]),
+        num_actors,
     )
 
 
@@ -202,6 +151,7 @@ def parse_message(frames: list[bytes], spec: SegmentSpec) -> Segment | WarmupMom
     msg = decode(frames, max_bytes=spec.max_message_bytes())
     if msg.kind in ("segment", "warmup"):
         check_actor_id(msg.meta.get("actor"), spec)
+        check_split(msg.meta, spec.num_streams)
     if msg.kind == "segment":
         m = validate_segment(msg, spec)
         return Segment(m.actor, m.version, m.streams, msg.arrays, m.episodes, m.timings, m.run, m.seq)
@@ -251,7 +201,10 @@ class LearnerIO:
         on_stale: Callable[[list[Segment]], None],
         version: int = 0,
         heartbeat_meta: Callable[[], FlowMeta] | None = None,
+        refuse_run: Callable[[int, int], None] | None = None,
     ):
+        """``refuse_run(actor, run)``: an actor run refused because another live process holds its
+        actor id (the learner's ledger reports it to the actors)."""
         self.sock, self.pub = sock, pub
         self.spec, self.num_envs, self.frame_stack, self.max_lag = spec, num_envs, frame_stack, max_lag
         self.pin, self.on_reject, self.on_stale, self.heartbeat_meta = pin, on_reject, on_stale, heartbeat_meta
@@ -263,6 +216,10 @@ class LearnerIO:
         self.pending: deque[Segment] = deque()
         self.heard = bytearray(spec.num_streams)  # 1: a segment of that env stream arrived (the console's status)
         self.seen = SeenSegments()
+        self.runs = ActorRuns(max_lag)  # which process holds each actor id
+        self.refuse_run = refuse_run
+        self.num_actors: int | None = None  # the actors' split, pinned (see _check_split)
+        self._split_heard = 0.0
         self._pending_streams = 0  # streams in pending, as of the last change made here
         self._cap_streams = pending_segments_per_actor(max_lag) * spec.num_streams  # pending_cap_bytes / stream
         self._per_actor = pending_segments_per_actor(max_lag)
@@ -347,11 +304,14 @@ class LearnerIO:
         actor moves on) from its header alone; anything else is decoded, validated and filed."""
         try:
             env = read_envelope(frames, self.spec)
+            self._check_split(env)
         except WireError as e:
             self.on_reject(e)
             return
         if env.kind == "segment" and not self.seen.first_time(env.actor, env.run, env.seq):
             self.on_reject(WireError("a segment seen before (its actor, run and seq), dropped as a replay"))
+            return
+        if env.kind == "segment" and not self._holds_its_id(env):
             return
         if env.kind == "segment" and (
             not self._fresh(env.version) or self._pending_streams + env.streams > self._cap_streams
@@ -363,13 +323,57 @@ class LearnerIO:
             return
         route_message(frames, self.spec, self.on_reject, self._add_warmup, self._add_segment)
 
+    def _check_split(self, env: Envelope) -> None:
+        """All actors split the streams over one number of actors: the first message's ``num_actors`` is
+        pinned while messages under it keep coming (SPLIT_LAPSE_S), so that no stream can be claimed
+        under two splits; a message of another split is refused."""
+        if env.kind not in ("segment", "warmup"):
+            return
+        now = time.monotonic()
+        if self.num_actors is None or now - self._split_heard > SPLIT_LAPSE_S:
+            self.num_actors = env.num_actors
+        if env.num_actors != self.num_actors:
+            raise WireError(
+                f"num_actors={env.num_actors}, while this run's actors split the streams over {self.num_actors}"
+            )
+        self._split_heard = now
+
+    def _holds_its_id(self, env: Envelope) -> bool:
+        """Whether the segment's actor run holds its actor id (``ActorRuns``): a replaced run's segment
+        is dropped and retired, a refused run's refused; a run found to share its id with a live
+        earlier one is refused here, its waiting segments dropped."""
+        verdict, later = self.runs.judge(env.actor, env.run)
+        if verdict == ActorRuns.REFUSED:
+            self.on_reject(WireError("a segment of a refused actor run: another live process holds its actor id"))
+            return False
+        if verdict == ActorRuns.REPLACED:
+            self.on_stale([env.as_dropped()])
+            return False
+        if later is not None:
+            log.warning(
+                "actor id %d: two live processes send segments (actor runs %d and %d); refusing the later, run %d",
+                env.actor,
+                env.run,
+                later,
+                later,
+            )
+            if self.refuse_run is not None:
+                self.refuse_run(env.actor, later)
+            gone = [s for s in self.pending if s.actor == env.actor and s.run == later]
+            self.pending = deque(s for s in self.pending if not (s.actor == env.actor and s.run == later))
+            self._pending_streams -= sum(len(s.streams) for s in gone)
+            self.on_stale(gone)
+        return True
+
     def _fresh(self, version: int) -> bool:
         """Usable by the next batch: within max_lag of the version it will be consumed at, and no newer
         than the newest published weights (a newer one comes from an earlier run of this learner)."""
         return self.consume_version - self.max_lag <= version <= self._version
 
     def _add_segment(self, seg: Segment) -> None:
-        """File a validated segment; an actor id over its allowance loses its oldest waiting one."""
+        """File a validated segment; an actor id over its allowance loses its oldest waiting one. Its
+        run holds its actor id from now on (a new run: a restart)."""
+        self.runs.take(seg.actor, seg.run)
         mine = [s for s in self.pending if s.actor == seg.actor]
         if len(mine) >= self._per_actor:
             self.pending.remove(mine[0])
@@ -400,12 +404,19 @@ class LearnerIO:
         self._pending_streams = sum(len(s.streams) for s in usable)
         if not self.enabled or self._ready is not None or self._pending_streams < self.num_envs:
             return None
-        picked, n = [], 0
-        while n < self.num_envs:
-            seg = self.pending.popleft()
-            picked.append(seg)
-            n += len(seg.streams)
-        self._pending_streams -= n
+        picked: list[Segment] = []
+        taken: set[int] = set()
+        for seg in self.pending:  # in arrival order, the first segment of each stream: never one twice
+            if taken.isdisjoint(seg.streams):
+                picked.append(seg)
+                taken.update(seg.streams)
+                if len(taken) >= self.num_envs:
+                    break
+        if len(taken) < self.num_envs:
+            return None
+        for seg in picked:
+            self.pending.remove(seg)
+        self._pending_streams -= len(taken)
         return picked
 
     def _maybe_assemble(self) -> None:

@@ -32,7 +32,8 @@ class SerialRunner:
     def warmup(self) -> None:
         for i, col in self.collectors:
             for frames in col.warmup(self.cfg.NumInitSteps):
-                self.source.handle(encode("warmup", {"actor": i, "streams": col.streams}, {"frames": frames}))
+                meta = {"actor": i, "streams": col.streams, "num_actors": len(self.collectors)}
+                self.source.handle(encode("warmup", meta, {"frames": frames}))
 
     def collect(self) -> None:
         """Every actor collects one segment with its current weights and sends it through the wire format."""
@@ -41,6 +42,7 @@ class SerialRunner:
             meta = {
                 "actor": i,
                 "streams": col.streams,
+                "num_actors": len(self.collectors),
                 "version": self.learner.version,
                 "run": 0,
                 "seq": self.seq,

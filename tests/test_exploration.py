@@ -95,6 +95,7 @@ def _segment_with_episode(runner: SerialRunner, episode: dict) -> list[bytes]:
     meta = {
         "actor": i,
         "streams": col.streams,
+        "num_actors": len(runner.collectors),
         "version": 0,
         "run": 0,
         "seq": 0,

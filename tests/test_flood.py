@@ -20,7 +20,7 @@ import zstandard
 from common.config import load_config
 from common.rl.networks import NUM_ACTIONS
 from common.transport import free_tcp_address, weights_address
-from common.wire import SegmentSpec, encode
+from common.wire import PROTOCOL_VERSION, SegmentSpec, encode
 from learner.learner_io import (
     flood_memory_bound,
     max_frame_bytes,
@@ -125,17 +125,22 @@ class RssWatch(threading.Thread):
             time.sleep(0.05)
 
 
-def segment_frames(actor: int, version: int, seq: int, streams: list[int], bufs: list[bytes]) -> list[bytes]:
+def segment_frames(
+    actor: int, version: int, seq: int, streams: list[int], bufs: list[bytes], run: int | None = None
+) -> list[bytes]:
+    """A segment of ``streams``, split over as many actors as ``actor`` owning ``streams`` means: one
+    actor holding every stream, or one actor per stream."""
     specs = [{"name": n, "dtype": d.name, "shape": list(s)} for n, (d, s) in SPEC.segment_arrays(len(streams)).items()]
     header = {
-        "proto": 1,
+        "proto": PROTOCOL_VERSION,
         "kind": "segment",
         "compression": "zstd",
         "arrays": specs,
         "actor": actor,
         "streams": streams,
+        "num_actors": 1 if len(streams) == SPEC.num_streams else SPEC.num_streams,
         "version": version,
-        "run": 7 + hash(actor) % 100,
+        "run": 7 + hash(actor) % 100 if run is None else run,
         "seq": seq,
         "episodes": [],
     }
@@ -195,7 +200,8 @@ def test_made_up_actor_ids_are_refused_before_anything_else(socketless_io) -> No
     bufs = compressed_arrays(1)
     for actor in (SPEC.num_streams, 10**6, -1, True, "0"):
         io.admit(segment_frames(actor, 5, 0, [0], bufs))
-    io.admit(encode("warmup", {"actor": 9, "streams": [0]}, {"frames": np.zeros((1, 1, 84, 84), np.uint8)}))
+    warm = {"actor": 9, "streams": [0], "num_actors": 4}
+    io.admit(encode("warmup", warm, {"frames": np.zeros((1, 1, 84, 84), np.uint8)}))
     assert len(rejected) == 6 and not dropped and not io.pending and io.warmups.empty()
     assert all("actor id outside [0, 4)" in str(e) for e in rejected)
     io.admit(encode("stop", {}, {}))  # not an actor's kind: refused for that, not for a missing id
@@ -210,11 +216,13 @@ def test_pending_segments_are_bounded_per_actor_id_and_in_all(socketless_io) -> 
     per_actor = pending_segments_per_actor(CFG.max_policy_lag)
     assert [s.seq for s in io.pending] == list(range(10 - per_actor, 10))
     assert [s.seq for s in dropped] == list(range(10 - per_actor)) and not rejected
-    for seq in range(20):  # all streams in every segment, under every id: the byte cap holds
-        io.admit(segment_frames(seq % SPEC.num_streams, 5, 100 + seq, list(range(SPEC.num_streams)), every))
+    for seq in range(20):  # every id, each its own stream: the byte cap holds
+        io.admit(segment_frames(seq % SPEC.num_streams, 5, 100 + seq, [seq % SPEC.num_streams], one))
     held = sum(len(s.streams) for s in io.pending) * stream_bytes(SPEC)
     assert held <= pending_cap_bytes(SPEC, CFG.max_policy_lag)
     assert len(dropped) + len(io.pending) == 30 and not rejected
+    io.admit(segment_frames(0, 5, 200, list(range(SPEC.num_streams)), every))  # another split: refused
+    assert len(rejected) == 1 and "num_actors=1" in str(rejected[0])
 
 
 def test_warmup_moments_waiting_for_the_main_thread_are_merged_into_one(socketless_io) -> None:
@@ -222,7 +230,7 @@ def test_warmup_moments_waiting_for_the_main_thread_are_merged_into_one(socketle
     rng = np.random.default_rng(0)
     frames = [rng.integers(0, 256, (3, 1, SPEC.height, SPEC.width), dtype=np.uint8) for _ in range(50)]
     for f in frames:
-        io.admit(encode("warmup", {"actor": 0, "streams": [0]}, {"frames": f}))
+        io.admit(encode("warmup", {"actor": 0, "streams": [0], "num_actors": 4}, {"frames": f}))
     assert not rejected and io.warmups.qsize() == 1  # the main thread has taken nothing yet
     got = [io.warmups.get()]
     io.hand_over_warmup()
@@ -292,7 +300,7 @@ def test_a_flood_of_valid_segments_stays_bounded_and_training_goes_on(live) -> N
     u0, t0 = updates(run_dir), time.monotonic()
     bufs = compressed_arrays(SPEC.num_streams)
     streams = list(range(SPEC.num_streams))
-    msgs = (segment_frames(i % SPEC.num_streams, listener.version, i, streams, bufs) for i in range(10_000))
+    msgs = (segment_frames(0, listener.version, i, streams, bufs, run=1000 + i) for i in range(10_000))
     sent = flood(addr, msgs, deadline_s=60)
     wait_for(lambda: updates(run_dir) >= u0 + 3 or learner.poll() is not None, 60, "updates after the flood")
     watch.stop.set()
@@ -348,11 +356,12 @@ def test_frames_over_the_size_cap_never_reach_the_learner(live) -> None:
     frame_too_big = [b"{}", b"\0" * (max_frame_bytes(SPEC) + 1)]
     assert flood(addr, iter([frame_too_big] * 20), deadline_s=10) == 20
     header = {
-        "proto": 1,
+        "proto": PROTOCOL_VERSION,
         "kind": "segment",
         "compression": "none",
         "actor": 0,
-        "streams": [0],
+        "streams": list(range(SPEC.num_streams)),
+        "num_actors": 1,
         "version": listener.version,
         "run": 1,
         "seq": 0,

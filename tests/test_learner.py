@@ -45,7 +45,15 @@ def _segment_frames(runner: SerialRunner, version: int) -> list[bytes]:
     arrays, episodes = col.collect()
     return encode(
         "segment",
-        {"actor": i, "streams": col.streams, "version": version, "run": 0, "seq": 0, "episodes": episodes},
+        {
+            "actor": i,
+            "streams": col.streams,
+            "num_actors": 1,
+            "version": version,
+            "run": 0,
+            "seq": 0,
+            "episodes": episodes,
+        },
         arrays,
     )
 
@@ -175,11 +183,12 @@ def test_checkpoint_resumes_exactly(small_cfg, tmp_path: Path) -> None:
 
 
 def small_state(update: int) -> dict:
-    """The smallest state load_checkpoint accepts: every agent part, counters, normalisers that fit the config."""
+    """The smallest state load_checkpoint accepts: every agent part, counters, normalisers that fit a
+    config that verifies (its networks' sizes bound the checkpoint's)."""
     agent = {k: {} for k in ("policy", "rnd", "optimizer", "reward_rms", "rng", "torch_rng")}
-    agent.update(obs_rms={"mean": torch.zeros(2, 3)}, reward_filter={"state": torch.zeros(1)})
+    agent.update(obs_rms={"mean": torch.zeros(44, 45)}, reward_filter={"state": torch.zeros(1)})
     return {
-        "config": {"ImageHeight": 2, "ImageWidth": 3, "NumWorkers": 1},
+        "config": {"ImageHeight": 44, "ImageWidth": 45, "NumWorkers": 1, "BatchSize": 16},
         "agent": agent,
         "counters": {"update": update, "agent_steps": 0},
     }

@@ -27,7 +27,15 @@ def real_segment(runner: SerialRunner, seq: int, run: int = 5) -> list[bytes]:
     arrays, episodes = col.collect()
     return encode(
         "segment",
-        {"actor": i, "streams": col.streams, "version": 0, "run": run, "seq": seq, "episodes": episodes},
+        {
+            "actor": i,
+            "streams": col.streams,
+            "num_actors": 1,
+            "version": 0,
+            "run": run,
+            "seq": seq,
+            "episodes": episodes,
+        },
         arrays,
     )
 
@@ -54,11 +62,11 @@ def test_warmup_after_the_warmup_ended_is_ignored_and_counted(socketless_io, tmp
     assert learner.obs_rms_ready and learner.counters["rejected_messages"] == 0
     mean, count = learner.agent.obs_rms.mean.clone(), learner.counters["warmup_frames"]
     bright = np.full((8, 2, SPEC.height, SPEC.width), 255, np.uint8)
-    learner.handle(encode("warmup", {"actor": 0, "streams": [0, 1]}, {"frames": bright}))
+    learner.handle(encode("warmup", {"actor": 0, "streams": [0, 1], "num_actors": 1}, {"frames": bright}))
     assert torch.equal(learner.agent.obs_rms.mean, mean) and learner.counters["warmup_frames"] == count
     assert learner.counters["rejected_messages"] == 1
 
     io, rejected, _ = socketless_io(CFG, 0)  # the I/O thread refuses them too once batches are being formed
     io.enabled = True
-    io.admit(encode("warmup", {"actor": 0, "streams": [0, 1]}, {"frames": bright}))
+    io.admit(encode("warmup", {"actor": 0, "streams": [0, 1], "num_actors": 1}, {"frames": bright}))
     assert io.warmups.empty() and io._warm is None and len(rejected) == 1

@@ -12,7 +12,7 @@ import zmq
 from actors.actor import WeightsReceiver
 from common.config import load_config
 from common.transport import free_tcp_address, send_with_timeout
-from common.wire import SegmentSpec, WireError, decode, encode
+from common.wire import PROTOCOL_VERSION, SegmentSpec, WireError, decode, encode
 from learner.learner_io import LearnerIO, route_message
 from learner.logs import RunLogger
 
@@ -22,7 +22,7 @@ SPEC = SegmentSpec(rollout_steps=4, frame_stack=4, height=84, width=84, num_acti
 def good_segment(version: int = 0, **over) -> tuple[dict, dict]:
     arrays = {n: np.zeros(shape, dtype) for n, (dtype, shape) in SPEC.segment_arrays(2).items()}
     arrays["behaviour_logp"][:] = -2.0
-    meta = {"actor": 0, "streams": [0, 1], "version": version, "run": 5, "seq": 0, "episodes": []}
+    meta = {"actor": 0, "streams": [0, 1], "num_actors": 1, "version": version, "run": 5, "seq": 0, "episodes": []}
     meta.update(over)
     return meta, arrays
 
@@ -65,11 +65,12 @@ def test_declared_sizes_are_capped_before_decompressing() -> None:
     shape = [1 << 20, 1 << 10]  # 1 GiB declared, matching a zstd frame that claims the same
     header = json.dumps(
         {
-            "proto": 1,
+            "proto": PROTOCOL_VERSION,
             "kind": "warmup",
             "compression": "zstd",
             "actor": 0,
             "streams": [0],
+            "num_actors": 2,
             "arrays": [{"name": "frames", "dtype": "uint8", "shape": shape}],
         }
     ).encode()

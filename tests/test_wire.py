@@ -81,6 +81,7 @@ def arrays_ending(episodes: list[dict]) -> dict[str, np.ndarray]:
 def segment_meta(**over) -> dict:
     meta = {
         "actor": 1,
+        "num_actors": 8,
         "streams": list(STREAMS),
         "version": 3,
         "run": 77,
@@ -713,7 +714,7 @@ def test_episode_records_must_match_the_segment_and_stay_small(case):
 
 def warmup_frames(n: int = 3, k: int = 2, compression: str = "none", **meta) -> list[bytes]:
     frames = np.random.default_rng(0).integers(0, 256, size=(n, k, SPEC.height, SPEC.width)).astype(np.uint8)
-    m = {"actor": 0, "streams": list(range(k))}
+    m = {"actor": 0, "streams": list(range(k)), "num_actors": 1}
     m.update(meta)
     return wire_encode("warmup", m, {"frames": frames}, compression)
 
@@ -737,10 +738,14 @@ def test_validate_warmup_refuses_bad():
     bad(decode(warmup_frames(streams=[0])))  # frames are for 2 streams
     bad(decode(segment_frames()))  # wrong kind
     f = np.zeros((2, 2, SPEC.height, SPEC.width), np.uint8)
-    bad(decode(wire_encode("warmup", {"actor": 0, "streams": [0, 1]}, {"frames": f.astype(np.float32)})))
-    bad(decode(wire_encode("warmup", {"actor": 0, "streams": [0, 1]}, {"frames": f[..., :-1].copy()})))
-    bad(decode(wire_encode("warmup", {"actor": 0, "streams": [0, 1]}, {"frames": f[0]})))
-    bad(decode(wire_encode("warmup", {"actor": 0, "streams": [0, 1]}, {"frames": f, "extra": f})))
+    bad(
+        decode(
+            wire_encode("warmup", {"actor": 0, "streams": [0, 1], "num_actors": 1}, {"frames": f.astype(np.float32)})
+        )
+    )
+    bad(decode(wire_encode("warmup", {"actor": 0, "streams": [0, 1], "num_actors": 1}, {"frames": f[..., :-1].copy()})))
+    bad(decode(wire_encode("warmup", {"actor": 0, "streams": [0, 1], "num_actors": 1}, {"frames": f[0]})))
+    bad(decode(wire_encode("warmup", {"actor": 0, "streams": [0, 1], "num_actors": 1}, {"frames": f, "extra": f})))
     bad(decode(wire_encode("warmup", {"actor": 0, "streams": [0, 1]}, {"obs": f})))
 
 
@@ -820,12 +825,39 @@ def test_validate_weights_refuses_bad(policy):
 
 def test_validators_return_the_fields_typed(policy):
     seg = validate_segment(decode(segment_frames()), SPEC)
-    assert seg == SegmentMeta(1, 3, 77, 0, list(STREAMS), segment_meta()["episodes"], {})
-    assert validate_warmup(decode(warmup_frames(actor=2)), SPEC) == WarmupMeta(2, [0, 1])
+    assert seg == SegmentMeta(1, 3, 77, 0, list(STREAMS), segment_meta()["episodes"], {}, 8)
+    assert validate_warmup(decode(warmup_frames(actor=2, num_actors=3)), SPEC) == WarmupMeta(2, [0, 1], 3)
     w = validate_weights(decode(weights_message(policy, warmup_steps=6)[0]), policy_param_spec(policy))
     assert w == WeightsMeta(FlowMeta(4, 9, ((0, 77, 3),)), 6)
     beat = decode(wire_encode("heartbeat", {"version": 5, "learner_run": 9, "retired": [[1, 2, 3], [0, 4, 5]]}, {}))
     assert validate_heartbeat(beat) == FlowMeta(5, 9, ((1, 2, 3), (0, 4, 5)))
+    beat = decode(wire_encode("heartbeat", {**FlowMeta(5, 9, (), ((3, 11),)).wire()}, {}))
+    assert validate_heartbeat(beat) == FlowMeta(5, 9, (), ((3, 11),))
+
+
+@pytest.mark.parametrize("refused", [[[1]], [[1, -2]], [[1, 2, 3]], [[True, 2]], "x", [[1, 2]] * 70000])
+def test_bad_refused_runs_are_refused(refused):
+    with pytest.raises(WireError, match="refused"):
+        validate_heartbeat(
+            decode(wire_encode("heartbeat", {"version": 5, "learner_run": 9, "retired": [], "refused": refused}, {}))
+        )
+
+
+def test_an_actor_id_owns_exactly_its_split_of_the_streams():
+    from common.wire import check_split, env_split
+
+    assert [env_split(8, 3, a) for a in range(3)] == [[0, 1, 2], [3, 4, 5], [6, 7]]
+    assert check_split({"actor": 1, "num_actors": 3, "streams": [3, 4, 5]}, 8) == 3
+    for meta in (
+        {"actor": 1, "num_actors": 3, "streams": [2, 3, 4]},  # a neighbour's stream
+        {"actor": 1, "num_actors": 3, "streams": [3, 4]},  # a part of its own
+        {"actor": 1, "num_actors": 2, "streams": [3, 4, 5]},  # another split's
+        {"actor": 3, "num_actors": 3, "streams": [7]},
+        {"actor": 0, "num_actors": 9, "streams": [0]},  # more actors than streams
+        {"actor": 0, "streams": [0]},
+    ):
+        with pytest.raises(WireError):
+            check_split(meta, 8)
 
 
 def test_flow_meta_encodes_as_the_fields_always_did():
