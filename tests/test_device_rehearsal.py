@@ -9,12 +9,9 @@ import subprocess
 import tarfile
 from pathlib import Path
 
-import pytest
-
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.slow  # meant for the default suite; under a load average of 13-18 on 2 cores it did not fit its budget
 def test_device_session_rehearsal(tmp_path: Path) -> None:
     env = {**os.environ, "REHEARSAL": "1", "OUT": str(tmp_path)}
     env.pop("CONFIG", None)
