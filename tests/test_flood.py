@@ -331,7 +331,7 @@ def test_made_up_actor_ids_are_refused_and_the_retired_table_stays_small(live) -
             int(last_row(run_dir)["rejected_messages"]) - rejected0 >= 20_000 - SPEC.num_streams
             or learner.poll() is not None
         ),
-        60,
+        180,  # each message's header is parsed before it is refused: on a loaded 2-core machine, minutes
         "the made-up ids counted",
     )
     wait_for(lambda: updates(run_dir) >= u0 + 3 or learner.poll() is not None, 60, "updates after the ids")

@@ -67,13 +67,13 @@ def _obs(k: int, h: int = 44, seed: int = 0) -> np.ndarray:
 
 def test_bf16_actor_sends_the_log_probs_of_the_distribution_that_sampled() -> None:
     """mu must be exact for V-trace: the log-prob sent for each action is that action's log-prob
-    under the (bf16-computed) logits that drew it, not the fp32 policy's."""
+    under the (bf16-trunk) logits that drew it, as the learner computes them, not the fp32 policy's."""
     torch.manual_seed(0)
     net = PolicyNet(NUM_ACTIONS, 4, 44, 44).eval()
     obs = _obs(64)
     actions, logp = sample_actions(net, obs, torch.Generator().manual_seed(3), torch.bfloat16)
-    with torch.inference_mode(), autocast("cpu", torch.bfloat16):
-        logits = net.logits(torch.from_numpy(obs))
+    with torch.inference_mode():
+        logits = net.step_logits(torch.from_numpy(obs), torch.bfloat16, torch.contiguous_format)
     want = torch.log_softmax(logits.float(), -1).gather(1, torch.from_numpy(actions)[:, None]).squeeze(1)
     assert logp.dtype == np.float32
     np.testing.assert_array_equal(logp, want.numpy())

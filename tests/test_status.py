@@ -119,12 +119,12 @@ def test_streams_heard_from_segments_and_warmup_frames(small_cfg, socketless_io)
     spec = SegmentSpec.from_config(cfg, NUM_ACTIONS)
     io, rejected, _ = socketless_io(cfg, 0)
     arrays = {n: np.full(s, -1.0 if n == "behaviour_logp" else 0, d) for n, (d, s) in spec.segment_arrays(2).items()}
-    meta = {"actor": 1, "streams": [3, 1], "version": 0, "run": 5, "seq": 0, "episodes": [], "timings": {}}
-    io.admit(encode("segment", meta, arrays))
-    assert not rejected and list(io.heard) == [0, 1, 0, 1]
+    meta = {"actor": 1, "streams": [2, 3], "num_actors": 2, "version": 0, "run": 5, "seq": 0, "episodes": []}
+    io.admit(encode("segment", {**meta, "timings": {}}, arrays))
+    assert not rejected and list(io.heard) == [0, 0, 1, 1]
     frames = np.zeros((2, 1, cfg.ImageHeight, cfg.ImageWidth), np.uint8)
-    a = parse_message(encode("warmup", {"actor": 0, "streams": [0]}, {"frames": frames}), spec)
-    b = parse_message(encode("warmup", {"actor": 2, "streams": [2]}, {"frames": frames}), spec)
+    a = parse_message(encode("warmup", {"actor": 0, "streams": [0], "num_actors": 4}, {"frames": frames}), spec)
+    b = parse_message(encode("warmup", {"actor": 2, "streams": [2], "num_actors": 4}, {"frames": frames}), spec)
     assert merge_moments(a, b).streams == {0, 2}
     clock = Clock()
     st, out = status(clock, num_streams=4)

@@ -78,7 +78,7 @@ def test_int_trace_is_the_learners_normalised_rnd_error(tmp_path: Path):
     rms = data["agent"]["obs_rms"]
     x = (torch.from_numpy(frame).double() - rms["mean"].double()) / (rms["var"].double() + 1e-8).sqrt()
     x = x.clamp(-cfg.obs_clip, cfg.obs_clip).float()[None, None]
-    from common.networks import RNDModel
+    from common.rl.networks import RNDModel
 
     rnd = RNDModel(48, 48)
     rnd.load_state_dict(data["agent"]["rnd"])  # the checkpoint's own predictor and target, loaded here
