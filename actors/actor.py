@@ -18,6 +18,7 @@ from typing import NoReturn
 import torch
 import zmq
 
+from actors.patience import Patience
 from actors.rollout import build_collector
 from actors.supervisor import EXIT_DUPLICATE, EXIT_LEARNER_GONE, EXIT_MISMATCH, EXIT_OK, EXIT_REFUSED
 from common.config import Config, ConfigError, actor_config, config_differences
@@ -30,6 +31,7 @@ from common.transport import (
     KeysError,
     curve_client,
     is_local,
+    learner_listening,
     load_actor_keys,
     send_with_timeout,
     weights_address,
@@ -49,6 +51,7 @@ from common.wire import (
 log = logging.getLogger("actor")
 LISTEN_BEFORE_GIVING_UP_S = 2.0  # two of the learner's heartbeat periods
 SEND_TRY_S = 0.5
+PROBE_EVERY_S = 2.0  # how often a waiting actor checks that its silent learner's address still listens
 
 
 class ActorStop(Exception):
@@ -80,8 +83,13 @@ class WeightsReceiver:
         run_id: int = 0,
         watch: HandshakeWatch | None = None,
         build: PolicyBuilder | None = None,
+        patience: Patience | None = None,
+        listening: Callable[[], bool] | None = None,
     ):
-        self.sock, self.policy, self.timeout_s, self.watch = sock, policy, timeout_s, watch
+        self.sock, self.policy, self.watch = sock, policy, watch
+        self.patience = patience or Patience(timeout_s, timeout_s)  # without one: a silent learner is gone
+        self.listening = listening  # whether the learner's address still listens (None: taken as not)
+        self._probed: tuple[float, bool] = (-PROBE_EVERY_S, False)  # (when, what) the last probe said
         self.build = build
         self.config: Config | None = None  # set by build: the learner's config, with this actor's local keys
         self.rank = 0
@@ -184,7 +192,8 @@ class WeightsReceiver:
                 raise ActorStop("no policy to load the learner's weights into", exit_code=EXIT_MISMATCH)
             self.policy, self.config = self.build(cfg, rank)
             self.rank, self.param_spec = rank, policy_param_spec(self.policy)
-            self.timeout_s = self.config.actor_timeout_s
+            self.patience.timeout_s = self.config.actor_timeout_s
+            self.patience.pause_s = self.config.learner_pause_s
             return
         assert self.config is not None  # built with the policy
         diff = config_differences(cfg, self.config.to_dict())
@@ -208,16 +217,40 @@ class WeightsReceiver:
         while not self.gate.can_start(max_lag):
             self.poll(wait_s=0.5)
 
+    @property
+    def timeout_s(self) -> float:
+        return self.patience.timeout_s
+
+    def silent_s(self) -> float:
+        """Seconds since the last message from the learner that passed validation."""
+        return time.monotonic() - self.last_heard
+
+    def _learner_listening(self) -> bool:
+        """``listening()``, asked at most every PROBE_EVERY_S (each asks costs a TCP connection)."""
+        if self.listening is None:
+            return False
+        when, said = self._probed
+        if time.monotonic() - when >= PROBE_EVERY_S:
+            said = self.listening()
+            self._probed = (time.monotonic(), said)
+        return said
+
     def check_alive(self) -> None:
-        """Stop on a refused handshake at once, and after ``timeout_s`` without a usable message."""
+        """Stop on a refused handshake at once; after ``actor_timeout_s`` without a usable message if
+        nothing listens at the learner's address any more, else after ``learner_pause_s``
+        (``actors/patience.py``)."""
         why = self.watch.refusal() if self.watch is not None else None
         if why is not None:
             raise ActorStop(f"the learner refused this actor's key: {why}", exit_code=EXIT_REFUSED)
-        if time.monotonic() - self.last_heard > self.timeout_s:
+        if self.silent_s() > self.timeout_s:
             # the silence may be this process's own (it was stopped, or busy): the learner's messages can
             # still be in the kernel or ZeroMQ's I/O thread, so read what comes before judging
             self._drain(LISTEN_BEFORE_GIVING_UP_S)
-        silent = time.monotonic() - self.last_heard
+        silent = self.silent_s()
+        linked = silent > self.timeout_s and self._learner_listening()
+        line = self.patience.report(silent, linked)
+        if line is not None:
+            print(f"actor {self.gate.actor_id}: {line}", file=sys.stderr, flush=True)
         if silent <= self.timeout_s:
             return
         if self.refused_in_a_row:
@@ -225,7 +258,9 @@ class WeightsReceiver:
                 f"refused every message from the learner for {silent:.0f} s ({self.refused_in_a_row} "
                 f"messages; last: {self.last_refusal}); giving up"
             )
-        raise ActorStop(f"no message from the learner for {silent:.0f} s (actor_timeout_s); giving up")
+        why = self.patience.give_up(silent, linked)
+        if why is not None:
+            raise ActorStop(why)
 
 
 def run_actor(
@@ -235,11 +270,13 @@ def run_actor(
     learner_addr: str,
     incarnation: int = 0,
     keys_dir: Path | None = None,
+    speaks: bool = False,
 ) -> int:
     """Actor main loop; returns a process exit code. The actor runs with the config of its learner's
     first weights; ``own``, the values its command line gave (None: none), must agree with it outside
     LOCAL_KEYS (else it exits EXIT_MISMATCH), and its ACTOR_KEYS win. One torch thread: actors are
-    many, cores few."""
+    many, cores few. ``speaks``: this actor prints a line a minute while its learner is silent (one
+    actor per machine does)."""
     torch.set_num_threads(1)
     try:
         keys = load_actor_keys(keys_dir) if keys_dir is not None else None
@@ -260,7 +297,19 @@ def run_actor(
 
     run_id = secrets.randbits(62)  # tells this process's segments from an earlier incarnation's
     timeout_s = (own or {}).get("actor_timeout_s", Config.actor_timeout_s)
-    weights = WeightsReceiver(sub, None, timeout_s, actor_id, run_id, watch, build=build)
+    pause_s = (own or {}).get("learner_pause_s", Config.learner_pause_s)
+    patience = Patience(timeout_s, pause_s, speaks=speaks)
+    weights = WeightsReceiver(
+        sub,
+        None,
+        timeout_s,
+        actor_id,
+        run_id,
+        watch,
+        build=build,
+        patience=patience,
+        listening=lambda: learner_listening(learner_addr),
+    )
     try:
         weights.wait_for_weights()
         return collect_and_send(weights, built["collector"], push, (actor_id, num_actors), learner_addr, run_id)
@@ -307,7 +356,8 @@ def collect_and_send(
         while not send_with_timeout(push, frames, SEND_TRY_S):
             tried += SEND_TRY_S
             weights.poll()  # a stop message may be waiting
-            if tried > cfg.actor_timeout_s:
+            # a learner heard but taking nothing is gone for this actor; a silent one is check_alive's
+            if tried > cfg.actor_timeout_s and weights.silent_s() <= cfg.actor_timeout_s:
                 raise ActorStop(f"the learner took no data for {cfg.actor_timeout_s:.0f} s; giving up")
 
     last_split: dict[str, float] = {}

@@ -21,6 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--num-actors", type=int, required=True, help="actors across all machines")
     p.add_argument("--incarnation", type=int, default=0, help="restart count (changes env seeds)")
     p.add_argument("--keys", type=Path, help="keys folder: actor.key_secret and learner.key (CURVE)")
+    p.add_argument("--report-waits", action="store_true", help="print a line a minute while the learner is silent")
     p.add_argument("overrides", nargs="*", help="key=value config overrides")
     a = p.parse_args(argv)
     try:
@@ -28,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"actor: {e}", file=sys.stderr)
         return 2
-    return run_actor(own, a.actor_id, a.num_actors, a.learner, a.incarnation, a.keys)
+    return run_actor(own, a.actor_id, a.num_actors, a.learner, a.incarnation, a.keys, speaks=a.report_waits)
 
 
 if __name__ == "__main__":

@@ -206,10 +206,13 @@ def actor_command(
     *,
     keys_dir: Path | None = None,
     overrides: Sequence[str] = (),
+    speaks: bool = False,
 ) -> list[str]:
     """The command line of one actor process (``python -m actors.main ...``), ``overrides`` last. Without
-    ``cfg_path`` the actor runs with the learner's config alone."""
+    ``cfg_path`` the actor runs with the learner's config alone; ``speaks``: it reports waits on a
+    silent learner (one actor per machine)."""
     keys = ["--keys", str(keys_dir.resolve())] if keys_dir is not None else []
+    keys += ["--report-waits"] if speaks else []
     config = ["--config", str(cfg_path)] if cfg_path is not None else []
     return [
         sys.executable,
@@ -245,8 +248,9 @@ def actor_supervisor(
     actor that gave up on its learner should be restarted after all."""
 
     def cmd(actor_id: int, incarnation: int) -> list[str]:
+        speaks = actor_id == ids[0]  # one line a minute per machine while the learner is silent
         return actor_command(
-            cfg_path, learner_addr, actor_id, total, incarnation, keys_dir=keys_dir, overrides=overrides
+            cfg_path, learner_addr, actor_id, total, incarnation, keys_dir=keys_dir, overrides=overrides, speaks=speaks
         )
 
     return ActorSupervisor(

@@ -128,7 +128,20 @@ class Config:
         "auto", "Segment compression: none, zstd, or auto (zstd unless the learner address is loopback or ipc)."
     )
     actor_timeout_s: float = _f(
-        60.0, "An actor that hears nothing from its learner this long exits.", MIN_ACTOR_TIMEOUT_S, 86_400.0
+        60.0,
+        "An actor that hears nothing from its learner this long, once nothing listens at the learner's "
+        "address (the learner ended), exits.",
+        MIN_ACTOR_TIMEOUT_S,
+        86_400.0,
+    )
+    learner_pause_s: float = _f(
+        3600.0,
+        "An actor whose learner is silent while its address still takes connections or cannot be reached "
+        "(the learner paused, or the network cut) waits this long, one actor of a machine printing a line a "
+        "minute, then exits; training goes on when the learner is heard again. Below actor_timeout_s, "
+        "actor_timeout_s holds.",
+        MIN_ACTOR_TIMEOUT_S,
+        7 * 86_400.0,
     )
     learner_precision: Literal["auto", "fp32", "bf16"] = _f(
         "auto",
@@ -280,6 +293,7 @@ LOCAL_KEYS: dict[str, str] = {
     "actor_device": "actor: where this machine's actors run their policy step",
     "actor_precision": "actor: the policy step's math on this machine's device (its log-probs stay fp32)",
     "actor_timeout_s": "actor: how long this machine's actors wait on a silent learner (their link, not the run)",
+    "learner_pause_s": "actor: how long they wait on a silent learner whose address still listens",
     "wire_compression": "actor: how it sends its segments; every message names its compression, the learner "
     "reads either",
     # the learner's own: how it computes and keeps its state; actors never read them
@@ -293,7 +307,7 @@ LOCAL_KEYS: dict[str, str] = {
     "wandb_project": "learner: where it mirrors its metrics",
     "dist_timeout_s": "learner: how long its ranks wait on a silent rank",
 }
-ACTOR_KEYS = ("actor_device", "actor_precision", "actor_timeout_s", "wire_compression")
+ACTOR_KEYS = ("actor_device", "actor_precision", "actor_timeout_s", "learner_pause_s", "wire_compression")
 
 
 def config_differences(learner: Config, actor: dict[str, Any]) -> list[str]:

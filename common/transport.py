@@ -66,6 +66,25 @@ def is_local(addr: str) -> bool:
     return host in ("localhost", "::1", "[::1]") or host.startswith("127.")
 
 
+def learner_listening(addr: str, timeout_s: float = 1.0) -> bool:
+    """Whether the learner's address still takes connections: False once nothing listens there (a
+    refused TCP connection, a missing ipc socket file: the learner ended); True when a connection is
+    accepted (a paused learner's kernel still accepts) or the attempt times out or finds no route (a
+    cut network). The probe connection is closed at once, before any ZeroMQ handshake."""
+    import socket
+
+    if addr_is_ipc(addr):
+        return Path(addr[len("ipc://") :]).exists()
+    host, port = parse_tcp(addr)
+    try:
+        socket.create_connection((host.strip("[]"), port), timeout=timeout_s).close()
+    except ConnectionRefusedError:
+        return False
+    except OSError:  # a timeout, an unreachable host or network: the learner may be there
+        return True
+    return True
+
+
 def free_tcp_address(host: str = "127.0.0.1") -> str:
     """A tcp address whose port and port+1 are both free now (for local runs and tests)."""
     import socket
