@@ -133,3 +133,35 @@ def test_a_learner_that_ended_is_given_actor_timeout_s(roles) -> None:
     assert actors.returncode == 3, err
     assert "nothing listens at its address (actor_timeout_s)" in err
     assert time.monotonic() - t0 < 4 + 30  # the timeout, the last listen and the role's probe, with room
+
+
+def test_a_local_run_paused_three_times_the_timeout_goes_on(tmp_path: Path) -> None:
+    """Local mode: the launcher (learner and supervisor in one process) stopped for 3x actor_timeout_s;
+    its actors wait, and the run goes on with the same actor processes after SIGCONT."""
+    addr, run_dir = free_tcp_address(), tmp_path / "run"
+    args = [
+        "launch.py",
+        "--config",
+        str(REPO / "configs" / "smoke.yaml"),
+        "--actors",
+        "2",
+        "--learner-gpu",
+        "-1",
+        "--bind",
+        addr,
+    ]
+    launcher = popen([*args, "--run-dir", str(run_dir), "--total-steps", str(10**8), "actor_timeout_s=5"])
+    try:
+        assert wait_rows(run_dir, 2, 180) >= 2, "no updates"
+        pids = actor_pids(addr)
+        os.kill(launcher.pid, signal.SIGSTOP)
+        time.sleep(15)
+        os.kill(launcher.pid, signal.SIGCONT)
+        n = rows(run_dir)
+        assert wait_rows(run_dir, n + 3, 120) >= n + 3
+        assert len(pids) == 2 and actor_pids(addr) == pids
+    finally:
+        os.kill(launcher.pid, signal.SIGCONT)
+        launcher.send_signal(signal.SIGTERM)
+        _, err = launcher.communicate(timeout=60)
+    assert launcher.returncode == 0, err
