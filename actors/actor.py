@@ -369,8 +369,8 @@ def collect_and_send(
         if weights.needs_warmup():  # the first learner, or a fresh one that took over
             warm_up(collector, weights, send)
         seq = weights.gate.next_seq()
-        arrays, episodes = collector.collect()
-        meta = {"version": weights.version, "run": run_id, "seq": seq, "episodes": episodes, "timings": last_split}
+        arrays, _ = collector.collect()  # its episode records travel among the arrays
+        meta = {"version": weights.version, "run": run_id, "seq": seq, "timings": last_split}
         with timings.time("send"):
             send("segment", meta, arrays)
         weights.gate.sent(seq)

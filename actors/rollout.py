@@ -16,6 +16,7 @@ import torch
 
 from actors.env import AtariEnv, make_env
 from common.config import Config, ConfigError
+from common.episodes import episode_arrays
 from common.rl.networks import NUM_ACTIONS, PolicyNet
 from common.runtime import actor_dtype, conv_layout
 from common.timing import Timings
@@ -96,7 +97,8 @@ class RolloutCollector:
             yield frames
 
     def collect(self) -> tuple[dict[str, np.ndarray], list[dict[str, Any]]]:
-        """One segment: (arrays in the wire layout, finished-episode records)."""
+        """One segment: (arrays in the wire layout, its finished-episode records among them as arrays,
+        ``common/episodes.py``; the records themselves)."""
         b, obs = self.buffers, self.obs
         episodes: list[dict[str, Any]] = []
         b["trunc_value"][:] = 0.0
@@ -113,7 +115,7 @@ class RolloutCollector:
                 with self.timings.time("infer"):
                     b["trunc_value"][t, idx] = self._value_ext(np.stack([o for _, o in truncated_obs]))
             b["frames"][t + 1] = obs[:, -1]
-        return b, episodes
+        return {**b, **episode_arrays(episodes)}, episodes
 
     def _step_envs(self, t: int, actions: np.ndarray, episodes: list) -> list[tuple[int, np.ndarray]]:
         """Advance every env one step; record rewards/flags at row t; reset finished envs."""

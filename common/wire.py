@@ -2,9 +2,11 @@
 
 Frame 0 is a UTF-8 JSON object: ``proto`` (version), ``kind``, ``compression`` and ``arrays``
 (``[{"name", "dtype", "shape"}]``, one per following frame), plus the kind's own fields (ids,
-policy version, episode records). Every incoming message goes through ``decode`` and then the
-kind's validator; anything malformed raises ``WireError`` with a one-line reason, and the receiver
-drops the message and counts it.
+policy version). Everything that grows with what an actor has seen (the episode records, their
+rooms and cells) is an array (``common/episodes.py``), so an actor message's header is small, capped
+by ``SegmentSpec.envelope_bytes``, and a receiver judges it before reading anything else. Every
+incoming message goes through ``decode`` and then the kind's validator; anything malformed raises
+``WireError`` with a one-line reason, and the receiver drops the message and counts it.
 
 Kinds, actor -> learner (PUSH/PULL): ``segment`` (T steps of K env streams), ``warmup`` (frames of
 random-action steps for the observation normaliser). Learner -> actors (PUB/SUB): ``weights``
@@ -23,14 +25,12 @@ from typing import Any
 import numpy as np
 
 from common.config import Config, ConfigError, config_types, from_dict
+from common.episodes import ARRAYS as EPISODE_ARRAYS
+from common.episodes import EpisodeError, check_episode_arrays, episode_array_bytes, episode_records
 from common.wire_checks import (  # noqa: F401  (re-exported: the wire's names)
     ACTOR_PHASES,
-    EPISODE_FIELDS,
     MAX_ABS_VALUE,
-    MAX_EPISODE_LENGTH,
     WireError,
-    _check_cells,
-    _check_episodes,
     _check_timings,
     _int,
     _is_int,
@@ -38,12 +38,12 @@ from common.wire_checks import (  # noqa: F401  (re-exported: the wire's names)
     _require,
 )
 
-PROTOCOL_VERSION = 2  # 2: segments and warm-ups declare num_actors; flow metadata lists refused runs
+PROTOCOL_VERSION = 3  # 2: num_actors, refused runs; 3: episode records as arrays, a small actor header
 KINDS = ("segment", "warmup", "weights", "heartbeat", "stop")
 MAX_HEADER_BYTES = 1 << 20
 MAX_RANK = 1024  # learner ranks a weights message may name
 MIN_LOGP = -100.0  # log-probs of sampled actions; below this the importance ratio overflows
-_DTYPES = {"uint8": np.uint8, "float32": np.float32}
+_DTYPES = {"uint8": np.uint8, "uint32": np.uint32, "float32": np.float32, "float64": np.float64}
 
 try:  # zstd is optional at import time; asking for it without the package is an error at use
     import zstandard as _zstd
@@ -139,24 +139,24 @@ def encode(
     return [json.dumps(header, separators=(",", ":")).encode()] + bufs
 
 
-def decode(frames: list[bytes], max_bytes: int | None = None) -> Message:
+def decode(frames: list[bytes], max_bytes: int | None = None, max_header: int = MAX_HEADER_BYTES) -> Message:
     """Parse and check the envelope (header, dtypes, sizes); raises WireError and nothing else.
 
-    ``max_bytes`` caps the total declared array bytes, checked before anything is decompressed.
-    No kind-specific checks here."""
+    ``max_bytes`` caps the total declared array bytes, checked before anything is decompressed;
+    ``max_header`` the header's bytes, checked before it is parsed. No kind-specific checks here."""
     try:
-        return _decode(frames, max_bytes)
+        return _decode(frames, max_bytes, max_header)
     except WireError:
         raise
     except Exception as e:  # any other failure on hostile input is still just a bad message
         raise WireError(f"undecodable message ({type(e).__name__})") from None
 
 
-def _decode(frames: list[bytes], max_bytes: int | None) -> Message:
+def _decode(frames: list[bytes], max_bytes: int | None, max_header: int) -> Message:
     if not frames:
         raise WireError("empty message")
-    if len(frames[0]) > MAX_HEADER_BYTES:
-        raise WireError(f"header of {len(frames[0])} bytes exceeds {MAX_HEADER_BYTES}")
+    if len(frames[0]) > max_header:
+        raise WireError(f"header of {len(frames[0])} bytes exceeds {max_header}")
     try:
         header = json.loads(bytes(frames[0]).decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError):
@@ -247,8 +247,18 @@ class SegmentSpec:
         return cls(cfg.RolloutSteps, cfg.FrameStack, cfg.ImageHeight, cfg.ImageWidth, num_actions, cfg.NumWorkers)
 
     def max_message_bytes(self) -> int:
-        """The largest segment or warm-up message this spec allows (all streams in one segment)."""
-        return sum(math.prod(shape) * dtype.itemsize for dtype, shape in self.segment_arrays(self.num_streams).values())
+        """The largest segment or warm-up message this spec allows (all streams in one segment, with
+        its episode records at their most)."""
+        arrays = self.segment_arrays(self.num_streams).values()
+        return sum(math.prod(shape) * dtype.itemsize for dtype, shape in arrays) + episode_array_bytes(
+            self.rollout_steps, self.num_streams
+        )
+
+    def envelope_bytes(self) -> int:
+        """The largest header (frame 0) of an actor message: its fixed fields, twelve array specs, the
+        actor's phase seconds and at most ``num_streams`` stream ids. A receiver reads no more than
+        this before it judges the message."""
+        return 4096 + 8 * self.num_streams
 
     def segment_arrays(self, k: int) -> dict[str, tuple[np.dtype, tuple[int, ...]]]:
         t, h, w = self.rollout_steps, self.height, self.width
@@ -329,7 +339,8 @@ def validate_segment(msg: Message, spec: SegmentSpec) -> SegmentMeta:
     _int(m, "actor"), _int(m, "version"), _int(m, "seq"), _int(m, "run")
     streams = _streams(m, spec)
     a = msg.arrays
-    _check_arrays(a, spec.segment_arrays(len(streams)))
+    _require(all(n in a for n in EPISODE_ARRAYS), f"arrays {sorted(a)} lack the episode arrays")
+    _check_arrays({n: v for n, v in a.items() if n not in EPISODE_ARRAYS}, spec.segment_arrays(len(streams)))
     _require(int(a["actions"].max(initial=0)) < spec.num_actions, "action out of range")
     logp = a["behaviour_logp"]
     _require(bool((logp <= 1e-4).all()) and bool((logp >= MIN_LOGP).all()), f"behaviour_logp outside [{MIN_LOGP}, 0]")
@@ -337,10 +348,13 @@ def validate_segment(msg: Message, spec: SegmentSpec) -> SegmentMeta:
         _require(bool((np.abs(a[n]) <= MAX_ABS_VALUE).all()), f"array {n!r} has values beyond {MAX_ABS_VALUE:g}")
     _check_flags(a, "terminated", "truncated")
     _require(not bool((a["terminated"] & a["truncated"]).any()), "a step both terminated and truncated")
-    _check_episodes(m.get("episodes"), streams, a["terminated"] | a["truncated"])
+    try:
+        check_episode_arrays(a, streams, (a["terminated"] | a["truncated"]).astype(bool))
+    except EpisodeError as e:
+        raise WireError(str(e)) from None
     _check_timings(m.get("timings", {}))
-    timings = m.get("timings", {})
-    return SegmentMeta(m["actor"], m["version"], m["run"], m["seq"], streams, m["episodes"], timings, m["num_actors"])
+    timings, episodes = m.get("timings", {}), episode_records(a)
+    return SegmentMeta(m["actor"], m["version"], m["run"], m["seq"], streams, episodes, timings, m["num_actors"])
 
 
 def validate_warmup(msg: Message, spec: SegmentSpec) -> WarmupMeta:

@@ -14,6 +14,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from common.cells import CELL_BUCKET, cell_parts
 from learner.logs import RunFileError
 
@@ -32,8 +34,11 @@ class ExplorationStats:
         self.cells_dropped = 0
 
     def add_episode(self, episode: dict[str, Any]) -> tuple[int, int]:
-        """Count one validated episode record; returns (rooms, cells) it visited."""
-        rooms, cells = episode.get("rooms") or [], episode.get("cells") or []
+        """Count one validated episode record; returns (rooms, cells) it visited. Its cells are
+        [cell id, steps] pairs, or a uint32 [n, 2] array as they come off the wire (made into Python
+        ints here, on the main thread, for the episodes that are used only)."""
+        rooms, cells = episode.get("rooms", []), episode.get("cells", [])
+        cells = cells.tolist() if isinstance(cells, np.ndarray) else cells
         self.room_episodes.update(rooms)
         for cid, steps in cells:
             if cid in self.cell_steps or len(self.cell_steps) < MAX_RUN_CELLS:

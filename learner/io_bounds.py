@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import math
 
+from common.episodes import episode_array_bytes
 from common.flow import RUNS_KEPT_PER_ACTOR
-from common.wire import MAX_HEADER_BYTES, SegmentSpec
+from common.wire import SegmentSpec
 
 
 def max_frame_bytes(spec: SegmentSpec) -> int:
@@ -16,7 +17,7 @@ def max_frame_bytes(spec: SegmentSpec) -> int:
     message exceeds the header cap or the largest segment this spec allows, zstd's worst-case
     growth of incompressible data (under 1/256) included with room to spare."""
     arrays = spec.max_message_bytes()
-    return max(MAX_HEADER_BYTES, arrays + (arrays >> 7) + 4096)
+    return max(spec.envelope_bytes(), arrays + (arrays >> 7) + 4096)
 
 
 def recv_queue(max_lag: int) -> int:
@@ -28,12 +29,15 @@ def recv_queue(max_lag: int) -> int:
 # ---- bounds on what peers can make the learner hold ----------------------------------------------------
 MAX_DRAIN = 256  # messages read per pass of the I/O loop: batches, stale drops and heartbeats go on under a flood
 DRAIN_BUDGET_S = 0.05  # and at most this long per pass
+QUIET_FACTOR = 9  # after a pass that left messages queued, no reading for this many times its waste (learner_io)
+WASTE_SLICE_S = 0.002  # a pass ends once it has spent this long on messages it did not file
 _TRIPLE_DIGITS = 19 + 19 + 5  # len('[a,r,q],') less a's digits: run and seq are < 2**62 (19 digits)
 
 
 def stream_bytes(spec: SegmentSpec) -> int:
-    """Decoded bytes of one stream of one segment."""
-    return sum(math.prod(shape) * dtype.itemsize for dtype, shape in spec.segment_arrays(1).values())
+    """Decoded bytes of one stream of one segment, its episode records at their most."""
+    fixed = sum(math.prod(shape) * dtype.itemsize for dtype, shape in spec.segment_arrays(1).values())
+    return fixed + episode_array_bytes(spec.rollout_steps, 1)
 
 
 def pending_segments_per_actor(max_lag: int) -> int:
@@ -62,7 +66,7 @@ def flood_memory_bound(spec: SegmentSpec, max_lag: int, peers: int) -> int:
     segments, one batch in assembly, ZeroMQ's per-peer queue of whole messages (each at most the
     largest segment plus the header cap), one message being decoded (compressed and decoded), and
     the warm-up moments (two float64 H x W pairs)."""
-    message = spec.max_message_bytes() + MAX_HEADER_BYTES
+    message = spec.max_message_bytes() + spec.envelope_bytes()
     warm = 2 * 2 * spec.height * spec.width * 8
     return (
         pending_cap_bytes(spec, max_lag)

@@ -21,36 +21,29 @@ for the main thread are merged into one.
 
 from __future__ import annotations
 
-import json
 import logging
 import queue
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 
-import torch
 import zmq
 
 from common.flow import ActorRuns, SeenSegments
-from common.rl.normalize import RunningMeanStd
 from common.wire import (
-    MAX_HEADER_BYTES,
     FlowMeta,
     SegmentSpec,
     WireError,
-    check_split,
-    decode,
     encode,
-    validate_segment,
-    validate_warmup,
 )
 from learner.batch import Batch, Segment, assemble
 from learner.io_bounds import (  # noqa: F401  (re-exported: the bounds' old home)
     _TRIPLE_DIGITS,
     DRAIN_BUDGET_S,
     MAX_DRAIN,
+    QUIET_FACTOR,
+    WASTE_SLICE_S,
     assembly_bytes,
     flood_memory_bound,
     max_frame_bytes,
@@ -61,128 +54,20 @@ from learner.io_bounds import (  # noqa: F401  (re-exported: the bounds' old hom
     retired_table_bytes,
     stream_bytes,
 )
+from learner.messages import (  # noqa: F401  (re-exported: their old home)
+    Envelope,
+    WarmupMoments,
+    check_actor_id,
+    merge_moments,
+    parse_message,
+    read_envelope,
+    route_message,
+)
 
 HEARTBEAT_S = 1.0
 RESEND_WEIGHTS_S = 5.0
 SPLIT_LAPSE_S = 60.0  # the actors' split (num_actors) is pinned while messages under it come this often
 log = logging.getLogger("learner")
-
-
-@dataclass
-class WarmupMoments:
-    """Per-pixel moments of a warm-up message's frames: float64 [H, W] twice, and the frame count."""
-
-    mean: torch.Tensor
-    var: torch.Tensor
-    count: int
-    streams: frozenset[int] = frozenset()  # the env streams the frames came from
-
-
-def merge_moments(a: WarmupMoments, b: WarmupMoments) -> WarmupMoments:
-    """The moments of both frame sets (Chan et al.'s parallel formula, as the normaliser merges them)."""
-    rms = RunningMeanStd(tuple(a.mean.shape), epsilon=0.0)
-    rms.update_from_moments(a.mean, a.var, a.count)
-    rms.update_from_moments(b.mean, b.var, b.count)
-    return WarmupMoments(rms.mean, rms.var, a.count + b.count, a.streams | b.streams)
-
-
-def check_actor_id(actor: object, spec: SegmentSpec) -> int:
-    """Actor ids a run can have: every actor holds at least one of the ``num_streams`` streams."""
-    if not isinstance(actor, int) or isinstance(actor, bool) or not 0 <= actor < spec.num_streams:
-        raise WireError(f"actor id outside [0, {spec.num_streams}) (NumWorkers)")
-    return actor
-
-
-@dataclass(frozen=True)
-class Envelope:
-    """What an actor message's header says, read before any array is decompressed."""
-
-    kind: str
-    actor: int
-    version: int = -1
-    run: int = -1
-    seq: int = -1
-    streams: int = 0
-    num_actors: int = 0
-
-    def as_dropped(self) -> Segment:
-        """The segment as flow control needs it (who sent it, which one) when it is dropped unread."""
-        return Segment(self.actor, self.version, streams=[], arrays={}, episodes=[], run=self.run, seq=self.seq)
-
-
-def _header_int(header: dict, key: str) -> int:
-    v = header.get(key)
-    if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v <= 1 << 62:
-        raise WireError(f"field {key!r}={v!r} out of range")
-    return v
-
-
-def read_envelope(frames: list[bytes], spec: SegmentSpec) -> Envelope:
-    """Parse the JSON header of an actor message and check its ids; raises WireError. The full
-    decode checks everything again: this only decides whether the rest is worth reading."""
-    if not frames or len(frames[0]) > MAX_HEADER_BYTES:
-        raise WireError("empty message or header over the size cap")
-    try:
-        header = json.loads(bytes(frames[0]).decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError):
-        raise WireError("header is not UTF-8 JSON") from None
-    if not isinstance(header, dict):
-        raise WireError("header is not a JSON object")
-    kind = header.get("kind")
-    if kind not in ("segment", "warmup"):  # refused with its own reason by the full decode
-        return Envelope(str(kind), -1)
-    actor = check_actor_id(header.get("actor"), spec)
-    num_actors = check_split(header, spec.num_streams)  # the streams its actor id owns, no others
-    if kind == "warmup":
-        return Envelope(kind, actor, num_actors=num_actors)
-    return Envelope(
-        kind,
-        actor,
-        _header_int(header, "version"),
-        _header_int(header, "run"),
-        _header_int(header, "seq"),
-        len(header["streams"]),
-        num_actors,
-    )
-
-
-def parse_message(frames: list[bytes], spec: SegmentSpec) -> Segment | WarmupMoments:
-    """Decode and validate one actor message; raises WireError."""
-    msg = decode(frames, max_bytes=spec.max_message_bytes())
-    if msg.kind in ("segment", "warmup"):
-        check_actor_id(msg.meta.get("actor"), spec)
-        check_split(msg.meta, spec.num_streams)
-    if msg.kind == "segment":
-        m = validate_segment(msg, spec)
-        return Segment(m.actor, m.version, m.streams, msg.arrays, m.episodes, m.timings, m.run, m.seq)
-    if msg.kind == "warmup":
-        w = validate_warmup(msg, spec)
-        moments = RunningMeanStd((spec.height, spec.width), epsilon=0.0)  # exact moments of these frames only
-        moments.update(torch.from_numpy(msg.arrays["frames"].copy()))
-        return WarmupMoments(moments.mean, moments.var, int(moments.count), frozenset(w.streams))
-    raise WireError(f"a learner does not accept {msg.kind!r} messages")
-
-
-def route_message(
-    frames: list[bytes],
-    spec: SegmentSpec,
-    on_reject: Callable[[WireError], None],
-    on_warmup: Callable[[WarmupMoments], None],
-    on_segment: Callable[[Segment], None],
-) -> None:
-    """Parse one message and hand it to the matching callback; a bad one goes to ``on_reject``."""
-    try:
-        item = parse_message(frames, spec)
-    except WireError as e:
-        on_reject(e)
-        return
-    except Exception as e:  # defence in depth: no message may stop the learner
-        on_reject(WireError(f"message failed validation ({type(e).__name__})"))
-        return
-    if isinstance(item, WarmupMoments):
-        on_warmup(item)
-    else:
-        on_segment(item)
 
 
 class LearnerIO:
@@ -216,6 +101,8 @@ class LearnerIO:
         self.pending: deque[Segment] = deque()
         self.heard = bytearray(spec.num_streams)  # 1: a segment of that env stream arrived (the console's status)
         self.seen = SeenSegments()
+        self.filed = 0  # segments and warm-ups filed so far: the drain's throttle tells them from waste
+        self._quiet_until = 0.0  # no reading before then (see _drain)
         self.runs = ActorRuns(max_lag)  # which process holds each actor id
         self.refuse_run = refuse_run
         self.num_actors: int | None = None  # the actors' split, pinned (see _check_split)
@@ -247,7 +134,10 @@ class LearnerIO:
     def _run(self) -> None:
         try:
             while not self._stop.is_set():
-                if self.sock.poll(20, zmq.POLLIN):
+                quiet = self._quiet_until - time.monotonic()
+                if quiet > 0:  # after a flood's pass: batches and heartbeats go on, no reading
+                    self._stop.wait(min(quiet, 0.02))
+                elif self.sock.poll(20, zmq.POLLIN):
                     self._drain()
                 self.hand_over_warmup()
                 self._maybe_assemble()
@@ -288,16 +178,25 @@ class LearnerIO:
     # ---- incoming ---------------------------------------------------------------------------------
     def _drain(self) -> None:
         """Read what is queued, at most MAX_DRAIN messages or DRAIN_BUDGET_S: the loop must come back
-        to batches and heartbeats however fast messages arrive."""
-        deadline = time.monotonic() + DRAIN_BUDGET_S
+        to batches and heartbeats however fast messages arrive. Between messages this thread lets the
+        main thread take the GIL; after a pass that did not empty the queue, it reads nothing for
+        QUIET_FACTOR times what it spent on messages it did not file (dropped or refused). So a flood
+        takes at most 1 / (1 + QUIET_FACTOR) of this thread's time and no wait for the GIL from the
+        update, ZeroMQ holds the rest at its senders (each connection's messages are read in turn),
+        and the actors' own segments, which are filed, never cause a pause."""
+        start, wasted = time.monotonic(), 0.0
         for _ in range(MAX_DRAIN):
+            t, filed = time.monotonic(), self.filed
             try:
                 frames = self.sock.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return
             self.admit(frames)
-            if time.monotonic() > deadline:
-                return
+            time.sleep(0)  # release the GIL: the main thread's next torch call need not wait for it
+            wasted += time.monotonic() - t if self.filed == filed else 0.0
+            if wasted > WASTE_SLICE_S or time.monotonic() - start > DRAIN_BUDGET_S:
+                break  # short slices: an actor's segment queued behind a flood waits one quiet spell at most
+        self._quiet_until = time.monotonic() + QUIET_FACTOR * wasted
 
     def admit(self, frames: list[bytes]) -> None:
         """One message from the socket: a segment that cannot be used is dropped (and retired, so its
@@ -308,15 +207,7 @@ class LearnerIO:
         except WireError as e:
             self.on_reject(e)
             return
-        if env.kind == "segment" and not self.seen.first_time(env.actor, env.run, env.seq):
-            self.on_reject(WireError("a segment seen before (its actor, run and seq), dropped as a replay"))
-            return
-        if env.kind == "segment" and not self._holds_its_id(env):
-            return
-        if env.kind == "segment" and (
-            not self._fresh(env.version) or self._pending_streams + env.streams > self._cap_streams
-        ):
-            self.on_stale([env.as_dropped()])
+        if env.kind == "segment" and not self._worth_reading(env):
             return
         if env.kind == "warmup" and self.enabled:
             self.on_reject(WireError("warm-up frames after the warm-up ended, ignored"))
@@ -338,17 +229,37 @@ class LearnerIO:
             )
         self._split_heard = now
 
-    def _holds_its_id(self, env: Envelope) -> bool:
-        """Whether the segment's actor run holds its actor id (``ActorRuns``): a replaced run's segment
-        is dropped and retired, a refused run's refused; a run found to share its id with a live
-        earlier one is refused here, its waiting segments dropped."""
+    def _worth_reading(self, env: Envelope) -> bool:
+        """Judge a segment from its header: a replay, another process's, or one that cannot be used
+        (too old, newer than any weights, past the pending cap) is dropped here. A dropped segment is
+        retired (its actor moves on) if its run holds or held its actor id; one of a run never seen
+        is only counted, so that made-up runs cannot push real ones out of the retirement table."""
+        if not self.seen.first_time(env.actor, env.run, env.seq):
+            self.on_reject(WireError("a segment seen before (its actor, run and seq), dropped as a replay"))
+            return False
+        verdict = self._holds_its_id(env)
+        if verdict is None:
+            return False
+        if self._fresh(env.version) and self._pending_streams + env.streams <= self._cap_streams:
+            return True
+        if verdict == ActorRuns.NEW:
+            self.on_reject(WireError("a segment that cannot be used, of an actor run that holds no actor id"))
+        else:
+            self.on_stale([env.as_dropped()])
+        return False
+
+    def _holds_its_id(self, env: Envelope) -> str | None:
+        """Whether the segment's actor run holds its actor id (``ActorRuns``): OK, or NEW (a run not
+        seen, which takes the id over once a segment of it passes validation); None when it was dropped
+        here: a replaced run's segment is dropped and retired, a refused run's refused. A run found to
+        share its id with a live earlier one is refused here, its waiting segments dropped."""
         verdict, later = self.runs.judge(env.actor, env.run)
         if verdict == ActorRuns.REFUSED:
             self.on_reject(WireError("a segment of a refused actor run: another live process holds its actor id"))
-            return False
+            return None
         if verdict == ActorRuns.REPLACED:
             self.on_stale([env.as_dropped()])
-            return False
+            return None
         if later is not None:
             log.warning(
                 "actor id %d: two live processes send segments (actor runs %d and %d); refusing the later, run %d",
@@ -363,7 +274,7 @@ class LearnerIO:
             self.pending = deque(s for s in self.pending if not (s.actor == env.actor and s.run == later))
             self._pending_streams -= sum(len(s.streams) for s in gone)
             self.on_stale(gone)
-        return True
+        return verdict
 
     def _fresh(self, version: int) -> bool:
         """Usable by the next batch: within max_lag of the version it will be consumed at, and no newer
@@ -374,6 +285,7 @@ class LearnerIO:
         """File a validated segment; an actor id over its allowance loses its oldest waiting one. Its
         run holds its actor id from now on (a new run: a restart)."""
         self.runs.take(seg.actor, seg.run)
+        self.filed += 1
         mine = [s for s in self.pending if s.actor == seg.actor]
         if len(mine) >= self._per_actor:
             self.pending.remove(mine[0])
@@ -388,6 +300,7 @@ class LearnerIO:
         """Warm-up moments for the main thread, merged here while it has not taken the last ones, so
         that a flood of warm-up messages holds one [H, W] pair, not one per message."""
         self._warm = m if self._warm is None else merge_moments(self._warm, m)
+        self.filed += 1
         self.hand_over_warmup()
 
     def hand_over_warmup(self) -> None:

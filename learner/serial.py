@@ -38,7 +38,7 @@ class SerialRunner:
     def collect(self) -> None:
         """Every actor collects one segment with its current weights and sends it through the wire format."""
         for i, col in self.collectors:
-            arrays, episodes = col.collect()
+            arrays, _ = col.collect()  # its episode records travel among the arrays
             meta = {
                 "actor": i,
                 "streams": col.streams,
@@ -46,7 +46,6 @@ class SerialRunner:
                 "version": self.learner.version,
                 "run": 0,
                 "seq": self.seq,
-                "episodes": episodes,
             }
             self.source.handle(encode("segment", meta, arrays))
         self.seq += 1

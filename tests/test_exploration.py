@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from common.cells import MAX_EPISODE_CELLS, cell_id, cell_parts
+from common.episodes import episode_arrays
 from common.wire import encode
 from learner import exploration
 from learner.checkpoint import load_checkpoint
@@ -91,16 +92,10 @@ def test_learner_logs_saves_and_resumes_cell_counts(small_cfg, tmp_path: Path):
 def _segment_with_episode(runner: SerialRunner, episode: dict) -> list[bytes]:
     i, col = runner.collectors[0]
     arrays = {k: v.copy() for k, v in col.collect()[0].items()}
-    arrays["terminated"][0, 0], arrays["truncated"][0, 0] = 1, 0  # the episode's end, where its record says
-    meta = {
-        "actor": i,
-        "streams": col.streams,
-        "num_actors": len(runner.collectors),
-        "version": 0,
-        "run": 0,
-        "seq": 0,
-        "episodes": [{"stream": col.streams[0], "t": 0, **episode}],
-    }
+    arrays["terminated"][:], arrays["truncated"][:] = 0, 0
+    arrays["terminated"][0, 0] = 1  # the segment's one episode end, where its record says
+    arrays.update(episode_arrays([{"stream": col.streams[0], "t": 0, **episode}]))
+    meta = {"actor": i, "streams": col.streams, "num_actors": len(runner.collectors), "version": 0, "run": 0, "seq": 0}
     return encode("segment", meta, arrays)
 
 

@@ -42,7 +42,7 @@ def test_serial_training_runs_and_logs_raw_score(small_cfg, tmp_path: Path) -> N
 
 def _segment_frames(runner: SerialRunner, version: int) -> list[bytes]:
     i, col = runner.collectors[0]
-    arrays, episodes = col.collect()
+    arrays, _ = col.collect()
     return encode(
         "segment",
         {
@@ -52,7 +52,6 @@ def _segment_frames(runner: SerialRunner, version: int) -> list[bytes]:
             "version": version,
             "run": 0,
             "seq": 0,
-            "episodes": episodes,
         },
         arrays,
     )

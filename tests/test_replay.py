@@ -24,7 +24,7 @@ SPEC = SegmentSpec.from_config(CFG, NUM_ACTIONS)
 
 def real_segment(runner: SerialRunner, seq: int, run: int = 5) -> list[bytes]:
     i, col = runner.collectors[0]
-    arrays, episodes = col.collect()
+    arrays, _ = col.collect()
     return encode(
         "segment",
         {
@@ -34,7 +34,6 @@ def real_segment(runner: SerialRunner, seq: int, run: int = 5) -> list[bytes]:
             "version": 0,
             "run": run,
             "seq": seq,
-            "episodes": episodes,
         },
         arrays,
     )

@@ -11,6 +11,7 @@ import zmq
 
 from actors.actor import WeightsReceiver
 from common.config import load_config
+from common.episodes import episode_arrays
 from common.transport import free_tcp_address, send_with_timeout
 from common.wire import PROTOCOL_VERSION, SegmentSpec, WireError, decode, encode
 from learner.learner_io import LearnerIO, route_message
@@ -22,7 +23,8 @@ SPEC = SegmentSpec(rollout_steps=4, frame_stack=4, height=84, width=84, num_acti
 def good_segment(version: int = 0, **over) -> tuple[dict, dict]:
     arrays = {n: np.zeros(shape, dtype) for n, (dtype, shape) in SPEC.segment_arrays(2).items()}
     arrays["behaviour_logp"][:] = -2.0
-    meta = {"actor": 0, "streams": [0, 1], "num_actors": 1, "version": version, "run": 5, "seq": 0, "episodes": []}
+    arrays.update(episode_arrays([]))
+    meta = {"actor": 0, "streams": [0, 1], "num_actors": 1, "version": version, "run": 5, "seq": 0}
     meta.update(over)
     return meta, arrays
 
@@ -53,7 +55,7 @@ def test_hostile_headers_are_rejected_not_raised(header: bytes) -> None:
 
 
 def test_huge_numbers_in_meta_are_rejected() -> None:
-    meta, arrays = good_segment(episodes=[{"stream": 0, "t": 0, "return": 10**400, "length": 3}])
+    meta, arrays = good_segment(seq=10**400)
     assert len(routed(encode("segment", meta, arrays))[0]) == 1
     meta, arrays = good_segment(timings={"env": 10**400})
     assert len(routed(encode("segment", meta, arrays))[0]) == 1

@@ -111,6 +111,7 @@ def test_streams_heard_from_segments_and_warmup_frames(small_cfg, socketless_io)
     the waiting line counts both (a resumed run asks for no warm-up: its actors are heard by segments)."""
     import numpy as np
 
+    from common.episodes import episode_arrays
     from common.rl.networks import NUM_ACTIONS
     from common.wire import SegmentSpec, encode
     from learner.learner_io import merge_moments, parse_message
@@ -119,7 +120,8 @@ def test_streams_heard_from_segments_and_warmup_frames(small_cfg, socketless_io)
     spec = SegmentSpec.from_config(cfg, NUM_ACTIONS)
     io, rejected, _ = socketless_io(cfg, 0)
     arrays = {n: np.full(s, -1.0 if n == "behaviour_logp" else 0, d) for n, (d, s) in spec.segment_arrays(2).items()}
-    meta = {"actor": 1, "streams": [2, 3], "num_actors": 2, "version": 0, "run": 5, "seq": 0, "episodes": []}
+    arrays.update(episode_arrays([]))
+    meta = {"actor": 1, "streams": [2, 3], "num_actors": 2, "version": 0, "run": 5, "seq": 0}
     io.admit(encode("segment", {**meta, "timings": {}}, arrays))
     assert not rejected and list(io.heard) == [0, 0, 1, 1]
     frames = np.zeros((2, 1, cfg.ImageHeight, cfg.ImageWidth), np.uint8)

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from common.config import load_config
+from common.episodes import episode_arrays
 from common.flow import ActorRuns, LearnerLedger
 from common.rl.networks import NUM_ACTIONS
 from common.wire import PROTOCOL_VERSION, SegmentSpec, encode
@@ -26,6 +27,7 @@ SPEC = SegmentSpec.from_config(CFG, NUM_ACTIONS)
 def segment(actor: int, streams: list[int], num_actors: int, run: int, seq: int, version: int = 0) -> list[bytes]:
     arrays = {n: np.zeros(shape, dtype) for n, (dtype, shape) in SPEC.segment_arrays(len(streams)).items()}
     arrays["behaviour_logp"][:] = -2.0
+    arrays.update(episode_arrays([]))
     meta = {
         "actor": actor,
         "streams": streams,
@@ -33,7 +35,6 @@ def segment(actor: int, streams: list[int], num_actors: int, run: int, seq: int,
         "version": version,
         "run": run,
         "seq": seq,
-        "episodes": [],
     }
     return encode("segment", meta, arrays)
 
