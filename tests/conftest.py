@@ -239,3 +239,23 @@ def run_measured(args: list[str], timeout_s: float = 60.0, kill_rss: int = 1 << 
 def measured_run() -> Callable[..., Measured]:
     """``run_measured``: (args, timeout_s=60, kill_rss=1 GiB) -> Measured."""
     return run_measured
+
+
+def actor_processes(addr: str) -> list[int]:
+    """The pids of the actor processes (``python -m actors.main``) sending to ``addr``, in order."""
+    pids = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                cmd = (d / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if b"actors.main" in cmd and addr.encode() in cmd:
+                pids.append(int(d.name))
+    return sorted(pids)
+
+
+@pytest.fixture(scope="session")
+def actor_pids() -> Callable[[str], list[int]]:
+    """``actor_processes``: addr -> the pids of the actor processes sending there."""
+    return actor_processes

@@ -206,21 +206,8 @@ def test_bad_messages_are_counted_not_fatal(tmp_path: Path, start_learner_role, 
     assert err.count("dropped a bad message") <= len(bad)
 
 
-def _actor_pids(addr: str) -> list[int]:
-    pids = []
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                cmd = (d / "cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if b"actors.main" in cmd and addr.encode() in cmd:
-                pids.append(int(d.name))
-    return pids
-
-
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs /proc to find actor processes")
-def test_killed_actor_is_restarted_and_sigterm_checkpoints(tmp_path: Path) -> None:
+def test_killed_actor_is_restarted_and_sigterm_checkpoints(tmp_path: Path, actor_pids) -> None:
     addr = free_addr()
     run_dir = tmp_path / "run"
     p = subprocess.Popen(
@@ -251,7 +238,7 @@ def test_killed_actor_is_restarted_and_sigterm_checkpoints(tmp_path: Path) -> No
             time.sleep(0.5)
         while time.monotonic() < deadline and len(read_metrics(run_dir)) < 2:
             time.sleep(0.5)
-        victims = _actor_pids(addr)
+        victims = actor_pids(addr)
         assert len(victims) == 2
         os.kill(victims[0], signal.SIGKILL)
         n = len(read_metrics(run_dir))
@@ -270,7 +257,7 @@ def test_killed_actor_is_restarted_and_sigterm_checkpoints(tmp_path: Path) -> No
 
     assert load_checkpoint(run_dir)["counters"]["update"] == int(rows[-1]["update"])
     time.sleep(1)
-    assert _actor_pids(addr) == []
+    assert actor_pids(addr) == []
 
 
 def _wait_rows(run_dir: Path, n: int, deadline: float) -> None:
@@ -331,7 +318,7 @@ def test_a_second_signal_during_an_update_stops_cleanly(tmp_path: Path) -> None:
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs /proc to find actor processes")
 def test_an_actor_stopped_past_its_timeout_goes_on_when_resumed(
-    tmp_path: Path, start_learner_role, start_actors_role
+    tmp_path: Path, start_learner_role, start_actors_role, actor_pids
 ) -> None:
     """SIGSTOP for longer than actor_timeout_s, then SIGCONT: before, the actor gave up at once on a
     learner that was alive (it judged the silence before reading what was queued)."""
@@ -341,7 +328,7 @@ def test_an_actor_stopped_past_its_timeout_goes_on_when_resumed(
     actors = start_actors_role(addr, "actor_timeout_s=5")
     try:
         _wait_rows(run_dir, 1, time.monotonic() + 180)
-        pids = _actor_pids(addr)
+        pids = actor_pids(addr)
         assert len(pids) == 2
         os.kill(pids[0], signal.SIGSTOP)
         time.sleep(12)
@@ -349,7 +336,7 @@ def test_an_actor_stopped_past_its_timeout_goes_on_when_resumed(
         n = len(read_metrics(run_dir))
         _wait_rows(run_dir, n + 3, time.monotonic() + 120)
         assert len(read_metrics(run_dir)) >= n + 3
-        assert pids[0] in _actor_pids(addr)  # the stopped one did not give up
+        assert pids[0] in actor_pids(addr)  # the stopped one did not give up
         learner.send_signal(signal.SIGTERM)
         learner.communicate(timeout=60)
         _, err = actors.communicate(timeout=60)

@@ -26,20 +26,6 @@ def popen(args: list[str]) -> subprocess.Popen:
     )
 
 
-def actor_pids(addr: str) -> list[int]:
-    """The actor processes sending to ``addr``."""
-    pids = []
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                cmd = (d / "cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if b"actors.main" in cmd and addr.encode() in cmd:
-                pids.append(int(d.name))
-    return sorted(pids)
-
-
 def rows(run_dir: Path) -> int:
     return len(read_metrics(run_dir / "metrics.csv").rows) if (run_dir / "metrics.csv").exists() else 0
 
@@ -92,7 +78,7 @@ def roles(tmp_path: Path, learner_role_cmd, actors_role_cmd):
         p.communicate(timeout=60)
 
 
-def test_a_learner_paused_three_times_the_timeout_keeps_its_actors(roles) -> None:
+def test_a_learner_paused_three_times_the_timeout_keeps_its_actors(roles, actor_pids) -> None:
     """SIGSTOP the learner role for 3x actor_timeout_s, then SIGCONT: the same actors role and the
     same actor processes go on training. Before, every actor gave up and the role exited 3."""
     addr, run_dir, learner, actors = roles("actor_timeout_s=5")
@@ -135,7 +121,7 @@ def test_a_learner_that_ended_is_given_actor_timeout_s(roles) -> None:
     assert time.monotonic() - t0 < 4 + 30  # the timeout, the last listen and the role's probe, with room
 
 
-def test_a_local_run_paused_three_times_the_timeout_goes_on(tmp_path: Path) -> None:
+def test_a_local_run_paused_three_times_the_timeout_goes_on(tmp_path: Path, actor_pids) -> None:
     """Local mode: the launcher (learner and supervisor in one process) stopped for 3x actor_timeout_s;
     its actors wait, and the run goes on with the same actor processes after SIGCONT."""
     addr, run_dir = free_tcp_address(), tmp_path / "run"
