@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from actors.patience import Patience
-from common.transport import free_tcp_address
+from common.transport import free_tcp_address, learner_listening, parse_tcp
 from learner.logs import read_metrics
 
 REPO = Path(__file__).resolve().parents[1]
@@ -55,6 +55,17 @@ def test_one_actor_says_a_line_a_minute_while_it_waits_and_one_when_it_hears_aga
     assert Patience(5.0, 3600.0, speaks=True).report(6.0, linked=False) is None
     assert [s is not None for s in said] == [False, True, False, False, True, True, True, False]
     assert "wait up to 60 min (learner_pause_s)" in (said[1] or "") and "heard again" in (said[6] or "")
+
+
+def test_the_probe_tells_a_listening_address_from_a_closed_one(tmp_path: Path) -> None:
+    import socket
+
+    addr = free_tcp_address()
+    assert not learner_listening(addr)  # nothing listens: refused
+    with socket.create_server(parse_tcp(addr)) as server:
+        assert learner_listening(addr)  # listening, and never accepting: a stopped process's kernel does this
+        assert server.accept()[0] is not None  # the probe's connection is in the queue, already closed
+    assert not learner_listening(f"ipc://{tmp_path / 'learner'}")  # an ipc socket file that is not there
 
 
 @pytest.fixture
