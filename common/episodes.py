@@ -156,3 +156,10 @@ def episode_records(a: dict[str, np.ndarray]) -> list[dict[str, Any]]:
         out.append(rec)
         r0, c0 = r0 + nr, c0 + nc
     return out
+
+
+def plain_record(record: dict[str, Any]) -> dict[str, Any]:
+    """An episode record with its cells as Python lists, as JSON takes it (another rank's records
+    travel to rank 0 as JSON)."""
+    cells = record.get("cells")
+    return {**record, "cells": cells.tolist()} if isinstance(cells, np.ndarray) else record

@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from common.episodes import plain_record
 from learner.agent import NonFiniteLoss, RNDAgent
 from learner.batch import Batch, Segment
 from learner.checkpoint import CheckpointError
@@ -62,7 +63,7 @@ def rank_update(dist: Dist, agent: RNDAgent, batch: Batch, merge_warmup: bool) -
 def gather_episodes(dist: Dist, stats: RunStats, segments: list[Segment], version: int) -> list[list[dict[str, Any]]]:
     """Every rank's episodes of this update, counted by rank 0 (one collective): rank 0 gets their
     records, rank by rank, each with its ``rank``; the other ranks get nothing."""
-    every = dist.gather_json([[s.actor, s.version, s.episodes] for s in segments])
+    every = dist.gather_json([[s.actor, s.version, [plain_record(e) for e in s.episodes]] for s in segments])
     if dist.rank != 0:
         return []
     out = []

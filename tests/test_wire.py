@@ -13,7 +13,7 @@ import zstandard
 
 from common import wire
 from common.cells import MAX_EPISODE_CELLS, cell_id
-from common.episodes import episode_arrays
+from common.episodes import episode_arrays, plain_record
 from common.rl.networks import PolicyNet, policy_param_spec
 from common.wire import (
     MAX_HEADER_BYTES,
@@ -692,6 +692,13 @@ def test_episode_records_cost_a_small_header_however_many_cells():
     small = segment_frames(meta=segment_meta(episodes=[dict(GOOD_EP)]), arrays=arrays_ending([GOOD_EP]))
     big = segment_frames(meta=segment_meta(episodes=[ep]), arrays=arrays_ending([ep]))
     assert len(big[0]) - len(small[0]) < 8 and len(big[0]) < SPEC.envelope_bytes()
+
+
+def test_a_decoded_record_goes_back_to_json_as_the_actor_made_it():
+    """Cells come off the wire as an array view; another rank's records travel to rank 0 as JSON."""
+    ep = dict(GOOD_EP, length=3, cells=[[c, 1] for c in valid_cells(3)])
+    m = validate_segment(decode(segment_frames(meta=segment_meta(episodes=[ep]), arrays=arrays_ending([ep]))), SPEC)
+    assert json.loads(json.dumps([plain_record(r) for r in m.episodes])) == [ep]
 
 
 # ---------------------------------------------------------------------------------------------
