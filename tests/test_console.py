@@ -73,6 +73,7 @@ def _lines(proc: subprocess.Popen) -> tuple[list[tuple[float, str]], threading.T
     return got, t
 
 
+@pytest.mark.slow  # the line itself is tested with a made-up clock in test_status.py
 def test_a_learner_nobody_reaches_says_so(tmp_path: Path, learner_role_cmd: Callable[..., list[str]]) -> None:
     """Waiting lines from the start, and after 30 s without an actor one line naming where it listens."""
     from common.transport import free_tcp_address

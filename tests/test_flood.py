@@ -346,13 +346,13 @@ def updates_per_second(listener: Listener, seconds: float, flood=None) -> tuple[
 
 
 def test_a_flood_of_costly_segments_leaves_the_learners_rate_within_20_percent(live) -> None:
-    """Windows of 5 s in turn, none flooded, then stale costly segments, none, faulty fresh ones, ...:
+    """Windows of 5 s in turn, none flooded, then stale costly segments, none, faulty fresh ones, none:
     the machine's load drifts, and the flooded windows are compared with the ones around them.
     Before, a flood of costly headers took the learner from about 250 to 7 agent steps/s."""
     addr, run_dir, learner, actors, listener = live
     updates_per_second(listener, 4.0)  # the first updates after start come faster: not a baseline
     windows = []
-    for stale in (None, True, None, False, None, True, None, False, None):
+    for stale in (None, True, None, False, None):
         flood = None if stale is None else lambda stop, sent, s=stale: send_costly(addr, listener, s, stop, sent)
         windows.append((stale, *updates_per_second(listener, 5.0, flood)))
     base = [r for stale, r, _ in windows if stale is None]
