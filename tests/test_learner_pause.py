@@ -130,17 +130,8 @@ def test_a_local_run_paused_three_times_the_timeout_goes_on(tmp_path: Path, acto
     """Local mode: the launcher (learner and supervisor in one process) stopped for 3x actor_timeout_s;
     its actors wait, and the run goes on with the same actor processes after SIGCONT."""
     addr, run_dir = free_tcp_address(), tmp_path / "run"
-    args = [
-        "launch.py",
-        "--config",
-        str(REPO / "configs" / "smoke.yaml"),
-        "--actors",
-        "2",
-        "--learner-gpu",
-        "-1",
-        "--bind",
-        addr,
-    ]
+    smoke = str(REPO / "configs" / "smoke.yaml")
+    args = ["launch.py", "--config", smoke, *"--actors 2 --learner-gpu -1 --bind".split(), addr]
     launcher = popen([*args, "--run-dir", str(run_dir), "--total-steps", str(10**8), "actor_timeout_s=5"])
     try:
         assert wait_rows(run_dir, 2, 180) >= 2, "no updates"
