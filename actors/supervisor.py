@@ -212,7 +212,7 @@ def actor_command(
     ``cfg_path`` the actor runs with the learner's config alone; ``speaks``: it reports waits on a
     silent learner (one actor per machine)."""
     keys = ["--keys", str(keys_dir.resolve())] if keys_dir is not None else []
-    keys += ["--report-waits"] if speaks else []
+    reports = ["--report-waits"] if speaks else []
     config = ["--config", str(cfg_path)] if cfg_path is not None else []
     return [
         sys.executable,
@@ -228,6 +228,7 @@ def actor_command(
         "--incarnation",
         str(incarnation),
         *keys,
+        *reports,
         *overrides,
     ]
 

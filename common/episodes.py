@@ -25,15 +25,12 @@ from typing import Any
 import numpy as np
 
 from common.cells import MAX_EPISODE_CELLS, bucket_count
+from common.wire_checks import _require
 
 MAX_EPISODE_LENGTH = 1 << 31  # agent steps; MaxStepsPerEpisode is at most 1e6
 MAX_RETURN = 1e15  # a raw score; float math on larger ones overflows later
 MAX_ROOMS = 256  # room numbers are bytes
 ARRAYS = ("episodes", "episode_counts", "episode_rooms", "episode_cells")
-
-
-class EpisodeError(ValueError):
-    """Episode arrays that break a rule above; the text is one fixed line (it is logged)."""
 
 
 def episode_array_bytes(t: int, k: int) -> int:
@@ -56,14 +53,9 @@ def episode_arrays(records: list[dict[str, Any]]) -> dict[str, np.ndarray]:
     }
 
 
-def _require(cond: bool, why: str) -> None:
-    if not cond:
-        raise EpisodeError(why)
-
-
 def check_episode_arrays(a: dict[str, np.ndarray], streams: list[int], ended: np.ndarray) -> None:
     """The four arrays against the rules above; ``ended`` bool [T, K] marks the segment's episode ends
-    (terminated or truncated) of its ``streams``. Raises EpisodeError."""
+    (terminated or truncated) of its ``streams``. Raises WireError, its text one fixed line (it is logged)."""
     ep, counts, rooms, cells = (a[n] for n in ARRAYS)
     _require(ep.dtype == np.float64 and ep.ndim == 2 and ep.shape[1] == 4, "array 'episodes' is not float64 [E, 4]")
     n = ep.shape[0]

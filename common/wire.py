@@ -26,7 +26,7 @@ import numpy as np
 
 from common.config import Config, ConfigError, config_types, from_dict
 from common.episodes import ARRAYS as EPISODE_ARRAYS
-from common.episodes import EpisodeError, check_episode_arrays, episode_array_bytes, episode_records
+from common.episodes import check_episode_arrays, episode_array_bytes, episode_records
 from common.wire_checks import (  # noqa: F401  (re-exported: the wire's names)
     ACTOR_PHASES,
     MAX_ABS_VALUE,
@@ -348,10 +348,7 @@ def validate_segment(msg: Message, spec: SegmentSpec) -> SegmentMeta:
         _require(bool((np.abs(a[n]) <= MAX_ABS_VALUE).all()), f"array {n!r} has values beyond {MAX_ABS_VALUE:g}")
     _check_flags(a, "terminated", "truncated")
     _require(not bool((a["terminated"] & a["truncated"]).any()), "a step both terminated and truncated")
-    try:
-        check_episode_arrays(a, streams, (a["terminated"] | a["truncated"]).astype(bool))
-    except EpisodeError as e:
-        raise WireError(str(e)) from None
+    check_episode_arrays(a, streams, (a["terminated"] | a["truncated"]).astype(bool))
     _check_timings(m.get("timings", {}))
     timings, episodes = m.get("timings", {}), episode_records(a)
     return SegmentMeta(m["actor"], m["version"], m["run"], m["seq"], streams, episodes, timings, m["num_actors"])
