@@ -102,7 +102,8 @@ class Dist:
         self.store = dist.PrefixStore("fast-rnd", store)
         self._beats: dict[int, tuple[int, float]] = {}
         self._stop = threading.Event()
-        threading.Thread(target=self._beat, name="rank-heartbeat", daemon=True).start()
+        self._beater = threading.Thread(target=self._beat, name="rank-heartbeat", daemon=True)
+        self._beater.start()
 
     # ---- liveness ------------------------------------------------------------------------------
     def _beat(self) -> None:
@@ -210,8 +211,11 @@ class Dist:
         return [json.loads(bytes(p[:k].tolist())) for p, k in zip(self.gather(padded), sizes, strict=True)]
 
     def close(self, clean: bool) -> None:
-        """Stop the heartbeat; after a clean end, leave the process group in order."""
+        """Stop the heartbeat; after a clean end, leave the process group in order. The heartbeat
+        thread is joined first: one still inside a store call while the group is torn down, or while
+        the interpreter exits, can abort the process from C++."""
         self._stop.set()
+        self._beater.join(timeout=2 * BEAT_S)
         if clean and dist.is_initialized():
             try:
                 dist.destroy_process_group()
